@@ -1,0 +1,634 @@
+//! The command line: every option defined once in [`options`] (used for
+//! parsing, `--help` and the tests that compare `--help` with the man page),
+//! and [`Config`], built from argv and the environment and validated before
+//! anything is opened.
+//!
+//! Parsing only validates: typed values, exactly one mode, named defaults,
+//! and warnings to log once logging is up. Files, devices and sockets are
+//! opened later, by `run`.
+
+use std::net::IpAddr;
+
+use getopts::Options;
+
+use crate::device::{Layer, MAX_NAME_LEN, MIN_MTU};
+use crate::error::Error;
+use crate::handshake::Cipher;
+use crate::keys::{Origin, PublicKey, SecretSpec};
+
+/// TCP port of -s and -c -m, as taptunnel used.
+pub const DEFAULT_PORT: u16 = 1980;
+/// Environment variable for the local secret when -l is absent.
+pub const ENV_LOCAL: &str = "TAPTUN_LOCAL";
+/// Environment variable for the remote secret when -r and -k are absent.
+pub const ENV_REMOTE: &str = "TAPTUN_REMOTE";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Run a tunnel.
+    Tunnel(Box<Config>),
+    /// Print a new private key.
+    GenKey,
+    /// Read a secret on stdin and print its public key.
+    PubKey,
+    /// Print the help text.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// How the stream is obtained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// -s: listen for TCP connections.
+    Server { bind: Option<IpAddr>, port: u16 },
+    /// -c -m: dial a TCP server.
+    Client { host: String, port: u16 },
+    /// -c -x: run a command and use its stdin and stdout.
+    Command { command: String },
+    /// -i: fd 0 and fd 1 are the stream.
+    Inetd,
+}
+
+impl Mode {
+    /// Whether this end starts the handshake (only -c does).
+    pub fn is_initiator(&self) -> bool {
+        matches!(self, Mode::Client { .. } | Mode::Command { .. })
+    }
+}
+
+/// Whom the peer must be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Remote {
+    /// The peer's secret (-r or TAPTUN_REMOTE): its public key is derived.
+    Secret(SecretSpec),
+    /// The peer's public key (-k).
+    Key(PublicKey),
+}
+
+/// A validated tunnel configuration. Its `Debug` never shows a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub mode: Mode,
+    pub layer: Layer,
+    /// The device name; `None` lets the kernel pick (tap%d, tun%d).
+    pub device: Option<String>,
+    pub local: SecretSpec,
+    pub remote: Remote,
+    pub cipher: Cipher,
+    /// The MTU to set; `None` keeps the device's.
+    pub mtu: Option<u32>,
+    /// Number of -v.
+    pub verbosity: u8,
+    /// Warnings to log once logging is up.
+    pub warnings: Vec<String>,
+}
+
+/// Every option, defined once.
+pub fn options() -> Options {
+    let mut o = Options::new();
+    o.optflag(
+        "s",
+        "server",
+        "listen for TCP connections (standalone server)",
+    )
+    .optflag(
+        "c",
+        "client",
+        "connect to a server: with -m over TCP, with -x through a command",
+    )
+    .optflag(
+        "i",
+        "inetd",
+        "use fd 0 and fd 1 as the stream (inetd, xinetd, systemd Accept=yes, ssh)",
+    )
+    .optopt(
+        "m",
+        "host",
+        "the server to dial with -c (name, IPv4 or IPv6 address)",
+        "HOST",
+    )
+    .optopt(
+        "x",
+        "exec",
+        "with -c: run COMMAND with /bin/sh -c and use its stdin and stdout",
+        "COMMAND",
+    )
+    .optopt(
+        "p",
+        "port",
+        &format!("TCP port for -s and -c -m (default {DEFAULT_PORT})"),
+        "PORT",
+    )
+    .optopt(
+        "b",
+        "bind",
+        "with -s: listen on this address only (default: all, IPv4 and IPv6)",
+        "ADDR",
+    )
+    .optopt(
+        "d",
+        "device",
+        "device name (default tap%d or tun%d; an existing persistent device is attached)",
+        "NAME",
+    )
+    .optopt(
+        "t",
+        "type",
+        "device type: tap (Ethernet frames, default) or tun (IP packets)",
+        "tap|tun",
+    )
+    .optopt(
+        "l",
+        "local",
+        "this end's secret: a key, a passphrase, or @FILE (default: $TAPTUN_LOCAL)",
+        "SECRET",
+    )
+    .optopt(
+        "r",
+        "remote",
+        "the other end's secret, same forms (default: $TAPTUN_REMOTE)",
+        "SECRET",
+    )
+    .optopt(
+        "k",
+        "peer-key",
+        "the other end's public key, instead of -r (see `taptun pubkey`)",
+        "PUBKEY",
+    )
+    .optopt(
+        "e",
+        "cipher",
+        "chachapoly (default) or aesgcm; both ends must agree",
+        "CIPHER",
+    )
+    .optopt(
+        "M",
+        "mtu",
+        "set the device MTU (tap: 68-65491, tun: 68-65509)",
+        "N",
+    )
+    .optflagmulti(
+        "v",
+        "verbose",
+        "log more (repeat for more); RUST_LOG overrides",
+    )
+    .optflag("h", "help", "print this help and exit")
+    .optflag("V", "version", "print the version and exit");
+    o
+}
+
+/// The help text.
+pub fn help() -> String {
+    let brief = "\
+Usage: taptun -s [-p PORT] [-b ADDR] [OPTIONS]
+       taptun -c -m HOST [-p PORT] [OPTIONS]
+       taptun -c -x COMMAND [OPTIONS]
+       taptun -i [OPTIONS]
+       taptun genkey
+       taptun pubkey < SECRET
+
+A TAP/TUN tunnel over a TCP connection, inetd's socket or a command's pipes,
+authenticated with Noise_XXpsk0. The ends swap secrets: server -l S1 -r S2,
+client -l S2 -r S1.";
+    let mut text = options().usage(brief);
+    text.push_str(
+        "\nExit status: 0 clean end, 1 runtime failure, 2 usage or configuration error,\n\
+         3 authentication failure. See taptun(8).\n",
+    );
+    text
+}
+
+fn usage(msg: impl Into<String>) -> Error {
+    Error::Usage(msg.into())
+}
+
+impl Command {
+    /// Parses argv (without the program name) and the environment.
+    ///
+    /// # Errors
+    /// `Error::Usage` or `Error::Secret`, both exit status 2.
+    pub fn parse<S: AsRef<str>>(
+        args: &[S],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Command, Error> {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let m = options().parse(&args).map_err(|e| usage(e.to_string()))?;
+        if m.opt_present("h") {
+            return Ok(Command::Help);
+        }
+        if m.opt_present("V") {
+            return Ok(Command::Version);
+        }
+        let modes = ["s", "c", "i"].iter().filter(|o| m.opt_present(o)).count();
+        match m.free.as_slice() {
+            [] => {}
+            [sub] if sub == "genkey" || sub == "pubkey" => {
+                let others = options_given(&m);
+                if !others.is_empty() {
+                    return Err(usage(format!(
+                        "`taptun {sub}` takes no options (got {})",
+                        others.join(" ")
+                    )));
+                }
+                return Ok(if sub == "genkey" {
+                    Command::GenKey
+                } else {
+                    Command::PubKey
+                });
+            }
+            [first, ..] => return Err(usage(format!("unexpected argument `{first}`"))),
+        }
+        if modes != 1 {
+            return Err(usage(
+                "give exactly one of -s (server), -c (client) or -i (inetd)",
+            ));
+        }
+        Config::from_matches(&m, env).map(|c| Command::Tunnel(Box::new(c)))
+    }
+}
+
+/// The options present, as `-x` strings, for messages.
+fn options_given(m: &getopts::Matches) -> Vec<String> {
+    "scimxpbdtlrkeMv"
+        .chars()
+        .filter(|c| m.opt_present(&c.to_string()))
+        .map(|c| format!("-{c}"))
+        .collect()
+}
+
+impl Config {
+    fn from_matches(
+        m: &getopts::Matches,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Error> {
+        let mode = parse_mode(m)?;
+        let layer = match m.opt_str("t").as_deref() {
+            None | Some("tap") => Layer::Tap,
+            Some("tun") => Layer::Tun,
+            Some(other) => return Err(usage(format!("-t: unknown type `{other}` (tap or tun)"))),
+        };
+        let cipher = match m.opt_str("e").as_deref() {
+            None | Some("chachapoly") => Cipher::ChaChaPoly,
+            Some("aesgcm") => Cipher::AesGcm,
+            Some(other) => {
+                return Err(usage(format!(
+                    "-e: unknown cipher `{other}` (chachapoly or aesgcm)"
+                )));
+            }
+        };
+        let device = m
+            .opt_str("d")
+            .map(|d| check_device_name(&d).map(|()| d))
+            .transpose()?;
+        let mtu = match m.opt_str("M") {
+            None => None,
+            Some(text) => {
+                let max = layer.max_mtu();
+                match text.parse::<u32>() {
+                    Ok(n) if (MIN_MTU..=max).contains(&n) => Some(n),
+                    _ => {
+                        return Err(usage(format!(
+                            "-M: `{text}` is not an MTU from {MIN_MTU} to {max} for {layer}"
+                        )));
+                    }
+                }
+            }
+        };
+        let mut warnings = Vec::new();
+        let local =
+            secret(m.opt_str("l"), "-l", ENV_LOCAL, env, &mut warnings)?.ok_or_else(|| {
+                usage(format!(
+                    "no local secret: give -l SECRET or set {ENV_LOCAL}"
+                ))
+            })?;
+        let remote = match (m.opt_str("k"), m.opt_str("r")) {
+            (Some(_), Some(_)) => return Err(usage("give either -r or -k, not both")),
+            (Some(key), None) => {
+                Remote::Key(PublicKey::parse(&key).map_err(|why| Error::Secret {
+                    subject: "-k".into(),
+                    why,
+                })?)
+            }
+            (None, r) => Remote::Secret(
+                secret(r, "-r", ENV_REMOTE, env, &mut warnings)?.ok_or_else(|| {
+                    usage(format!(
+                        "no remote secret: give -r SECRET, -k PUBKEY, or set {ENV_REMOTE}"
+                    ))
+                })?,
+            ),
+        };
+        Ok(Config {
+            mode,
+            layer,
+            device,
+            local,
+            remote,
+            cipher,
+            mtu,
+            verbosity: u8::try_from(m.opt_count("v")).unwrap_or(u8::MAX),
+            warnings,
+        })
+    }
+}
+
+fn parse_mode(m: &getopts::Matches) -> Result<Mode, Error> {
+    let only_with = |opt: &str, what: &str, ok: bool| {
+        if m.opt_present(opt) && !ok {
+            Err(usage(format!("-{opt} is only used {what}")))
+        } else {
+            Ok(())
+        }
+    };
+    let server = m.opt_present("s");
+    let client = m.opt_present("c");
+    only_with("m", "with -c", client)?;
+    only_with("x", "with -c", client)?;
+    only_with("b", "with -s", server)?;
+    only_with(
+        "p",
+        "with -s or -c -m",
+        server || (client && m.opt_present("m")),
+    )?;
+    let port = match m.opt_str("p") {
+        None => DEFAULT_PORT,
+        Some(text) => match text.parse::<u16>() {
+            Ok(p) if p != 0 => p,
+            _ => return Err(usage(format!("-p: `{text}` is not a TCP port (1-65535)"))),
+        },
+    };
+    if server {
+        let bind = match m.opt_str("b") {
+            None => None,
+            Some(text) => Some(
+                unbracket(&text)
+                    .parse::<IpAddr>()
+                    .map_err(|_| usage(format!("-b: `{text}` is not an IP address")))?,
+            ),
+        };
+        return Ok(Mode::Server { bind, port });
+    }
+    if client {
+        return match (m.opt_str("m"), m.opt_str("x")) {
+            (Some(host), None) if !unbracket(&host).is_empty() => Ok(Mode::Client {
+                host: unbracket(&host).to_owned(),
+                port,
+            }),
+            (None, Some(command)) if !command.trim().is_empty() => Ok(Mode::Command { command }),
+            (Some(_), Some(_)) => Err(usage("-c takes either -m HOST or -x COMMAND, not both")),
+            _ => Err(usage("-c needs -m HOST or -x COMMAND")),
+        };
+    }
+    Ok(Mode::Inetd)
+}
+
+/// `[::1]` -> `::1`, so IPv6 addresses may be given either way.
+fn unbracket(text: &str) -> &str {
+    text.strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text)
+}
+
+fn check_device_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "-d: `{name}` is not a valid interface name (1-{MAX_NAME_LEN} bytes, no '/', ':' or spaces)"
+        )))
+    }
+}
+
+/// A secret from its option, else from the environment.
+fn secret(
+    arg: Option<String>,
+    opt: &'static str,
+    var: &'static str,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<SecretSpec>, Error> {
+    if let Some(arg) = arg {
+        let spec = SecretSpec::parse(Origin::Argv(opt), &arg)?;
+        if matches!(spec.source, crate::keys::SecretSource::Literal(_)) {
+            warnings.push(format!(
+                "the secret given with {opt} is visible to other local users in the process list; \
+                 use {opt} @FILE or {var} instead"
+            ));
+        }
+        return Ok(Some(spec));
+    }
+    env(var)
+        .map(|value| SecretSpec::parse(Origin::Env(var), &value))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SecretSource;
+    use std::path::PathBuf;
+    use zeroize::Zeroizing;
+
+    const PUB: &str = "5bOQKq/4BjWEi63F+2VvNwLtwazMVBdxJQwJ3pdXUFA=";
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(args: &[&str]) -> Result<Command, Error> {
+        Command::parse(args, &no_env)
+    }
+
+    fn tunnel(args: &[&str]) -> Config {
+        match parse(args) {
+            Ok(Command::Tunnel(c)) => *c,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn file(origin: Origin, path: &str) -> SecretSpec {
+        SecretSpec {
+            origin,
+            source: SecretSource::File(PathBuf::from(path)),
+        }
+    }
+
+    #[test]
+    fn server_defaults() {
+        let c = tunnel(&["-s", "-l", "@/k1", "-r", "@/k2"]);
+        assert_eq!(
+            c,
+            Config {
+                mode: Mode::Server {
+                    bind: None,
+                    port: DEFAULT_PORT
+                },
+                layer: Layer::Tap,
+                device: None,
+                local: file(Origin::Argv("-l"), "/k1"),
+                remote: Remote::Secret(file(Origin::Argv("-r"), "/k2")),
+                cipher: Cipher::ChaChaPoly,
+                mtu: None,
+                verbosity: 0,
+                warnings: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn client_with_every_option() {
+        let c = tunnel(&[
+            "--client",
+            "--host",
+            "[2001:db8::1]",
+            "-p",
+            "4000",
+            "-t",
+            "tun",
+            "-d",
+            "tun7",
+            "-e",
+            "aesgcm",
+            "-M",
+            "9000",
+            "-vv",
+            "-l",
+            "@/k",
+            "-k",
+            PUB,
+        ]);
+        assert_eq!(
+            c,
+            Config {
+                mode: Mode::Client {
+                    host: "2001:db8::1".into(),
+                    port: 4000
+                },
+                layer: Layer::Tun,
+                device: Some("tun7".into()),
+                local: file(Origin::Argv("-l"), "/k"),
+                remote: Remote::Key(PublicKey::parse(PUB).unwrap()),
+                cipher: Cipher::AesGcm,
+                mtu: Some(9000),
+                verbosity: 2,
+                warnings: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn secrets_from_the_environment() {
+        let env = |var: &str| match var {
+            ENV_LOCAL => Some("@/etc/taptun/gw.key".to_string()),
+            ENV_REMOTE => Some("a long passphrase for the laptop".to_string()),
+            _ => None,
+        };
+        let Command::Tunnel(c) = Command::parse(&["-i"], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.mode, Mode::Inetd);
+        assert_eq!(c.local, file(Origin::Env(ENV_LOCAL), "/etc/taptun/gw.key"));
+        assert_eq!(
+            c.remote,
+            Remote::Secret(SecretSpec {
+                origin: Origin::Env(ENV_REMOTE),
+                source: SecretSource::Literal(Zeroizing::new(
+                    "a long passphrase for the laptop".into()
+                )),
+            })
+        );
+        assert!(
+            c.warnings.is_empty(),
+            "secrets from the environment are not on argv"
+        );
+        // With -k, TAPTUN_REMOTE is ignored.
+        let Command::Tunnel(c) = Command::parse(&["-i", "-k", PUB], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.remote, Remote::Key(PublicKey::parse(PUB).unwrap()));
+    }
+
+    #[test]
+    fn literal_secret_on_argv_warns() {
+        let c = tunnel(&["-s", "-l", "a passphrase of some length", "-k", PUB]);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("process list"));
+    }
+
+    #[test]
+    fn exec_mode() {
+        let c = tunnel(&["-c", "-x", "ssh gw taptun -i", "-l", "@/k", "-k", PUB]);
+        assert_eq!(
+            c.mode,
+            Mode::Command {
+                command: "ssh gw taptun -i".into()
+            }
+        );
+    }
+
+    #[test]
+    fn subcommands() {
+        assert_eq!(parse(&["genkey"]).unwrap(), Command::GenKey);
+        assert_eq!(parse(&["pubkey"]).unwrap(), Command::PubKey);
+        assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
+        assert_eq!(parse(&["-V"]).unwrap(), Command::Version);
+        assert!(matches!(parse(&["genkey", "-s"]), Err(Error::Usage(_))));
+    }
+
+    #[test]
+    fn usage_errors() {
+        let bad: &[&[&str]] = &[
+            &[],
+            &["-s", "-c", "-l", "@/k", "-k", PUB],
+            &["-c", "-l", "@/k", "-k", PUB],
+            &["-c", "-m", "h", "-x", "cmd", "-l", "@/k", "-k", PUB],
+            &["-s", "-m", "h", "-l", "@/k", "-k", PUB],
+            &["-i", "-p", "1", "-l", "@/k", "-k", PUB],
+            &["-c", "-x", "cmd", "-p", "1", "-l", "@/k", "-k", PUB],
+            &["-s", "-p", "0", "-l", "@/k", "-k", PUB],
+            &["-s", "-p", "65536", "-l", "@/k", "-k", PUB],
+            &["-s", "-b", "example.org", "-l", "@/k", "-k", PUB],
+            &["-s", "-t", "tip", "-l", "@/k", "-k", PUB],
+            &["-s", "-e", "des", "-l", "@/k", "-k", PUB],
+            &["-s", "-M", "67", "-l", "@/k", "-k", PUB],
+            &["-s", "-M", "65492", "-l", "@/k", "-k", PUB],
+            &["-s", "-d", "a-name-far-too-long", "-l", "@/k", "-k", PUB],
+            &["-s", "-l", "@/k"],
+            &["-s", "-k", PUB],
+            &["-s", "-l", "@/k", "-r", "@/r", "-k", PUB],
+            &["-s", "-l", "@/k", "-k", "nonsense"],
+            &["-s", "-l", "@", "-k", PUB],
+            &["-s", "extra", "-l", "@/k", "-k", PUB],
+            &["--no-such-option"],
+        ];
+        for args in bad {
+            let err = parse(args).expect_err(&format!("{args:?} should fail"));
+            assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn tun_allows_a_larger_mtu_than_tap() {
+        assert_eq!(
+            tunnel(&["-s", "-t", "tun", "-M", "65509", "-l", "@/k", "-k", PUB]).mtu,
+            Some(65509)
+        );
+    }
+
+    #[test]
+    fn malformed_key_literal_is_a_usage_error() {
+        let bad = "yAnz5aJ0gbZlk8u8m8xq0L3YbL2mFqNm3fJ0bVQ0uUJ=";
+        assert!(matches!(
+            parse(&["-s", "-l", bad, "-k", PUB]),
+            Err(Error::Secret { .. })
+        ));
+    }
+}

@@ -1,0 +1,214 @@
+//! The TAP or TUN device: opening or attaching it, its MTU and link state,
+//! and the small [`PacketDevice`] trait the relay uses, so that tests can run
+//! the relay over any packet-preserving descriptor.
+//!
+//! The device is opened through the `tun` crate with IFF_NO_PI, so each read
+//! or write is exactly one Ethernet frame (tap) or IP packet (tun). Usual
+//! failures, and what the error says: no /dev/net/tun (load the `tun`
+//! module), EPERM (root, CAP_NET_ADMIN, or a persistent device owned by the
+//! user), EBUSY (another process is attached), EINVAL (a persistent device of
+//! the other type).
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use tun::AbstractDevice;
+
+use crate::error::Error;
+use crate::sys;
+
+/// Largest tap MTU: frame = MTU + 14 (Ethernet) + 4 (VLAN tag), which with
+/// the 10-byte GSO header and the 16-byte tag must fit 65535.
+pub const MAX_MTU_TAP: u32 = 65491;
+/// Largest tun MTU: packet = MTU, plus 10 + 16 as above.
+pub const MAX_MTU_TUN: u32 = 65509;
+/// Smallest MTU we accept (IPv4's minimum).
+pub const MIN_MTU: u32 = 68;
+/// The largest frame or packet taptun carries; a larger one is dropped.
+pub const MAX_FRAME: usize = 65509;
+/// Linux's limit on interface names, without the NUL.
+pub const MAX_NAME_LEN: usize = 15;
+
+/// TAP (Ethernet frames) or TUN (IP packets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Tap,
+    Tun,
+}
+
+impl Layer {
+    /// The value in hello byte 1.
+    pub fn wire_value(self) -> u8 {
+        match self {
+            Layer::Tap => 0,
+            Layer::Tun => 1,
+        }
+    }
+
+    pub fn from_wire(value: u8) -> Option<Layer> {
+        match value {
+            0 => Some(Layer::Tap),
+            1 => Some(Layer::Tun),
+            _ => None,
+        }
+    }
+
+    pub fn max_mtu(self) -> u32 {
+        match self {
+            Layer::Tap => MAX_MTU_TAP,
+            Layer::Tun => MAX_MTU_TUN,
+        }
+    }
+
+    /// The device name that lets the kernel pick a free number.
+    pub fn default_name(self) -> &'static str {
+        match self {
+            Layer::Tap => "tap%d",
+            Layer::Tun => "tun%d",
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layer::Tap => "tap",
+            Layer::Tun => "tun",
+        })
+    }
+}
+
+/// A packet-preserving descriptor: one read, one packet; one write, one packet.
+pub trait PacketDevice: Sync {
+    /// A non-blocking descriptor to poll for readability.
+    fn raw_fd(&self) -> RawFd;
+    /// Reads one packet; `WouldBlock` when none is queued.
+    ///
+    /// # Errors
+    /// The descriptor's read errors.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one packet.
+    ///
+    /// # Errors
+    /// The descriptor's write errors (the relay counts and drops).
+    fn send(&self, packet: &[u8]) -> io::Result<usize>;
+}
+
+/// An open TAP or TUN device.
+pub struct Device {
+    inner: tun::Device,
+    name: String,
+    layer: Layer,
+    mtu: u32,
+}
+
+fn device_error(name: &str, what: &'static str, err: tun::Error) -> Error {
+    let source = match err {
+        tun::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    };
+    Error::Device {
+        name: name.to_owned(),
+        what,
+        source,
+    }
+}
+
+impl Device {
+    /// Opens (or attaches to a persistent) device, sets its MTU when given,
+    /// and sets its link up. Addresses and routes are left alone.
+    ///
+    /// # Errors
+    /// `Error::Device`, naming the device and the likely cause.
+    pub fn open(name: Option<&str>, layer: Layer, mtu: Option<u32>) -> Result<Device, Error> {
+        let requested = name.unwrap_or(layer.default_name());
+        let mut config = tun::Configuration::default();
+        config
+            .tun_name(requested)
+            .layer(match layer {
+                Layer::Tap => tun::Layer::L2,
+                Layer::Tun => tun::Layer::L3,
+            })
+            // Only TUNSETIFF here: the MTU and link state are set below, each
+            // with its own error message.
+            .platform_config(|p| {
+                p.ensure_root_privileges(false);
+            });
+        let mut inner = tun::create(&config)
+            .map_err(|e| device_error(requested, "cannot open /dev/net/tun and attach", e))?;
+        let name = inner
+            .tun_name()
+            .map_err(|e| device_error(requested, "cannot read the device name", e))?;
+        if let Some(mtu) = mtu {
+            // MTU bounds were checked with the configuration.
+            let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
+            inner
+                .set_mtu(mtu)
+                .map_err(|e| device_error(&name, "cannot set the MTU", e))?;
+        }
+        let mtu = u32::from(
+            inner
+                .mtu()
+                .map_err(|e| device_error(&name, "cannot read the MTU", e))?,
+        );
+        if let Err(e) = inner.enabled(true) {
+            // An unprivileged owner of a persistent device may not set the
+            // link up; the administrator may have done it already.
+            log::warn!(
+                "{name}: cannot set the link up ({e}); bring it up with `ip link set {name} up`"
+            );
+        }
+        sys::set_nonblocking(inner.as_raw_fd(), true).map_err(|source| Error::Device {
+            name: name.clone(),
+            what: "cannot make the device non-blocking",
+            source,
+        })?;
+        Ok(Device {
+            inner,
+            name,
+            layer,
+            mtu,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn layer(&self) -> Layer {
+        self.layer
+    }
+
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+}
+
+impl PacketDevice for Device {
+    fn raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.recv(buf)
+    }
+
+    fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        self.inner.send(packet)
+    }
+}
+
+impl PacketDevice for std::os::unix::net::UnixDatagram {
+    fn raw_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        std::os::unix::net::UnixDatagram::recv(self, buf)
+    }
+
+    fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        std::os::unix::net::UnixDatagram::send(self, packet)
+    }
+}

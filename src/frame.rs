@@ -1,0 +1,243 @@
+//! The length-prefix codec that carries every message on the stream.
+//!
+//! ```text
+//!  0       1       2                              2+L
+//! +-------+-------+------------- ... -------------+
+//! |   L (u16, BE) |   L bytes: one Noise message  |
+//! +-------+-------+------------- ... -------------+
+//!          1 <= L <= 65535 (Noise's own message limit)
+//! ```
+//!
+//! Handshake and transport messages alike travel this way. L = 0 is a
+//! protocol error. The end of the stream at a message boundary is a clean
+//! close; in the middle of a message it is an error. Reading goes through one
+//! large buffer allocated once, so that a burst of messages costs one read.
+
+use std::fmt;
+use std::io::{self, Read};
+
+/// Bytes in the length prefix.
+pub const HEADER_LEN: usize = 2;
+/// The largest message: Noise's limit, and the largest u16.
+pub const MAX_MESSAGE: usize = 65535;
+/// The largest message with its prefix.
+pub const MAX_WIRE: usize = HEADER_LEN + MAX_MESSAGE;
+/// Default size of the read buffer: room for several full-size messages.
+pub const READ_BUFFER: usize = 4 * MAX_WIRE;
+
+/// Why a byte sequence is not a valid run of messages.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// A length prefix of 0.
+    ZeroLength,
+    /// The stream ended inside a message.
+    Truncated { have: usize, need: usize },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::ZeroLength => f.write_str("a message with length 0"),
+            FrameError::Truncated { have, need } => write!(
+                f,
+                "the stream ended inside a message ({have} of {need} bytes)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Looks for one complete message at the start of `buf`.
+///
+/// Returns `Ok(Some((start, end)))`, the message's range in `buf` (the next
+/// message begins at `end`), or `Ok(None)` when more bytes are needed.
+///
+/// # Errors
+/// `ZeroLength` when the prefix is 0.
+pub fn decode(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
+    let Some(prefix) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
+    if len == 0 {
+        return Err(FrameError::ZeroLength);
+    }
+    let end = HEADER_LEN + len;
+    Ok((buf.len() >= end).then_some((HEADER_LEN, end)))
+}
+
+/// The prefix for a message of `len` bytes (1..=65535).
+pub fn header(len: usize) -> [u8; HEADER_LEN] {
+    debug_assert!((1..=MAX_MESSAGE).contains(&len));
+    // The callers' buffers cap len at MAX_MESSAGE, so the cast cannot wrap.
+    (len as u16).to_be_bytes()
+}
+
+/// Reads messages from a byte stream through one buffer.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    /// Start of the bytes not yet handed out.
+    start: usize,
+    /// End of the bytes read so far.
+    end: usize,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(inner: R) -> FrameReader<R> {
+        FrameReader::with_capacity(inner, READ_BUFFER)
+    }
+
+    /// A reader with a buffer of `capacity` bytes (at least one full message).
+    pub fn with_capacity(inner: R, capacity: usize) -> FrameReader<R> {
+        FrameReader {
+            inner,
+            buf: vec![0u8; capacity.max(MAX_WIRE)].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The next message, or `None` when the stream ended cleanly between
+    /// messages.
+    ///
+    /// # Errors
+    /// The inner reader's errors, and `InvalidData` wrapping a [`FrameError`]
+    /// for a zero length or a stream that ends inside a message.
+    pub fn next_message(&mut self) -> io::Result<Option<&[u8]>> {
+        loop {
+            match decode(&self.buf[self.start..self.end]) {
+                Ok(Some((from, to))) => {
+                    let (from, to) = (self.start + from, self.start + to);
+                    self.start = to;
+                    return Ok(Some(&self.buf[from..to]));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            // Need more bytes. Move a partial message to the front when it
+            // might not fit behind; a full message always fits the buffer.
+            if self.buf.len() - self.start < MAX_WIRE {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let n = loop {
+                match self.inner.read(&mut self.buf[self.end..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                let have = self.end - self.start;
+                if have == 0 {
+                    return Ok(None);
+                }
+                let need = match self.buf.get(self.start..self.start + HEADER_LEN) {
+                    Some(p) => HEADER_LEN + usize::from(u16::from_be_bytes([p[0], p[1]])),
+                    None => HEADER_LEN,
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    FrameError::Truncated { have, need },
+                ));
+            }
+            self.end += n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(messages: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in messages {
+            out.extend_from_slice(&header(m.len()));
+            out.extend_from_slice(m);
+        }
+        out
+    }
+
+    /// A reader that hands out at most `step` bytes per read.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn decodes_messages_split_at_every_byte() {
+        let big = vec![0xabu8; MAX_MESSAGE];
+        let wire = encode(&[b"a", &big, b"xyz", &big]);
+        for step in [1, 2, 3, 1000, MAX_WIRE + 7] {
+            let mut r = FrameReader::with_capacity(Trickle { data: &wire, step }, MAX_WIRE);
+            assert_eq!(r.next_message().unwrap().unwrap(), b"a");
+            assert_eq!(r.next_message().unwrap().unwrap().len(), MAX_MESSAGE);
+            assert_eq!(r.next_message().unwrap().unwrap(), b"xyz");
+            assert_eq!(r.next_message().unwrap().unwrap(), &big[..]);
+            assert!(r.next_message().unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn rejects_zero_length_frame() {
+        let wire = [0u8, 0, 1, 2];
+        let mut r = FrameReader::new(&wire[..]);
+        let err = r.next_message().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(decode(&wire), Err(FrameError::ZeroLength));
+    }
+
+    #[test]
+    fn eof_inside_the_prefix_is_an_error() {
+        let mut r = FrameReader::new(&[0u8][..]);
+        assert_eq!(
+            r.next_message().unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    #[test]
+    fn eof_inside_the_body_is_an_error() {
+        let mut wire = encode(&[b"hello"]);
+        wire.pop();
+        let mut r = FrameReader::new(&wire[..]);
+        let err = r.next_message().unwrap_err();
+        assert!(err.to_string().contains("6 of 7"), "{err}");
+    }
+
+    #[test]
+    fn eof_at_a_boundary_is_clean() {
+        let mut r = FrameReader::new(&[][..]);
+        assert!(r.next_message().unwrap().is_none());
+    }
+
+    #[test]
+    fn largest_length_is_accepted() {
+        assert_eq!(header(MAX_MESSAGE), [0xff, 0xff]);
+        let mut wire = vec![0xff, 0xff];
+        wire.resize(MAX_WIRE, 9);
+        assert_eq!(decode(&wire), Ok(Some((2, MAX_WIRE))));
+        assert_eq!(decode(&wire[..MAX_WIRE - 1]), Ok(None));
+    }
+}

@@ -1,0 +1,1033 @@
+//! The Noise_XXpsk0 handshake that proves both ends' identities and yields
+//! the transport keys.
+//!
+//! # Design
+//!
+//! ```text
+//! initiator (-c)                                  responder (-s, -i)
+//!   -> psk, e             message 1, empty payload  (48 bytes)
+//!   <- e, ee, s, es       message 2, hello          (102 bytes)
+//!   -> s, se              message 3, hello          (70 bytes)
+//!   <- keepalive          first transport message, nonce 0: key confirmation
+//! ```
+//!
+//! Protocol `Noise_XXpsk0_25519_{ChaChaPoly|AESGCM}_BLAKE2s`, prologue
+//! `taptun/1`. The psk is BLAKE2s-256(`taptun/1 psk` || X25519(local private,
+//! expected remote public)), the same at both ends. Because the psk is mixed
+//! in first, a responder can check message 1's tag without any public-key
+//! operation and answers nothing to anyone who lacks it: a scanner learns
+//! nothing, not even the responder's static key. Wrong secrets and a
+//! different cipher both fail right there.
+//!
+//! Hello (messages 2 and 3): byte 0 version (1), byte 1 layer (0 tap, 1 tun),
+//! byte 2 flags (unknown bits ignored), byte 3 keepalive seconds (0 = none),
+//! bytes 4-5 MTU big-endian. At least 2 bytes; absent bytes read as 0; extra
+//! bytes are ignored.
+//!
+//! The initiator checks the responder's static key after message 2 and, if it
+//! is not the expected one, closes without sending message 3, so an impostor
+//! never learns who the initiator is. The responder checks after message 3.
+//! On a layer mismatch the initiator still sends message 3, so both ends can
+//! name the cause, and then closes.
+//!
+//! This module does no I/O of its own beyond the [`MessageIo`] the caller
+//! hands in; the state machines below ([`Initiator`], [`Responder`]) only
+//! transform buffers, so they can be driven from tests, fuzzers and test
+//! vectors with fixed ephemeral keys.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::device::Layer;
+use crate::keys::{self, KEY_LEN, PrivateKey, Psk, PublicKey};
+
+/// Mixed into the handshake hash by both ends, for every version.
+pub const PROLOGUE: &[u8] = b"taptun/1";
+/// The protocol version this implementation speaks.
+pub const VERSION: u8 = 1;
+/// The hello we send.
+pub const HELLO_LEN: usize = 6;
+/// The shortest hello we accept.
+pub const MIN_HELLO_LEN: usize = 2;
+/// AEAD tag length.
+pub const TAG_LEN: usize = 16;
+/// Length of message 1: e (32) and the tag of the empty payload.
+pub const MESSAGE1_LEN: usize = KEY_LEN + TAG_LEN;
+/// Responder: message 1 must arrive this soon after accept.
+pub const RESPONDER_FIRST_MESSAGE: Duration = Duration::from_secs(3);
+/// Responder: the whole handshake must finish this soon after accept.
+pub const RESPONDER_DEADLINE: Duration = Duration::from_secs(10);
+/// Initiator over TCP: from connect to key confirmation.
+pub const INITIATOR_DEADLINE: Duration = Duration::from_secs(10);
+/// Initiator over a command (-x): an ssh login can be slow.
+pub const INITIATOR_COMMAND_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a message 1 ephemeral key is remembered.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(600);
+/// The most ephemeral keys remembered; each needs the psk to get in.
+pub const REPLAY_CAPACITY: usize = 65536;
+
+/// The AEAD both ends must agree on (-e).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cipher {
+    ChaChaPoly,
+    AesGcm,
+}
+
+impl Cipher {
+    pub fn noise_name(self) -> &'static str {
+        match self {
+            Cipher::ChaChaPoly => "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s",
+            Cipher::AesGcm => "Noise_XXpsk0_25519_AESGCM_BLAKE2s",
+        }
+    }
+
+    pub fn option_name(self) -> &'static str {
+        match self {
+            Cipher::ChaChaPoly => "chachapoly",
+            Cipher::AesGcm => "aesgcm",
+        }
+    }
+}
+
+/// What each end tells the other in messages 2 and 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u8,
+    /// 0 tap, 1 tun; anything else is refused.
+    pub layer: u8,
+    pub flags: u8,
+    pub keepalive: u8,
+    pub mtu: u16,
+}
+
+impl Hello {
+    pub fn new(layer: Layer, mtu: u32) -> Hello {
+        Hello {
+            version: VERSION,
+            layer: layer.wire_value(),
+            flags: 0,
+            keepalive: 0,
+            mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
+        }
+    }
+
+    pub fn encode(&self) -> [u8; HELLO_LEN] {
+        let [m0, m1] = self.mtu.to_be_bytes();
+        [self.version, self.layer, self.flags, self.keepalive, m0, m1]
+    }
+
+    /// Parses a hello: at least 2 bytes, absent bytes read as 0, extra bytes
+    /// ignored; the version must be 1 and the layer 0 or 1.
+    ///
+    /// # Errors
+    /// A hello that is too short, of another version, or of an unknown layer.
+    pub fn decode(bytes: &[u8]) -> Result<Hello, HandshakeError> {
+        if bytes.len() < MIN_HELLO_LEN {
+            return Err(HandshakeError::Malformed(format!(
+                "the hello has {} bytes, at least {MIN_HELLO_LEN} are needed",
+                bytes.len()
+            )));
+        }
+        let byte = |i: usize| bytes.get(i).copied().unwrap_or(0);
+        let hello = Hello {
+            version: byte(0),
+            layer: byte(1),
+            flags: byte(2),
+            keepalive: byte(3),
+            mtu: u16::from_be_bytes([byte(4), byte(5)]),
+        };
+        if hello.version != VERSION {
+            return Err(HandshakeError::Version(hello.version));
+        }
+        if Layer::from_wire(hello.layer).is_none() {
+            return Err(HandshakeError::UnknownLayer(hello.layer));
+        }
+        Ok(hello)
+    }
+}
+
+/// Which end of the handshake we are, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Initiator,
+    Responder,
+}
+
+/// Why a handshake failed. Each message names the likely cause.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The peer's static key is not the expected one.
+    WrongPeerKey { peer_role: Role, got: PublicKey },
+    /// The ends run different layers (we, they).
+    LayerMismatch { ours: Layer, theirs: Layer },
+    /// The peer speaks another protocol version.
+    Version(u8),
+    /// The peer announced a layer we do not know.
+    UnknownLayer(u8),
+    /// Responder: message 1's tag did not check.
+    Message1NotAuthentic,
+    /// A message after message 1 did not decrypt.
+    NotAuthentic(&'static str),
+    /// Responder: message 1's ephemeral key was seen before.
+    Replay,
+    /// The stream ended before key confirmation (seen by `Role`).
+    Closed(Role),
+    /// A deadline passed.
+    Timeout(&'static str),
+    /// We were asked to stop (SIGINT, SIGTERM) before the handshake finished.
+    Stopped,
+    /// A message of the wrong shape.
+    Malformed(String),
+    /// The stream failed.
+    Io(io::Error),
+    /// Noise refused an operation on our own side (a bug or bad key).
+    Noise(snow::Error),
+}
+
+impl HandshakeError {
+    /// Whether the failure proves the peer is not who we expect or cannot
+    /// talk to us (as opposed to a network hiccup or a busy server).
+    pub fn is_provable(&self) -> bool {
+        matches!(
+            self,
+            HandshakeError::WrongPeerKey { .. }
+                | HandshakeError::LayerMismatch { .. }
+                | HandshakeError::Version(_)
+                | HandshakeError::UnknownLayer(_)
+        )
+    }
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::WrongPeerKey { peer_role, got } => {
+                let who = match peer_role {
+                    Role::Responder => "server",
+                    Role::Initiator => "client",
+                };
+                write!(
+                    f,
+                    "the {who}'s key is not the one given with -r/-k (it has public key {got})"
+                )
+            }
+            HandshakeError::LayerMismatch { ours, theirs } => {
+                write!(f, "the peer runs {theirs}, we run {ours} (check -t at both ends)")
+            }
+            HandshakeError::Version(v) => {
+                write!(f, "the peer speaks protocol version {v}, we speak {VERSION}")
+            }
+            HandshakeError::UnknownLayer(l) => write!(f, "the peer announced unknown layer {l}"),
+            HandshakeError::Message1NotAuthentic => f.write_str(
+                "message 1 did not authenticate: wrong secrets, a different -e, or not a taptun client",
+            ),
+            HandshakeError::NotAuthentic(which) => write!(
+                f,
+                "{which} did not authenticate: wrong secrets, a different -e, or a tampered stream"
+            ),
+            HandshakeError::Replay => f.write_str(
+                "message 1 is a replay of one seen in the last 10 minutes (refused without an answer)",
+            ),
+            HandshakeError::Closed(Role::Initiator) => f.write_str(
+                "the server closed the connection during the handshake: wrong secrets, a different -e, \
+                 or not a taptun server (or a server busy with another client, or limited by inetd)",
+            ),
+            HandshakeError::Closed(Role::Responder) => {
+                f.write_str("the client closed the connection during the handshake")
+            }
+            HandshakeError::Timeout(phase) => write!(f, "timed out waiting for {phase}"),
+            HandshakeError::Stopped => f.write_str("stopped before the handshake finished"),
+            HandshakeError::Malformed(what) => write!(f, "malformed handshake: {what}"),
+            HandshakeError::Io(e) => write!(f, "{e}"),
+            HandshakeError::Noise(e) => write!(f, "noise: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+/// Who we are and whom we expect: fixed for the life of the process.
+pub struct Identity {
+    local: PrivateKey,
+    remote: PublicKey,
+    psk: Psk,
+    cipher: Cipher,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("local", &"<redacted>")
+            .field("remote", &self.remote)
+            .field("cipher", &self.cipher)
+            .finish()
+    }
+}
+
+impl Identity {
+    /// # Errors
+    /// When the remote key is a low-order point.
+    pub fn new(local: PrivateKey, remote: PublicKey, cipher: Cipher) -> Result<Identity, String> {
+        let psk = keys::derive_psk(&local, &remote)?;
+        Ok(Identity {
+            local,
+            remote,
+            psk,
+            cipher,
+        })
+    }
+
+    pub fn local_public(&self) -> PublicKey {
+        self.local.public_key()
+    }
+
+    pub fn remote(&self) -> PublicKey {
+        self.remote
+    }
+
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
+    }
+
+    fn builder<'a>(&'a self, fixed_ephemeral: Option<&'a [u8; KEY_LEN]>) -> snow::Builder<'a> {
+        let params: snow::params::NoiseParams = self
+            .cipher
+            .noise_name()
+            .parse()
+            .expect("the two protocol names are valid");
+        let mut builder = snow::Builder::new(params)
+            .prologue(PROLOGUE)
+            .and_then(|b| b.local_private_key(self.local.as_bytes()))
+            .and_then(|b| b.psk(0, &self.psk))
+            .expect("a fresh builder takes each setting once");
+        if let Some(e) = fixed_ephemeral {
+            builder = builder.fixed_ephemeral_key_for_testing_only(e);
+        }
+        builder
+    }
+}
+
+/// The keys of an established session. Both directions share it: each
+/// message carries its nonce explicitly, so no lock is needed.
+pub struct Transport {
+    state: snow::StatelessTransportState,
+}
+
+impl Transport {
+    /// Encrypts `plaintext` with `nonce` into `out`; returns the length.
+    ///
+    /// # Errors
+    /// When `out` is too small (a bug in the caller).
+    pub fn seal(&self, nonce: u64, plaintext: &[u8], out: &mut [u8]) -> Result<usize, snow::Error> {
+        self.state.write_message(nonce, plaintext, out)
+    }
+
+    /// Decrypts `ciphertext` with `nonce` into `out`; returns the length.
+    ///
+    /// # Errors
+    /// When the message does not authenticate.
+    pub fn open(
+        &self,
+        nonce: u64,
+        ciphertext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, snow::Error> {
+        self.state.read_message(nonce, ciphertext, out)
+    }
+}
+
+/// The outcome of a successful handshake.
+pub struct Established {
+    pub transport: Transport,
+    pub peer_hello: Hello,
+    pub peer_key: PublicKey,
+    /// The next nonce we send with.
+    pub send_nonce: u64,
+    /// The next nonce we expect.
+    pub recv_nonce: u64,
+}
+
+fn peer_static(hs: &snow::HandshakeState) -> Result<PublicKey, HandshakeError> {
+    let bytes = hs
+        .get_remote_static()
+        .ok_or_else(|| HandshakeError::Malformed("no static key received".into()))?;
+    let key: [u8; KEY_LEN] = bytes
+        .try_into()
+        .map_err(|_| HandshakeError::Malformed("static key of the wrong length".into()))?;
+    Ok(PublicKey(key))
+}
+
+fn check_layers(ours: Layer, theirs: &Hello) -> Result<(), HandshakeError> {
+    // decode() already refused unknown layers.
+    let theirs = Layer::from_wire(theirs.layer).unwrap_or(ours);
+    if theirs == ours {
+        Ok(())
+    } else {
+        Err(HandshakeError::LayerMismatch { ours, theirs })
+    }
+}
+
+/// The initiator's side as a state machine over buffers.
+pub struct Initiator<'a> {
+    hs: snow::HandshakeState,
+    identity: &'a Identity,
+    hello: Hello,
+}
+
+impl<'a> Initiator<'a> {
+    /// # Errors
+    /// Only if Noise refuses our own settings.
+    pub fn new(identity: &'a Identity, hello: Hello) -> Result<Initiator<'a>, HandshakeError> {
+        Self::with_ephemeral(identity, hello, None)
+    }
+
+    /// As `new`, with a fixed ephemeral key: for test vectors only.
+    ///
+    /// # Errors
+    /// Only if Noise refuses our own settings.
+    pub fn with_ephemeral(
+        identity: &'a Identity,
+        hello: Hello,
+        ephemeral: Option<&'a [u8; KEY_LEN]>,
+    ) -> Result<Initiator<'a>, HandshakeError> {
+        let hs = identity
+            .builder(ephemeral)
+            .build_initiator()
+            .map_err(HandshakeError::Noise)?;
+        Ok(Initiator {
+            hs,
+            identity,
+            hello,
+        })
+    }
+
+    /// `-> psk, e` with an empty payload.
+    ///
+    /// # Errors
+    /// Only on an internal Noise failure.
+    pub fn write_message1(&mut self, out: &mut [u8]) -> Result<usize, HandshakeError> {
+        self.hs
+            .write_message(&[], out)
+            .map_err(HandshakeError::Noise)
+    }
+
+    /// `<- e, ee, s, es`: checks the responder's key and hello.
+    ///
+    /// # Errors
+    /// A message that does not decrypt, a wrong responder key, a bad hello.
+    /// A layer mismatch is *not* an error here: see [`Initiator::check_layer`].
+    pub fn read_message2(&mut self, msg: &[u8]) -> Result<Hello, HandshakeError> {
+        let mut payload = [0u8; crate::frame::MAX_MESSAGE];
+        let n = self
+            .hs
+            .read_message(msg, &mut payload)
+            .map_err(|_| HandshakeError::NotAuthentic("message 2"))?;
+        let got = peer_static(&self.hs)?;
+        if got != self.identity.remote {
+            return Err(HandshakeError::WrongPeerKey {
+                peer_role: Role::Responder,
+                got,
+            });
+        }
+        Hello::decode(&payload[..n])
+    }
+
+    /// Whether the responder's layer matches ours; on a mismatch, send
+    /// message 3 anyway and then fail with this error.
+    ///
+    /// # Errors
+    /// The layer mismatch.
+    pub fn check_layer(&self, peer: &Hello) -> Result<(), HandshakeError> {
+        let ours = Layer::from_wire(self.hello.layer).unwrap_or(Layer::Tap);
+        check_layers(ours, peer)
+    }
+
+    /// `-> s, se` with our hello.
+    ///
+    /// # Errors
+    /// Only on an internal Noise failure.
+    pub fn write_message3(&mut self, out: &mut [u8]) -> Result<usize, HandshakeError> {
+        self.hs
+            .write_message(&self.hello.encode(), out)
+            .map_err(HandshakeError::Noise)
+    }
+
+    /// The transport keys, once message 3 is written.
+    ///
+    /// # Errors
+    /// If the handshake is not finished.
+    pub fn into_transport(self) -> Result<(Transport, PublicKey), HandshakeError> {
+        let key = peer_static(&self.hs)?;
+        let state = self
+            .hs
+            .into_stateless_transport_mode()
+            .map_err(HandshakeError::Noise)?;
+        Ok((Transport { state }, key))
+    }
+}
+
+/// The responder's side as a state machine over buffers.
+pub struct Responder<'a> {
+    hs: snow::HandshakeState,
+    identity: &'a Identity,
+    hello: Hello,
+}
+
+impl<'a> Responder<'a> {
+    /// # Errors
+    /// Only if Noise refuses our own settings.
+    pub fn new(identity: &'a Identity, hello: Hello) -> Result<Responder<'a>, HandshakeError> {
+        Self::with_ephemeral(identity, hello, None)
+    }
+
+    /// As `new`, with a fixed ephemeral key: for test vectors only.
+    ///
+    /// # Errors
+    /// Only if Noise refuses our own settings.
+    pub fn with_ephemeral(
+        identity: &'a Identity,
+        hello: Hello,
+        ephemeral: Option<&'a [u8; KEY_LEN]>,
+    ) -> Result<Responder<'a>, HandshakeError> {
+        let hs = identity
+            .builder(ephemeral)
+            .build_responder()
+            .map_err(HandshakeError::Noise)?;
+        Ok(Responder {
+            hs,
+            identity,
+            hello,
+        })
+    }
+
+    /// Checks message 1 (`-> psk, e`); returns its ephemeral key for the
+    /// replay check. The payload is ignored.
+    ///
+    /// # Errors
+    /// `Message1NotAuthentic` when the tag does not check.
+    pub fn read_message1(&mut self, msg: &[u8]) -> Result<[u8; KEY_LEN], HandshakeError> {
+        let ephemeral: [u8; KEY_LEN] = msg
+            .get(..KEY_LEN)
+            .and_then(|e| e.try_into().ok())
+            .ok_or(HandshakeError::Message1NotAuthentic)?;
+        let mut payload = [0u8; crate::frame::MAX_MESSAGE];
+        self.hs
+            .read_message(msg, &mut payload)
+            .map_err(|_| HandshakeError::Message1NotAuthentic)?;
+        Ok(ephemeral)
+    }
+
+    /// `<- e, ee, s, es` with our hello.
+    ///
+    /// # Errors
+    /// Only on an internal Noise failure.
+    pub fn write_message2(&mut self, out: &mut [u8]) -> Result<usize, HandshakeError> {
+        self.hs
+            .write_message(&self.hello.encode(), out)
+            .map_err(HandshakeError::Noise)
+    }
+
+    /// `-> s, se`: checks the initiator's key, hello and layer.
+    ///
+    /// # Errors
+    /// A message that does not decrypt, a wrong initiator key, a bad hello,
+    /// a layer mismatch.
+    pub fn read_message3(&mut self, msg: &[u8]) -> Result<Hello, HandshakeError> {
+        let mut payload = [0u8; crate::frame::MAX_MESSAGE];
+        let n = self
+            .hs
+            .read_message(msg, &mut payload)
+            .map_err(|_| HandshakeError::NotAuthentic("message 3"))?;
+        let got = peer_static(&self.hs)?;
+        if got != self.identity.remote {
+            return Err(HandshakeError::WrongPeerKey {
+                peer_role: Role::Initiator,
+                got,
+            });
+        }
+        let hello = Hello::decode(&payload[..n])?;
+        let ours = Layer::from_wire(self.hello.layer).unwrap_or(Layer::Tap);
+        check_layers(ours, &hello)?;
+        Ok(hello)
+    }
+
+    /// The transport keys, once message 3 is read.
+    ///
+    /// # Errors
+    /// If the handshake is not finished.
+    pub fn into_transport(self) -> Result<(Transport, PublicKey), HandshakeError> {
+        let key = peer_static(&self.hs)?;
+        let state = self
+            .hs
+            .into_stateless_transport_mode()
+            .map_err(HandshakeError::Noise)?;
+        Ok((Transport { state }, key))
+    }
+}
+
+/// A message stream for the handshake: the framed stream in real use, an
+/// in-memory pipe in tests.
+pub trait MessageIo {
+    /// Sends one message (with its length prefix).
+    ///
+    /// # Errors
+    /// The stream's write errors.
+    fn send(&mut self, msg: &[u8]) -> io::Result<()>;
+    /// Receives one message; `None` when the stream ended cleanly.
+    ///
+    /// # Errors
+    /// The stream's read errors; `TimedOut` past the deadline.
+    fn recv(&mut self) -> io::Result<Option<&[u8]>>;
+    /// Reads after this instant fail with `TimedOut`.
+    fn set_deadline(&mut self, deadline: Option<Instant>);
+}
+
+fn recv_or<'a, M: MessageIo>(
+    io: &'a mut M,
+    role: Role,
+    waiting_for: &'static str,
+) -> Result<&'a [u8], HandshakeError> {
+    match io.recv() {
+        Ok(Some(msg)) => Ok(msg),
+        Ok(None) => Err(HandshakeError::Closed(role)),
+        Err(e) if crate::transport::is_stopped(&e) => Err(HandshakeError::Stopped),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(HandshakeError::Timeout(waiting_for)),
+        Err(e) if is_disconnect(&e) => Err(HandshakeError::Closed(role)),
+        Err(e) => Err(HandshakeError::Io(e)),
+    }
+}
+
+/// Errors that mean the peer went away rather than something broke here.
+pub fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+fn send<M: MessageIo>(io: &mut M, role: Role, msg: &[u8]) -> Result<(), HandshakeError> {
+    io.send(msg).map_err(|e| {
+        if is_disconnect(&e) {
+            HandshakeError::Closed(role)
+        } else {
+            HandshakeError::Io(e)
+        }
+    })
+}
+
+/// Runs the initiator's handshake up to key confirmation.
+///
+/// `deadline` covers everything up to confirmation; afterwards reads have no
+/// deadline.
+///
+/// # Errors
+/// Any [`HandshakeError`]; nothing has been relayed.
+pub fn initiate<M: MessageIo>(
+    io: &mut M,
+    identity: &Identity,
+    hello: Hello,
+    deadline: Instant,
+) -> Result<Established, HandshakeError> {
+    io.set_deadline(Some(deadline));
+    let mut init = Initiator::new(identity, hello)?;
+    let mut buf = vec![0u8; crate::frame::MAX_MESSAGE];
+
+    // -> psk, e
+    let n = init.write_message1(&mut buf)?;
+    send(io, Role::Initiator, &buf[..n])?;
+
+    // <- e, ee, s, es
+    let msg = recv_or(io, Role::Initiator, "message 2")?;
+    let peer_hello = init.read_message2(msg)?;
+    let layer_check = init.check_layer(&peer_hello);
+
+    // -> s, se (sent on a layer mismatch too, so that both ends can name it)
+    let n = init.write_message3(&mut buf)?;
+    send(io, Role::Initiator, &buf[..n])?;
+    layer_check?;
+    let (transport, peer_key) = init.into_transport()?;
+
+    // <- keepalive: the responder accepted message 3.
+    let msg = recv_or(io, Role::Initiator, "key confirmation")?;
+    if msg.len() < TAG_LEN {
+        return Err(HandshakeError::Malformed(
+            "key confirmation shorter than a tag".into(),
+        ));
+    }
+    let n = transport
+        .open(0, msg, &mut buf)
+        .map_err(|_| HandshakeError::NotAuthentic("key confirmation"))?;
+    if n != 0 {
+        return Err(HandshakeError::Malformed(
+            "the first transport message is not a keepalive".into(),
+        ));
+    }
+    io.set_deadline(None);
+    Ok(Established {
+        transport,
+        peer_hello,
+        peer_key,
+        send_nonce: 0,
+        recv_nonce: 1,
+    })
+}
+
+/// Runs the responder's handshake, including sending key confirmation.
+///
+/// `accepted` is when the connection was accepted: message 1 must arrive
+/// within 3 s of it and the handshake finish within 10 s.
+///
+/// # Errors
+/// Any [`HandshakeError`]; nothing has been relayed.
+pub fn respond<M: MessageIo>(
+    io: &mut M,
+    identity: &Identity,
+    hello: Hello,
+    accepted: Instant,
+    replays: &ReplayCache,
+) -> Result<Established, HandshakeError> {
+    let mut resp = Responder::new(identity, hello)?;
+    let mut buf = vec![0u8; crate::frame::MAX_MESSAGE];
+
+    // -> psk, e
+    io.set_deadline(Some(accepted + RESPONDER_FIRST_MESSAGE));
+    let msg = recv_or(io, Role::Responder, "message 1")?;
+    let ephemeral = resp.read_message1(msg)?;
+    if !replays.insert(ephemeral, Instant::now()) {
+        return Err(HandshakeError::Replay);
+    }
+
+    // <- e, ee, s, es
+    io.set_deadline(Some(accepted + RESPONDER_DEADLINE));
+    let n = resp.write_message2(&mut buf)?;
+    send(io, Role::Responder, &buf[..n])?;
+
+    // -> s, se
+    let msg = recv_or(io, Role::Responder, "message 3")?;
+    let peer_hello = resp.read_message3(msg)?;
+    let (transport, peer_key) = resp.into_transport()?;
+
+    // <- keepalive (nonce 0): key confirmation.
+    let n = transport
+        .seal(0, &[], &mut buf)
+        .map_err(HandshakeError::Noise)?;
+    send(io, Role::Responder, &buf[..n])?;
+    io.set_deadline(None);
+    Ok(Established {
+        transport,
+        peer_hello,
+        peer_key,
+        send_nonce: 1,
+        recv_nonce: 0,
+    })
+}
+
+/// Message-1 ephemeral keys seen in the last 10 minutes.
+///
+/// Only keys from messages whose tag checked are inserted, so filling the
+/// cache needs the psk. Bounded at [`REPLAY_CAPACITY`] entries (about 3 MiB);
+/// when full, the oldest entry goes first.
+pub struct ReplayCache {
+    inner: Mutex<ReplayInner>,
+}
+
+struct ReplayInner {
+    seen: HashMap<[u8; KEY_LEN], Instant>,
+    order: VecDeque<([u8; KEY_LEN], Instant)>,
+    window: Duration,
+    capacity: usize,
+}
+
+impl Default for ReplayCache {
+    fn default() -> Self {
+        ReplayCache::new(REPLAY_WINDOW, REPLAY_CAPACITY)
+    }
+}
+
+impl ReplayCache {
+    pub fn new(window: Duration, capacity: usize) -> ReplayCache {
+        ReplayCache {
+            inner: Mutex::new(ReplayInner {
+                seen: HashMap::new(),
+                order: VecDeque::new(),
+                window,
+                capacity: capacity.max(1),
+            }),
+        }
+    }
+
+    /// Records `key` seen at `now`; false when it was seen within the window.
+    pub fn insert(&self, key: [u8; KEY_LEN], now: Instant) -> bool {
+        let mut inner = match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let window = inner.window;
+        while let Some(&(old, at)) = inner.order.front() {
+            if now.saturating_duration_since(at) < window && inner.order.len() < inner.capacity {
+                break;
+            }
+            inner.order.pop_front();
+            if inner.seen.get(&old) == Some(&at) {
+                inner.seen.remove(&old);
+            }
+        }
+        if inner.seen.contains_key(&key) {
+            return false;
+        }
+        inner.seen.insert(key, now);
+        inner.order.push_back((key, now));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    use crate::frame::FrameReader;
+
+    /// A framed Unix socket: the in-memory pipe of the handshake tests.
+    struct Pipe {
+        reader: FrameReader<UnixStream>,
+        writer: UnixStream,
+    }
+
+    impl Pipe {
+        fn pair() -> (Pipe, Pipe) {
+            let (a, b) = UnixStream::pair().unwrap();
+            let pipe = |s: UnixStream| Pipe {
+                writer: s.try_clone().unwrap(),
+                reader: FrameReader::new(s),
+            };
+            (pipe(a), pipe(b))
+        }
+    }
+
+    impl MessageIo for Pipe {
+        fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+            use std::io::Write;
+            self.writer.write_all(&crate::frame::header(msg.len()))?;
+            self.writer.write_all(msg)
+        }
+        fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+            self.reader.next_message()
+        }
+        fn set_deadline(&mut self, deadline: Option<Instant>) {
+            let timeout = deadline.map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            });
+            self.reader.get_ref().set_read_timeout(timeout).unwrap();
+        }
+    }
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::from_bytes([seed; 32])
+    }
+
+    fn pair(server: u8, client: u8) -> (Identity, Identity) {
+        let s = Identity::new(key(server), key(client).public_key(), Cipher::ChaChaPoly).unwrap();
+        let c = Identity::new(key(client), key(server).public_key(), Cipher::ChaChaPoly).unwrap();
+        (s, c)
+    }
+
+    type Outcome = (
+        Result<Established, HandshakeError>,
+        Result<Established, HandshakeError>,
+    );
+
+    fn run(server: Identity, client: Identity, s_layer: Layer, c_layer: Layer) -> Outcome {
+        let (mut sp, mut cp) = Pipe::pair();
+        let replays = ReplayCache::default();
+        std::thread::scope(|scope| {
+            let srv = scope.spawn(|| {
+                let r = respond(
+                    &mut sp,
+                    &server,
+                    Hello::new(s_layer, 1500),
+                    Instant::now(),
+                    &replays,
+                );
+                drop(sp); // the responder closes on failure
+                r
+            });
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let c = initiate(&mut cp, &client, Hello::new(c_layer, 1400), deadline);
+            drop(cp);
+            (srv.join().unwrap(), c)
+        })
+    }
+
+    #[test]
+    fn handshake_succeeds_and_keys_match() {
+        let (s, c) = pair(1, 2);
+        let (sr, cr) = run(s, c, Layer::Tap, Layer::Tap);
+        let (s, c) = (sr.unwrap(), cr.unwrap());
+        assert_eq!(s.peer_key, key(2).public_key());
+        assert_eq!(c.peer_key, key(1).public_key());
+        assert_eq!(c.peer_hello.mtu, 1500);
+        assert_eq!(s.peer_hello.mtu, 1400);
+        let mut ct = [0u8; 64];
+        let mut pt = [0u8; 64];
+        let n = c.transport.seal(c.send_nonce, b"frame", &mut ct).unwrap();
+        let m = s.transport.open(s.recv_nonce, &ct[..n], &mut pt).unwrap();
+        assert_eq!(&pt[..m], b"frame");
+    }
+
+    #[test]
+    fn wrong_remote_key_fails_handshake() {
+        // The client expects key 3 but the server has key 1: the psks differ,
+        // so the server refuses message 1 and the client sees the close.
+        let server = Identity::new(key(1), key(2).public_key(), Cipher::ChaChaPoly).unwrap();
+        let client = Identity::new(key(2), key(3).public_key(), Cipher::ChaChaPoly).unwrap();
+        let (sr, cr) = run(server, client, Layer::Tap, Layer::Tap);
+        assert!(matches!(sr, Err(HandshakeError::Message1NotAuthentic)));
+        assert!(matches!(cr, Err(HandshakeError::Closed(Role::Initiator))));
+    }
+
+    #[test]
+    fn responder_with_right_psk_but_wrong_key_is_caught_by_initiator() {
+        // An impostor that somehow has the psk but another static key is
+        // caught by the static-key check before message 3 is sent.
+        let (_, client) = pair(1, 2);
+        let mut impostor = Identity::new(key(9), key(2).public_key(), Cipher::ChaChaPoly).unwrap();
+        impostor.psk = client.psk.clone();
+        let (sr, cr) = run(impostor, client, Layer::Tap, Layer::Tap);
+        assert!(matches!(
+            cr,
+            Err(HandshakeError::WrongPeerKey {
+                peer_role: Role::Responder,
+                ..
+            })
+        ));
+        assert!(matches!(sr, Err(HandshakeError::Closed(Role::Responder))));
+    }
+
+    #[test]
+    fn layer_mismatch_is_named_at_both_ends() {
+        let (s, c) = pair(1, 2);
+        let (sr, cr) = run(s, c, Layer::Tun, Layer::Tap);
+        assert!(matches!(
+            cr,
+            Err(HandshakeError::LayerMismatch {
+                ours: Layer::Tap,
+                theirs: Layer::Tun
+            })
+        ));
+        assert!(matches!(
+            sr,
+            Err(HandshakeError::LayerMismatch {
+                ours: Layer::Tun,
+                theirs: Layer::Tap
+            })
+        ));
+    }
+
+    #[test]
+    fn cipher_mismatch_fails_at_message_1() {
+        let server = Identity::new(key(1), key(2).public_key(), Cipher::AesGcm).unwrap();
+        let client = Identity::new(key(2), key(1).public_key(), Cipher::ChaChaPoly).unwrap();
+        let (sr, cr) = run(server, client, Layer::Tap, Layer::Tap);
+        assert!(matches!(sr, Err(HandshakeError::Message1NotAuthentic)));
+        assert!(matches!(cr, Err(HandshakeError::Closed(Role::Initiator))));
+    }
+
+    #[test]
+    fn aesgcm_handshake_succeeds() {
+        let server = Identity::new(key(1), key(2).public_key(), Cipher::AesGcm).unwrap();
+        let client = Identity::new(key(2), key(1).public_key(), Cipher::AesGcm).unwrap();
+        let (sr, cr) = run(server, client, Layer::Tun, Layer::Tun);
+        assert!(sr.is_ok() && cr.is_ok());
+    }
+
+    #[test]
+    fn replayed_message_1_is_refused() {
+        let (server, client) = pair(1, 2);
+        let mut init = Initiator::new(&client, Hello::new(Layer::Tap, 1500)).unwrap();
+        let mut m1 = [0u8; 128];
+        let n = init.write_message1(&mut m1).unwrap();
+        assert_eq!(n, MESSAGE1_LEN);
+        let replays = ReplayCache::default();
+        let now = Instant::now();
+        let mut first = Responder::new(&server, Hello::new(Layer::Tap, 1500)).unwrap();
+        let e = first.read_message1(&m1[..n]).unwrap();
+        assert!(replays.insert(e, now));
+        let mut second = Responder::new(&server, Hello::new(Layer::Tap, 1500)).unwrap();
+        let e2 = second.read_message1(&m1[..n]).unwrap();
+        assert!(!replays.insert(e2, now + Duration::from_secs(1)));
+        // Forgotten after the window.
+        assert!(replays.insert(e2, now + REPLAY_WINDOW + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn replayed_message_1_over_the_stream_gets_no_answer() {
+        let (server, client) = pair(1, 2);
+        let mut init = Initiator::new(&client, Hello::new(Layer::Tap, 1500)).unwrap();
+        let mut m1 = [0u8; 128];
+        let n = init.write_message1(&mut m1).unwrap();
+        let replays = ReplayCache::default();
+        for attempt in 0..2 {
+            let (mut sp, mut cp) = Pipe::pair();
+            cp.send(&m1[..n]).unwrap();
+            cp.writer.shutdown(std::net::Shutdown::Write).unwrap();
+            let hello = Hello::new(Layer::Tap, 1500);
+            let r = respond(&mut sp, &server, hello, Instant::now(), &replays);
+            drop(sp);
+            if attempt == 0 {
+                // The first gets message 2, then sees the close.
+                assert!(matches!(r, Err(HandshakeError::Closed(Role::Responder))));
+                assert!(cp.recv().unwrap().is_some());
+            } else {
+                assert!(matches!(r, Err(HandshakeError::Replay)));
+                assert!(cp.recv().unwrap().is_none(), "a replay must get no answer");
+            }
+        }
+    }
+
+    #[test]
+    fn replay_cache_is_bounded() {
+        let cache = ReplayCache::new(REPLAY_WINDOW, 4);
+        let now = Instant::now();
+        for i in 0..10u8 {
+            assert!(cache.insert([i; 32], now));
+        }
+        assert!(cache.inner.lock().unwrap().seen.len() <= 4);
+    }
+
+    #[test]
+    fn hello_rules() {
+        assert_eq!(
+            Hello::decode(&[1, 1]).unwrap(),
+            Hello {
+                version: 1,
+                layer: 1,
+                flags: 0,
+                keepalive: 0,
+                mtu: 0
+            }
+        );
+        let long = [1, 0, 0xff, 7, 0x05, 0xdc, 99, 99];
+        let h = Hello::decode(&long).unwrap();
+        assert_eq!((h.flags, h.keepalive, h.mtu), (0xff, 7, 1500));
+        assert!(matches!(
+            Hello::decode(&[1]),
+            Err(HandshakeError::Malformed(_))
+        ));
+        assert!(matches!(
+            Hello::decode(&[2, 0]),
+            Err(HandshakeError::Version(2))
+        ));
+        assert!(matches!(
+            Hello::decode(&[1, 2]),
+            Err(HandshakeError::UnknownLayer(2))
+        ));
+    }
+}

@@ -1,0 +1,52 @@
+//! The `taptun` command: argv to Config, logging, run, exit status.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use taptun::config::{self, Command};
+use taptun::error::{EXIT_USAGE, Error};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match Command::parse(&args, &|var| std::env::var(var).ok()) {
+        Ok(Command::Help) => {
+            print!("{}", config::help());
+            Ok(())
+        }
+        Ok(Command::Version) => {
+            println!("taptun {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Ok(Command::GenKey) => taptun::genkey(&mut std::io::stdout().lock()),
+        Ok(Command::PubKey) => {
+            taptun::pubkey(&mut std::io::stdin().lock(), &mut std::io::stdout().lock())
+        }
+        Ok(Command::Tunnel(config)) => {
+            taptun::log::init(config.verbosity, taptun::log_sink(&config));
+            taptun::run(*config).inspect_err(|e| log::debug!("exiting: {e}"))
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Prints the error: through the log once it is up (in -i mode stderr may
+/// be the tunnel's socket), else on stderr.
+fn report(e: &Error) {
+    let hint = if e.exit_code() == EXIT_USAGE {
+        " (see taptun --help)"
+    } else {
+        ""
+    };
+    if log::max_level() != log::LevelFilter::Off {
+        log::error!("{e}{hint}");
+    } else {
+        let _ = writeln!(std::io::stderr(), "taptun: error: {e}{hint}");
+    }
+}

@@ -1,0 +1,277 @@
+//! The two directions of an established session, and their counters.
+//!
+//! One thread per direction, blocking I/O:
+//!
+//! - device to stream: read a frame (the device is non-blocking; poll(2)
+//!   only when it is empty), seal it with the next send nonce, and append
+//!   prefix and ciphertext to one output buffer; frames already queued in the
+//!   device join the same buffer, and the whole batch goes out in one write.
+//! - stream to device: take the next message from the framed reader (one
+//!   read fills a large buffer with many messages), open it with the next
+//!   receive nonce, and write the frame to the device; an empty plaintext is
+//!   a keepalive.
+//!
+//! Nonces: both threads share one `snow::StatelessTransportState`, which
+//! takes `&self` and an explicit nonce. On an ordered stream the nonce is
+//! simply the message count in that direction, so each thread keeps its own
+//! counter and no lock is needed. A frame is only ever dropped before it is
+//! sealed, never after, so the peer's counter stays in step.
+//!
+//! A message that is too short or fails to decrypt ends the session: a stream
+//! cannot resynchronise, so nothing after it can be trusted. A frame the
+//! device refuses is counted and dropped. Whichever direction ends first
+//! triggers the session's stop and aborts the stream, which ends the other;
+//! both are joined before [`relay`] returns.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::device::{MAX_FRAME, PacketDevice};
+use crate::frame::{self, FrameReader};
+use crate::handshake::{TAG_LEN, Transport, is_disconnect};
+use crate::sys::{self, Stop, Wait};
+use crate::transport::{Closer, Framed, StreamReader, StreamWriter, is_stopped};
+
+/// The output buffer holds this many full-size messages; a batch is written
+/// once no further full-size message is certain to fit.
+const OUT_BUFFER_MESSAGES: usize = 4;
+
+/// Traffic counters of a session (or of a process, summed).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames read from the device and sent.
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Frames received and written to the device.
+    pub frames_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Keepalives received.
+    pub keepalives_in: AtomicU64,
+    /// Frames from the device too large for one message.
+    pub dropped_oversize: AtomicU64,
+    /// Frames the device refused to take.
+    pub dropped_device: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One line for the log.
+    pub fn summary(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "in {} frames/{} bytes, out {} frames/{} bytes, dropped {} oversize + {} refused by the device",
+            get(&self.frames_in),
+            get(&self.bytes_in),
+            get(&self.frames_out),
+            get(&self.bytes_out),
+            get(&self.dropped_oversize),
+            get(&self.dropped_device),
+        )
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum End {
+    /// The peer closed the stream between messages.
+    PeerClosed,
+    /// We were asked to stop (a signal, or a new session replacing this one).
+    Stopped,
+    /// The stream failed.
+    StreamError(io::Error),
+    /// The peer broke the protocol: the text says how.
+    Protocol(String),
+    /// The device failed for reading.
+    DeviceError(io::Error),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::PeerClosed => f.write_str("the peer closed the connection"),
+            End::Stopped => f.write_str("stopped"),
+            End::StreamError(e) => write!(f, "connection failed: {e}"),
+            End::Protocol(what) => write!(f, "protocol error: {what}"),
+            End::DeviceError(e) => write!(f, "device read failed: {e}"),
+        }
+    }
+}
+
+/// Nonces where the relay starts (after key confirmation).
+#[derive(Clone, Copy, Debug)]
+pub struct Nonces {
+    pub send: u64,
+    pub recv: u64,
+}
+
+/// Relays until either direction ends; returns why.
+///
+/// `stop` is this session's own stop: triggering it from outside ends the
+/// session with [`End::Stopped`]. The reader must already watch it.
+pub fn relay<D: PacketDevice>(
+    device: &D,
+    framed: Framed,
+    closer: &Closer,
+    transport: &Transport,
+    nonces: Nonces,
+    stop: &Arc<Stop>,
+    counters: &Counters,
+) -> End {
+    let finish = |end: End| {
+        stop.trigger();
+        closer.abort();
+        end
+    };
+    let Framed { reader, writer, .. } = framed;
+    let (to_device, to_stream) = std::thread::scope(|scope| {
+        let to_device = scope.spawn(|| {
+            finish(stream_to_device(
+                device,
+                reader,
+                transport,
+                nonces.recv,
+                counters,
+            ))
+        });
+        let to_stream = scope.spawn(|| {
+            finish(device_to_stream(
+                device,
+                writer,
+                transport,
+                nonces.send,
+                stop,
+                counters,
+            ))
+        });
+        (to_device.join(), to_stream.join())
+    });
+    let to_device = to_device.unwrap_or(End::Protocol("relay thread panicked".into()));
+    let to_stream = to_stream.unwrap_or(End::Protocol("relay thread panicked".into()));
+    // The direction that ended first says why; the other merely saw the stop
+    // or the abort that followed. A stop from outside leaves both Stopped.
+    match (to_device, to_stream) {
+        (End::Stopped, other) | (other, End::Stopped) if !matches!(other, End::Stopped) => other,
+        (End::PeerClosed, _) => End::PeerClosed,
+        (first, _) => first,
+    }
+}
+
+fn stream_to_device<D: PacketDevice>(
+    device: &D,
+    mut reader: FrameReader<StreamReader>,
+    transport: &Transport,
+    mut nonce: u64,
+    counters: &Counters,
+) -> End {
+    let mut plain = vec![0u8; frame::MAX_MESSAGE];
+    loop {
+        let msg = match reader.next_message() {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return End::PeerClosed,
+            Err(e) if is_stopped(&e) => return End::Stopped,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return End::Protocol(e.to_string());
+            }
+            Err(e) if is_disconnect(&e) => return End::PeerClosed,
+            Err(e) => return End::StreamError(e),
+        };
+        if msg.len() < TAG_LEN {
+            return End::Protocol(format!(
+                "a transport message of {} bytes, shorter than its tag",
+                msg.len()
+            ));
+        }
+        let n = match transport.open(nonce, msg, &mut plain) {
+            Ok(n) => n,
+            Err(_) => return End::Protocol(format!("transport message {nonce} did not decrypt")),
+        };
+        nonce += 1;
+        if n == 0 {
+            Counters::add(&counters.keepalives_in, 1);
+            continue;
+        }
+        if log::log_enabled!(log::Level::Trace) {
+            log::trace!("stream -> device: {n} bytes");
+        }
+        match device.send(&plain[..n]) {
+            Ok(_) => {
+                Counters::add(&counters.frames_in, 1);
+                Counters::add(&counters.bytes_in, n as u64);
+            }
+            Err(e) => {
+                Counters::add(&counters.dropped_device, 1);
+                log::debug!("the device refused a frame of {n} bytes: {e}");
+            }
+        }
+    }
+}
+
+fn device_to_stream<D: PacketDevice>(
+    device: &D,
+    mut writer: StreamWriter,
+    transport: &Transport,
+    mut nonce: u64,
+    stop: &Stop,
+    counters: &Counters,
+) -> End {
+    // One more byte than the largest frame, to tell an oversize frame apart.
+    let mut packet = vec![0u8; frame::MAX_MESSAGE + 1];
+    let mut out = vec![0u8; OUT_BUFFER_MESSAGES * frame::MAX_WIRE];
+    loop {
+        let mut used = 0;
+        // Gather what the device has queued, as long as a full message fits.
+        while out.len() - used >= frame::MAX_WIRE {
+            let n = match device.recv(&mut packet) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if used > 0 {
+                        break;
+                    }
+                    match sys::wait_readable(device.raw_fd(), &[stop], None) {
+                        Ok(Wait::Stopped) => return End::Stopped,
+                        Ok(_) => continue,
+                        Err(e) => return End::DeviceError(e),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return End::DeviceError(e),
+            };
+            if n == 0 {
+                continue;
+            }
+            if n > MAX_FRAME {
+                Counters::add(&counters.dropped_oversize, 1);
+                log::debug!(
+                    "dropped a frame of {n} bytes from the device (the limit is {MAX_FRAME})"
+                );
+                continue;
+            }
+            let body = &mut out[used + frame::HEADER_LEN..used + frame::MAX_WIRE];
+            let sealed = match transport.seal(nonce, &packet[..n], body) {
+                Ok(sealed) => sealed,
+                Err(e) => return End::Protocol(format!("cannot seal a frame: {e}")),
+            };
+            nonce += 1;
+            out[used..used + frame::HEADER_LEN].copy_from_slice(&frame::header(sealed));
+            used += frame::HEADER_LEN + sealed;
+            Counters::add(&counters.frames_out, 1);
+            Counters::add(&counters.bytes_out, n as u64);
+        }
+        if log::log_enabled!(log::Level::Trace) {
+            log::trace!("device -> stream: {used} bytes");
+        }
+        if let Err(e) = writer.write_all(&out[..used]) {
+            return if stop.is_set() {
+                End::Stopped
+            } else if is_disconnect(&e) {
+                End::PeerClosed
+            } else {
+                End::StreamError(e)
+            };
+        }
+    }
+}

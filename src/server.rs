@@ -1,0 +1,225 @@
+//! The standalone server (-s): accepts connections, runs their handshakes
+//! concurrently, and keeps one session at a time.
+//!
+//! - At most [`MAX_PENDING`] handshakes run at once; when one more arrives,
+//!   the oldest pending one is closed to make room. Each is bounded by the
+//!   handshake deadlines (3 s to message 1, 10 s in all) and a fixed buffer.
+//! - A connection that fails its handshake never disturbs the current
+//!   session; it logs one line with its address and the reason.
+//! - A newly authenticated peer replaces the current session: the old one is
+//!   stopped and joined before the new one starts reading the device.
+//! - SIGINT or SIGTERM stops the accept loop and the current session.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::handshake::ReplayCache;
+use crate::session::{Ready, Tunnel};
+use crate::transport::{self, Stream};
+
+/// Handshakes in progress at most.
+pub const MAX_PENDING: usize = 64;
+
+/// What the session manager hears about.
+enum Event {
+    /// A peer authenticated.
+    Ready(Box<Ready>),
+    /// The session numbered so ended by itself.
+    Ended(u64),
+    /// The accept loop stopped.
+    Shutdown,
+}
+
+/// Handshakes in progress, oldest first, each with a handle to abort it.
+#[derive(Default)]
+struct Pending {
+    list: Mutex<VecDeque<(u64, SocketAddr, TcpStream)>>,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, SocketAddr, TcpStream)>> {
+        self.list
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a handshake; closes the oldest if there are too many.
+    fn add(&self, id: u64, addr: SocketAddr, abort: TcpStream) {
+        let mut list = self.lock();
+        if list.len() >= MAX_PENDING {
+            if let Some((_, old_addr, old)) = list.pop_front() {
+                log::info!("{old_addr}: closed: {MAX_PENDING} handshakes already in progress");
+                let _ = old.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        list.push_back((id, addr, abort));
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().retain(|(i, _, _)| *i != id);
+    }
+}
+
+/// Serves until SIGINT or SIGTERM.
+///
+/// # Errors
+/// Only a failing listening socket; handshake and session failures are
+/// logged and the server goes on.
+pub fn serve(tunnel: &Tunnel, listener: TcpListener) -> Result<(), Error> {
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    log::info!("listening on {local}, device {}", tunnel.device.name());
+    let replays = ReplayCache::default();
+    let pending = Pending::default();
+    let (events, inbox) = mpsc::channel::<Event>();
+    thread::scope(|scope| {
+        let manager_events = events.clone();
+        scope.spawn(move || manage(tunnel, inbox, manager_events));
+        let result = accept_loop(tunnel, &listener, &replays, &pending, &events, scope);
+        // Wake any handshake still waiting; they all end within the deadline anyway.
+        for (_, _, conn) in pending.lock().drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = events.send(Event::Shutdown);
+        result
+    })
+}
+
+fn accept_loop<'scope>(
+    tunnel: &'scope Tunnel,
+    listener: &TcpListener,
+    replays: &'scope ReplayCache,
+    pending: &'scope Pending,
+    events: &mpsc::Sender<Event>,
+    scope: &'scope thread::Scope<'scope, '_>,
+) -> Result<(), Error> {
+    let mut next_id: u64 = 0;
+    loop {
+        let (conn, addr) = match transport::accept(listener, &[&tunnel.shutdown]) {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => return Ok(()),
+            // Out of descriptors or memory, or the peer gave up already:
+            // refuse this one and go on.
+            Err(e) if is_transient(&e) => {
+                log::warn!("accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+            Err(e) => return Err(Error::io("accept failed", e)),
+        };
+        let accepted = Instant::now();
+        next_id += 1;
+        let id = next_id;
+        let Ok(abort) = conn.try_clone() else {
+            log::warn!("{addr}: cannot duplicate the connection; closed");
+            continue;
+        };
+        pending.add(id, addr, abort);
+        let events = events.clone();
+        scope.spawn(move || {
+            let peer = addr.to_string();
+            let outcome = Stream::tcp(conn, peer.clone())
+                .and_then(|stream| tunnel.respond(stream, accepted, replays));
+            pending.remove(id);
+            match outcome {
+                Ok(Some(ready)) => {
+                    let _ = events.send(Event::Ready(Box::new(ready)));
+                }
+                Ok(None) => {}
+                Err(e) => log::info!("{e}"),
+            }
+        });
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EPERM
+                | libc::EPROTO
+        )
+    )
+}
+
+/// The current session, run in its own thread.
+struct Current<'scope> {
+    id: u64,
+    peer: String,
+    stop: Arc<crate::sys::Stop>,
+    thread: thread::ScopedJoinHandle<'scope, ()>,
+}
+
+impl Current<'_> {
+    /// Triggering the stop ends the reader, which aborts the stream, which
+    /// ends the writer; the relay joins both.
+    fn stop_and_join(self) {
+        self.stop.trigger();
+        let _ = self.thread.join();
+    }
+}
+
+/// Keeps one session at a time: a new one replaces the current one.
+fn manage(tunnel: &Tunnel, inbox: mpsc::Receiver<Event>, events: mpsc::Sender<Event>) {
+    thread::scope(|scope| {
+        let mut current: Option<Current> = None;
+        let mut next_id: u64 = 0;
+        for event in inbox.iter() {
+            match event {
+                Event::Ready(ready) => {
+                    let new_peer = ready.peer.clone();
+                    if let Some(old) = current.take() {
+                        log::info!("{new_peer} replaces {} as the peer", old.peer);
+                        old.stop_and_join();
+                    }
+                    next_id += 1;
+                    current = Some(start(tunnel, *ready, next_id, events.clone(), scope));
+                }
+                Event::Ended(id) => {
+                    if current.as_ref().is_some_and(|c| c.id == id) {
+                        if let Some(done) = current.take() {
+                            let _ = done.thread.join();
+                        }
+                    }
+                }
+                Event::Shutdown => break,
+            }
+        }
+        if let Some(old) = current.take() {
+            old.stop_and_join();
+        }
+    });
+}
+
+fn start<'scope>(
+    tunnel: &'scope Tunnel,
+    ready: Ready,
+    id: u64,
+    events: mpsc::Sender<Event>,
+    scope: &'scope thread::Scope<'scope, '_>,
+) -> Current<'scope> {
+    let peer = ready.peer.clone();
+    let stop = ready.stop.clone();
+    let thread = scope.spawn(move || {
+        tunnel.relay(ready);
+        let _ = events.send(Event::Ended(id));
+    });
+    Current {
+        id,
+        peer,
+        stop,
+        thread,
+    }
+}

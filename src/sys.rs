@@ -1,0 +1,280 @@
+//! The few raw system calls taptun needs that neither `std` nor the `tun`
+//! crate offer: poll(2) on several descriptors with a deadline, eventfd and
+//! signalfd as wake-up sources, descriptor juggling for `-i`, and signalling
+//! a child. This is the only module allowed to use `unsafe`; every block
+//! says why it is sound.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Something threads can wait on to learn they must stop: an eventfd that
+/// [`Stop::trigger`] makes readable for good, or a signalfd that becomes
+/// readable when SIGINT or SIGTERM arrives.
+#[derive(Debug)]
+pub struct Stop {
+    fd: OwnedFd,
+    triggered: AtomicBool,
+}
+
+impl Stop {
+    /// A new, untriggered stop.
+    ///
+    /// # Errors
+    /// When the kernel refuses an eventfd (out of descriptors).
+    pub fn new() -> io::Result<Stop> {
+        // SAFETY: eventfd takes no pointers; a negative result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        Ok(Stop {
+            fd: owned(fd)?,
+            triggered: AtomicBool::new(false),
+        })
+    }
+
+    /// Blocks SIGINT and SIGTERM in this thread (and every thread it starts
+    /// afterwards) and returns a stop that triggers when one arrives. Call it
+    /// before starting any thread. Children started with `std::process`
+    /// get a clean signal mask.
+    ///
+    /// # Errors
+    /// When the kernel refuses a signalfd.
+    pub fn on_signals() -> io::Result<Stop> {
+        let mask = termination_signals();
+        // SAFETY: `mask` is an initialised sigset_t; the old mask is not wanted.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &mask, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        // SAFETY: -1 asks for a new descriptor; `mask` outlives the call.
+        let fd = unsafe { libc::signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        Ok(Stop {
+            fd: owned(fd)?,
+            triggered: AtomicBool::new(false),
+        })
+    }
+
+    /// Wakes every waiter, now and later.
+    pub fn trigger(&self) {
+        self.triggered.store(true, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own descriptor. A
+        // failure (counter saturated, or a signalfd) changes nothing: the
+        // flag above is set either way.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Whether the stop has been triggered (or its signal has arrived).
+    pub fn is_set(&self) -> bool {
+        self.triggered.load(Ordering::SeqCst)
+            || matches!(
+                wait_readable(self.fd.as_raw_fd(), &[], Some(Instant::now())),
+                Ok(Wait::Ready)
+            )
+    }
+
+    /// For a signal stop: the number of the signal that arrived, if any.
+    pub fn take_signal(&self) -> Option<i32> {
+        let mut info: libc::signalfd_siginfo = zeroed_siginfo();
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into a live signalfd_siginfo.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        (n == size as isize).then_some(info.ssi_signo as i32)
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+fn zeroed_siginfo() -> libc::signalfd_siginfo {
+    // SAFETY: signalfd_siginfo is plain integers, for which zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set before sigaddset reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// The name of a signal, for the log.
+pub fn signal_name(signo: i32) -> &'static str {
+    match signo {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+fn owned(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned to us by the kernel and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What [`wait_readable`] saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// The descriptor is readable (or at EOF, or in error: a read will tell).
+    Ready,
+    /// One of the stops is set.
+    Stopped,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Waits until `fd` is readable, one of `stops` is set, or `deadline` passes.
+///
+/// # Errors
+/// poll(2)'s errors other than EINTR.
+pub fn wait_readable(fd: RawFd, stops: &[&Stop], deadline: Option<Instant>) -> io::Result<Wait> {
+    const MAX_STOPS: usize = 3;
+    let mut fds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 1 + MAX_STOPS];
+    fds[0] = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let count = 1 + stops.len().min(MAX_STOPS);
+    for (slot, stop) in fds[1..count].iter_mut().zip(stops) {
+        *slot = libc::pollfd {
+            fd: stop.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+    }
+    loop {
+        if stops.iter().any(|s| s.triggered.load(Ordering::SeqCst)) {
+            return Ok(Wait::Stopped);
+        }
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so that we never wake a hair before the deadline.
+                i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
+            }
+        };
+        // SAFETY: `fds` is a live array and `count` is within its length.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), count as libc::nfds_t, timeout) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if fds[1..count].iter().any(|p| p.revents != 0) {
+            return Ok(Wait::Stopped);
+        }
+        if fds[0].revents != 0 {
+            return Ok(Wait::Ready);
+        }
+        if rc == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Wait::TimedOut);
+        }
+    }
+}
+
+/// Sets or clears O_NONBLOCK.
+///
+/// # Errors
+/// fcntl(2)'s errors.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL take and return plain integers.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        if libc::fcntl(fd, libc::F_SETFL, flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain integers (zero is valid) and fstat fills it in.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st)
+    }
+}
+
+/// Whether two descriptors refer to the same open file (device and inode).
+pub fn same_file(a: RawFd, b: RawFd) -> bool {
+    match (fstat(a), fstat(b)) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
+}
+
+/// Whether `fd` is a socket.
+pub fn is_socket(fd: RawFd) -> bool {
+    fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+}
+
+/// A close-on-exec duplicate of `fd`, numbered 3 or above.
+///
+/// # Errors
+/// fcntl(2)'s errors (EBADF when `fd` is not open).
+pub fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes plain integers and returns a new fd we own.
+    owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })
+}
+
+/// Points each of `fds` at /dev/null.
+///
+/// # Errors
+/// When /dev/null cannot be opened or dup2(2) fails.
+pub fn point_at_dev_null(fds: &[RawFd]) -> io::Result<()> {
+    let null = File::options().read(true).write(true).open("/dev/null")?;
+    for &fd in fds {
+        // SAFETY: dup2 onto a standard descriptor number; the old file
+        // behind it, if any, is closed by the kernel atomically. Nothing in
+        // this process holds an owning handle to fds 0-2 (std's stdio does
+        // not own them).
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sends `signal` to process `pid` (a child we have not yet reaped, so the
+/// pid cannot have been reused).
+pub fn kill(pid: u32, signal: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill takes plain integers.
+        unsafe { libc::kill(pid, signal) };
+    }
+}

@@ -1,0 +1,396 @@
+//! The byte streams a tunnel runs over: a TCP connection accepted (-s) or
+//! dialled (-c -m), the inherited fd 0 and fd 1 (-i), or a command's stdin
+//! and stdout (-c -x).
+//!
+//! Every stream splits into a [`StreamReader`] (which waits with poll(2) so
+//! that a stop or a deadline can interrupt it), a [`StreamWriter`], and a
+//! [`Closer`] that can abort both halves from any thread and reaps a
+//! command at the end.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::frame::{self, FrameReader};
+use crate::handshake::MessageIo;
+use crate::sys::{self, Stop, Wait};
+
+/// Environment variables a child must never see: secrets and the
+/// systemd hand-over that belongs to us.
+pub const SCRUBBED_ENV: &[&str] = &[
+    "TAPTUN_LOCAL",
+    "TAPTUN_REMOTE",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+];
+/// How long a -x command may take to exit once its stdin is closed.
+const COMMAND_GRACE: Duration = Duration::from_secs(2);
+/// Backlog of the listening socket.
+const LISTEN_BACKLOG: i32 = 128;
+
+/// The read half: waits for data, a stop, or the deadline, then reads.
+pub struct StreamReader {
+    file: File,
+    stops: Vec<Arc<Stop>>,
+    deadline: Option<Instant>,
+}
+
+impl StreamReader {
+    /// Adds a stop that makes reads fail with `ConnectionAborted`.
+    pub fn watch(&mut self, stop: Arc<Stop>) {
+        self.stops.push(stop);
+    }
+
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let stops: Vec<&Stop> = self.stops.iter().map(|s| &**s).collect();
+        match sys::wait_readable(self.file.as_raw_fd(), &stops, self.deadline)? {
+            Wait::Ready => (&self.file).read(buf),
+            Wait::Stopped => Err(io::Error::new(io::ErrorKind::ConnectionAborted, Stopped)),
+            Wait::TimedOut => Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed")),
+        }
+    }
+}
+
+/// The error a [`StreamReader`] returns when one of its stops is set.
+#[derive(Debug)]
+pub struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Whether a read failed because a stop was set.
+pub fn is_stopped(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
+}
+
+/// The write half.
+pub struct StreamWriter {
+    file: File,
+}
+
+impl Write for StreamWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&self.file).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Aborts a stream from any thread, and cleans up after it.
+pub struct Closer {
+    how: CloseHow,
+}
+
+enum CloseHow {
+    /// shutdown(2) wakes both halves of a socket.
+    Socket(OwnedFd),
+    /// Killing the command closes its pipes.
+    Command(Child),
+    /// Plain pipes (-i under ssh): nothing can wake a blocked read except
+    /// the stops the reader watches.
+    Nothing,
+}
+
+impl Closer {
+    /// Wakes any thread blocked on the stream: shuts a socket down, or
+    /// signals a command to exit.
+    pub fn abort(&self) {
+        match &self.how {
+            CloseHow::Socket(fd) => {
+                let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+            }
+            CloseHow::Command(child) => sys::kill(child.id(), libc::SIGTERM),
+            CloseHow::Nothing => {}
+        }
+    }
+
+    /// After both halves are closed: reaps a command, waiting a little for
+    /// it to exit by itself before killing it.
+    pub fn finish(self) {
+        if let CloseHow::Command(mut child) = self.how {
+            let deadline = Instant::now() + COMMAND_GRACE;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        log::debug!("command exited: {status}");
+                        return;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => break,
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A connected stream before it is split.
+pub struct Stream {
+    /// Who is at the other end, for the log: an address, `stdio` or `exec`.
+    pub peer: String,
+    read: OwnedFd,
+    write: OwnedFd,
+    how: CloseHow,
+}
+
+impl Stream {
+    /// Wraps an accepted or dialled TCP connection (sets TCP_NODELAY).
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated.
+    pub fn tcp(stream: TcpStream, peer: String) -> Result<Stream, Error> {
+        stream
+            .set_nodelay(true)
+            .and_then(|()| Stream::socket(stream.into(), peer.clone()))
+            .map_err(|e| Error::io(format!("{peer}: cannot set up the connection"), e))
+    }
+
+    /// Wraps any connected stream socket (TCP, or a Unix socket in tests).
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated.
+    pub fn socket(socket: OwnedFd, peer: String) -> io::Result<Stream> {
+        Ok(Stream {
+            peer,
+            read: socket.try_clone()?,
+            how: CloseHow::Socket(socket.try_clone()?),
+            write: socket,
+        })
+    }
+
+    /// Takes fd 0 and fd 1 as the stream (-i) and points fds 0 and 1 at
+    /// /dev/null, so that nothing else can ever write to the stream; fd 2
+    /// too when it is the same socket as fd 0 (inetd and xinetd do that).
+    ///
+    /// # Errors
+    /// When fd 0 or fd 1 is not open.
+    pub fn stdio() -> Result<Stream, Error> {
+        let io_err = |e| Error::io("-i: cannot take the stream from fd 0 and fd 1", e);
+        let read = sys::dup_high(0).map_err(io_err)?;
+        let write = sys::dup_high(1).map_err(io_err)?;
+        let mut redirect = vec![0, 1];
+        if stderr_is_stream() {
+            redirect.push(2);
+        }
+        sys::point_at_dev_null(&redirect).map_err(io_err)?;
+        let how = if sys::is_socket(read.as_raw_fd()) {
+            CloseHow::Socket(read.try_clone().map_err(io_err)?)
+        } else {
+            CloseHow::Nothing
+        };
+        Ok(Stream {
+            peer: "stdio".into(),
+            read,
+            write,
+            how,
+        })
+    }
+
+    /// Runs `command` with /bin/sh -c, its stdin and stdout as the stream
+    /// and its stderr left as ours; secrets are scrubbed from its
+    /// environment.
+    ///
+    /// # Errors
+    /// `Error::Command` when the shell cannot be started.
+    pub fn command(command: &str) -> Result<Stream, Error> {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for var in SCRUBBED_ENV {
+            cmd.env_remove(var);
+        }
+        let cmd_err = |source| Error::Command {
+            command: command.to_owned(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(cmd_err)?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(cmd_err(io::Error::other("no pipes to the command")));
+        };
+        Ok(Stream {
+            peer: "exec".into(),
+            read: stdout.into(),
+            write: stdin.into(),
+            how: CloseHow::Command(child),
+        })
+    }
+
+    /// Splits the stream; the reader watches `stops`.
+    pub fn split(self, stops: &[Arc<Stop>]) -> (Framed, Closer) {
+        let reader = StreamReader {
+            file: File::from(self.read),
+            stops: stops.to_vec(),
+            deadline: None,
+        };
+        let framed = Framed {
+            reader: FrameReader::new(reader),
+            writer: StreamWriter {
+                file: File::from(self.write),
+            },
+            scratch: Vec::with_capacity(frame::MAX_WIRE),
+        };
+        (framed, Closer { how: self.how })
+    }
+}
+
+/// Whether fd 2 is the same socket as fd 0 (inetd, xinetd): then nothing may
+/// be written to it and the log goes to syslog.
+pub fn stderr_is_stream() -> bool {
+    sys::is_socket(0) && sys::same_file(0, 2)
+}
+
+/// A split stream with message framing: used by the handshake, then handed
+/// to the relay with whatever it has already buffered.
+pub struct Framed {
+    pub reader: FrameReader<StreamReader>,
+    pub writer: StreamWriter,
+    scratch: Vec<u8>,
+}
+
+impl MessageIo for Framed {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        // Prefix and message in one write: one segment on the wire.
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&frame::header(msg.len()));
+        self.scratch.extend_from_slice(msg);
+        self.writer.write_all(&self.scratch)
+    }
+
+    fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+        self.reader.next_message()
+    }
+
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.reader.get_mut().set_deadline(deadline);
+    }
+}
+
+/// Binds the server's socket: all addresses, IPv6 and IPv4, unless `bind`
+/// names one.
+///
+/// # Errors
+/// `Error::Listen` naming the address.
+pub fn listen(bind: Option<IpAddr>, port: u16) -> Result<TcpListener, Error> {
+    let dual_stack = bind.is_none();
+    let addr = SocketAddr::new(bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port);
+    match bind_socket(addr, dual_stack) {
+        Ok(listener) => Ok(listener),
+        // A host with IPv6 disabled: fall back to IPv4 only.
+        Err(e) if dual_stack && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], port));
+            bind_socket(v4, false).map_err(|source| Error::Listen {
+                addr: v4.to_string(),
+                source,
+            })
+        }
+        Err(source) => Err(Error::Listen {
+            addr: addr.to_string(),
+            source,
+        }),
+    }
+}
+
+fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Accepts one connection, or returns `None` when a stop is set.
+///
+/// # Errors
+/// accept(2)'s errors; the caller decides which are fatal.
+pub fn accept(
+    listener: &TcpListener,
+    stops: &[&Stop],
+) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    loop {
+        match sys::wait_readable(listener.as_fd().as_raw_fd(), stops, None)? {
+            Wait::Stopped => return Ok(None),
+            Wait::TimedOut => continue,
+            Wait::Ready => {}
+        }
+        match listener.accept() {
+            Ok(conn) => return Ok(Some(conn)),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Dials `host:port`, trying each address in turn until `deadline`.
+///
+/// # Errors
+/// `Error::Connect` with the last failure.
+pub fn connect(host: &str, port: u16, deadline: Instant) -> Result<(TcpStream, SocketAddr), Error> {
+    let name = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|source| Error::Connect {
+            addr: name.clone(),
+            source,
+        })?
+        .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no addresses");
+    for addr in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            last = io::Error::new(io::ErrorKind::TimedOut, "timed out");
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(stream) => return Ok((stream, addr)),
+            Err(e) => {
+                log::debug!("{addr}: {e}");
+                last = e;
+            }
+        }
+    }
+    Err(Error::Connect {
+        addr: name,
+        source: last,
+    })
+}
