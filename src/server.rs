@@ -115,6 +115,8 @@ fn accept_loop<'scope>(
             Err(e) => return Err(Error::io("accept failed", e)),
         };
         let accepted = Instant::now();
+        // The dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         next_id += 1;
         let id = next_id;
         let Ok(abort) = conn.try_clone() else {

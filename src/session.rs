@@ -51,23 +51,8 @@ impl Tunnel {
     /// `Error::Handshake` (exit 3). `Ok(None)` when a signal stopped it.
     pub fn initiate(&self, stream: Stream, deadline: Instant) -> Result<Option<Ready>, Error> {
         let (peer, mut framed, closer, stop) = self.split(stream)?;
-        match handshake::initiate(&mut framed, &self.identity, self.hello, deadline) {
-            Ok(established) => Ok(Some(Ready {
-                peer,
-                established,
-                framed,
-                closer,
-                stop,
-            })),
-            Err(cause) => {
-                closer.abort();
-                closer.finish();
-                match cause {
-                    HandshakeError::Stopped => Ok(None),
-                    cause => Err(Error::Handshake { peer, cause }),
-                }
-            }
-        }
+        let result = handshake::initiate(&mut framed, &self.identity, self.hello, deadline);
+        ready(result, peer, framed, closer, stop)
     }
 
     /// Runs the responder's handshake on `stream`, accepted at `accepted`.
@@ -81,23 +66,8 @@ impl Tunnel {
         replays: &ReplayCache,
     ) -> Result<Option<Ready>, Error> {
         let (peer, mut framed, closer, stop) = self.split(stream)?;
-        match handshake::respond(&mut framed, &self.identity, self.hello, accepted, replays) {
-            Ok(established) => Ok(Some(Ready {
-                peer,
-                established,
-                framed,
-                closer,
-                stop,
-            })),
-            Err(cause) => {
-                closer.abort();
-                closer.finish();
-                match cause {
-                    HandshakeError::Stopped => Ok(None),
-                    cause => Err(Error::Handshake { peer, cause }),
-                }
-            }
-        }
+        let result = handshake::respond(&mut framed, &self.identity, self.hello, accepted, replays);
+        ready(result, peer, framed, closer, stop)
     }
 
     /// Relays an established session until it ends, and logs both ends.
@@ -140,6 +110,33 @@ impl Tunnel {
         closer.finish();
         log::info!("session with {peer} ended: {end} ({})", counters.summary());
         end
+    }
+}
+
+/// A finished handshake: ready to relay, or closed with the reason.
+fn ready(
+    result: Result<Established, HandshakeError>,
+    peer: String,
+    framed: Framed,
+    closer: Closer,
+    stop: Arc<Stop>,
+) -> Result<Option<Ready>, Error> {
+    match result {
+        Ok(established) => Ok(Some(Ready {
+            peer,
+            established,
+            framed,
+            closer,
+            stop,
+        })),
+        Err(cause) => {
+            closer.abort();
+            closer.finish();
+            match cause {
+                HandshakeError::Stopped => Ok(None),
+                cause => Err(Error::Handshake { peer, cause }),
+            }
+        }
     }
 }
 
