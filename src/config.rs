@@ -85,97 +85,132 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// Every option, defined once.
+/// One command-line option.
+pub struct OptionSpec {
+    pub short: &'static str,
+    pub long: &'static str,
+    /// The argument's name; empty for a flag.
+    pub hint: &'static str,
+    pub help: &'static str,
+}
+
+/// Every option, defined once: parsing, `--help` and the documentation
+/// tests all read this table.
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        short: "s",
+        long: "server",
+        hint: "",
+        help: "listen for TCP connections (standalone server)",
+    },
+    OptionSpec {
+        short: "c",
+        long: "client",
+        hint: "",
+        help: "connect to a server: with -m over TCP, with -x through a command",
+    },
+    OptionSpec {
+        short: "i",
+        long: "inetd",
+        hint: "",
+        help: "use fd 0 and fd 1 as the stream (inetd, xinetd, systemd Accept=yes, ssh)",
+    },
+    OptionSpec {
+        short: "m",
+        long: "host",
+        hint: "HOST",
+        help: "the server to dial with -c (name, IPv4 or IPv6 address)",
+    },
+    OptionSpec {
+        short: "x",
+        long: "exec",
+        hint: "COMMAND",
+        help: "with -c: run COMMAND with /bin/sh -c and use its stdin and stdout",
+    },
+    OptionSpec {
+        short: "p",
+        long: "port",
+        hint: "PORT",
+        help: "TCP port for -s and -c -m (default 1980)",
+    },
+    OptionSpec {
+        short: "b",
+        long: "bind",
+        hint: "ADDR",
+        help: "with -s: listen on this address only (default: all, IPv4 and IPv6)",
+    },
+    OptionSpec {
+        short: "d",
+        long: "device",
+        hint: "NAME",
+        help: "device name (default tap%d or tun%d; an existing persistent device is attached)",
+    },
+    OptionSpec {
+        short: "t",
+        long: "type",
+        hint: "tap|tun",
+        help: "device type: tap (Ethernet frames, default) or tun (IP packets)",
+    },
+    OptionSpec {
+        short: "l",
+        long: "local",
+        hint: "SECRET",
+        help: "this end's secret: a key, a passphrase, or @FILE (default: $TAPTUN_LOCAL)",
+    },
+    OptionSpec {
+        short: "r",
+        long: "remote",
+        hint: "SECRET",
+        help: "the other end's secret, same forms (default: $TAPTUN_REMOTE)",
+    },
+    OptionSpec {
+        short: "k",
+        long: "peer-key",
+        hint: "PUBKEY",
+        help: "the other end's public key, instead of -r (see `taptun pubkey`)",
+    },
+    OptionSpec {
+        short: "e",
+        long: "cipher",
+        hint: "CIPHER",
+        help: "chachapoly (default) or aesgcm; both ends must agree",
+    },
+    OptionSpec {
+        short: "M",
+        long: "mtu",
+        hint: "N",
+        help: "set the device MTU (tap: 68-65491, tun: 68-65509)",
+    },
+    OptionSpec {
+        short: "v",
+        long: "verbose",
+        hint: "",
+        help: "log more (repeat for more); RUST_LOG overrides",
+    },
+    OptionSpec {
+        short: "h",
+        long: "help",
+        hint: "",
+        help: "print this help and exit",
+    },
+    OptionSpec {
+        short: "V",
+        long: "version",
+        hint: "",
+        help: "print the version and exit",
+    },
+];
+
+/// The getopts parser for [`OPTIONS`].
 pub fn options() -> Options {
     let mut o = Options::new();
-    o.optflag(
-        "s",
-        "server",
-        "listen for TCP connections (standalone server)",
-    )
-    .optflag(
-        "c",
-        "client",
-        "connect to a server: with -m over TCP, with -x through a command",
-    )
-    .optflag(
-        "i",
-        "inetd",
-        "use fd 0 and fd 1 as the stream (inetd, xinetd, systemd Accept=yes, ssh)",
-    )
-    .optopt(
-        "m",
-        "host",
-        "the server to dial with -c (name, IPv4 or IPv6 address)",
-        "HOST",
-    )
-    .optopt(
-        "x",
-        "exec",
-        "with -c: run COMMAND with /bin/sh -c and use its stdin and stdout",
-        "COMMAND",
-    )
-    .optopt(
-        "p",
-        "port",
-        &format!("TCP port for -s and -c -m (default {DEFAULT_PORT})"),
-        "PORT",
-    )
-    .optopt(
-        "b",
-        "bind",
-        "with -s: listen on this address only (default: all, IPv4 and IPv6)",
-        "ADDR",
-    )
-    .optopt(
-        "d",
-        "device",
-        "device name (default tap%d or tun%d; an existing persistent device is attached)",
-        "NAME",
-    )
-    .optopt(
-        "t",
-        "type",
-        "device type: tap (Ethernet frames, default) or tun (IP packets)",
-        "tap|tun",
-    )
-    .optopt(
-        "l",
-        "local",
-        "this end's secret: a key, a passphrase, or @FILE (default: $TAPTUN_LOCAL)",
-        "SECRET",
-    )
-    .optopt(
-        "r",
-        "remote",
-        "the other end's secret, same forms (default: $TAPTUN_REMOTE)",
-        "SECRET",
-    )
-    .optopt(
-        "k",
-        "peer-key",
-        "the other end's public key, instead of -r (see `taptun pubkey`)",
-        "PUBKEY",
-    )
-    .optopt(
-        "e",
-        "cipher",
-        "chachapoly (default) or aesgcm; both ends must agree",
-        "CIPHER",
-    )
-    .optopt(
-        "M",
-        "mtu",
-        "set the device MTU (tap: 68-65491, tun: 68-65509)",
-        "N",
-    )
-    .optflagmulti(
-        "v",
-        "verbose",
-        "log more (repeat for more); RUST_LOG overrides",
-    )
-    .optflag("h", "help", "print this help and exit")
-    .optflag("V", "version", "print the version and exit");
+    for spec in OPTIONS {
+        match (spec.hint, spec.short) {
+            ("", "v") => o.optflagmulti(spec.short, spec.long, spec.help),
+            ("", _) => o.optflag(spec.short, spec.long, spec.help),
+            (hint, _) => o.optopt(spec.short, spec.long, spec.help, hint),
+        };
+    }
     o
 }
 
@@ -251,10 +286,10 @@ impl Command {
 
 /// The options present, as `-x` strings, for messages.
 fn options_given(m: &getopts::Matches) -> Vec<String> {
-    "scimxpbdtlrkeMv"
-        .chars()
-        .filter(|c| m.opt_present(&c.to_string()))
-        .map(|c| format!("-{c}"))
+    OPTIONS
+        .iter()
+        .filter(|o| m.opt_present(o.short))
+        .map(|o| format!("-{}", o.short))
         .collect()
 }
 
@@ -613,6 +648,11 @@ mod tests {
             let err = parse(args).expect_err(&format!("{args:?} should fail"));
             assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn help_states_the_default_port() {
+        assert!(help().contains(&format!("(default {DEFAULT_PORT})")));
     }
 
     #[test]

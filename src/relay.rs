@@ -275,3 +275,189 @@ fn device_to_stream<D: PacketDevice>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    use std::time::Duration;
+
+    use crate::device::Layer;
+    use crate::handshake::{Cipher, Hello, Identity, Initiator, Responder};
+    use crate::keys::PrivateKey;
+    use crate::transport::Stream;
+
+    /// Two transports as after a real handshake (initiator, responder).
+    fn transports() -> (Transport, Transport) {
+        let (a, b) = (
+            PrivateKey::from_bytes([1; 32]),
+            PrivateKey::from_bytes([2; 32]),
+        );
+        let ia = Identity::new(a.clone(), b.public_key(), Cipher::ChaChaPoly).unwrap();
+        let ib = Identity::new(b, a.public_key(), Cipher::ChaChaPoly).unwrap();
+        let hello = Hello::new(Layer::Tap, 1500);
+        let mut init = Initiator::new(&ia, hello).unwrap();
+        let mut resp = Responder::new(&ib, hello).unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = init.write_message1(&mut buf).unwrap();
+        resp.read_message1(&buf[..n]).unwrap();
+        let n = resp.write_message2(&mut buf).unwrap();
+        init.read_message2(&buf[..n]).unwrap();
+        let n = init.write_message3(&mut buf).unwrap();
+        resp.read_message3(&buf[..n]).unwrap();
+        (
+            init.into_transport().unwrap().0,
+            resp.into_transport().unwrap().0,
+        )
+    }
+
+    /// One end: a fake device (a datagram pair: `outside` is the kernel's
+    /// side) relaying over `stream`.
+    struct Side {
+        device: UnixDatagram,
+        outside: UnixDatagram,
+        stop: Arc<Stop>,
+        counters: Counters,
+    }
+
+    fn end() -> Side {
+        let (device, outside) = UnixDatagram::pair().unwrap();
+        device.set_nonblocking(true).unwrap();
+        outside
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        Side {
+            device,
+            outside,
+            stop: Arc::new(Stop::new().unwrap()),
+            counters: Counters::default(),
+        }
+    }
+
+    fn run(end: &Side, stream: UnixStream, transport: &Transport) -> End {
+        let stream = Stream::socket(stream.into(), "test".into()).unwrap();
+        let (framed, closer) = stream.split(std::slice::from_ref(&end.stop));
+        relay(
+            &end.device,
+            framed,
+            &closer,
+            transport,
+            Nonces { send: 0, recv: 0 },
+            &end.stop,
+            &end.counters,
+        )
+    }
+
+    #[test]
+    fn frames_cross_unchanged_in_order_and_eof_stops_both_directions() {
+        let (ti, tr) = transports();
+        let (sa, sb) = UnixStream::pair().unwrap();
+        let (a, b) = (end(), end());
+        let sizes = [1usize, 60, 1514, 9000, MAX_FRAME, 2, 64000];
+        std::thread::scope(|s| {
+            let ra = s.spawn(|| run(&a, sa, &ti));
+            let rb = s.spawn(|| run(&b, sb, &tr));
+            let mut got = vec![0u8; 70000];
+            for (i, &size) in sizes.iter().enumerate() {
+                let frame: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
+                a.outside.send(&frame).unwrap();
+                let n = b.outside.recv(&mut got).unwrap();
+                assert_eq!(&got[..n], &frame[..], "frame {i} of {size} bytes, a to b");
+                b.outside.send(&frame).unwrap();
+                let n = a.outside.recv(&mut got).unwrap();
+                assert_eq!(&got[..n], &frame[..], "frame {i} of {size} bytes, b to a");
+            }
+            // An oversize frame is dropped before sealing; the next one still
+            // arrives, so the nonces stayed in step.
+            a.outside.send(&vec![7u8; MAX_FRAME + 1]).unwrap();
+            a.outside.send(b"after").unwrap();
+            let n = b.outside.recv(&mut got).unwrap();
+            assert_eq!(&got[..n], b"after");
+            assert_eq!(a.counters.dropped_oversize.load(Ordering::Relaxed), 1);
+            // Stopping one end closes its stream: the other sees the peer close.
+            a.stop.trigger();
+            assert!(matches!(ra.join().unwrap(), End::Stopped));
+            assert!(matches!(rb.join().unwrap(), End::PeerClosed));
+        });
+        assert_eq!(
+            b.counters.frames_in.load(Ordering::Relaxed),
+            sizes.len() as u64 + 1
+        );
+    }
+
+    #[test]
+    fn a_burst_is_batched_and_stays_ordered() {
+        let (ti, tr) = transports();
+        let (sa, sb) = UnixStream::pair().unwrap();
+        let (a, b) = (end(), end());
+        std::thread::scope(|s| {
+            let ra = s.spawn(|| run(&a, sa, &ti));
+            let rb = s.spawn(|| run(&b, sb, &tr));
+            for i in 0..200u32 {
+                a.outside.send(&i.to_be_bytes()).unwrap();
+            }
+            let mut got = [0u8; 16];
+            for i in 0..200u32 {
+                let n = b.outside.recv(&mut got).unwrap();
+                assert_eq!(&got[..n], &i.to_be_bytes());
+            }
+            b.stop.trigger();
+            assert!(matches!(rb.join().unwrap(), End::Stopped));
+            assert!(matches!(ra.join().unwrap(), End::PeerClosed));
+        });
+    }
+
+    #[test]
+    fn tampered_message_ends_the_session_and_injects_nothing() {
+        let (ti, tr) = transports();
+        let (sa, mut wire) = UnixStream::pair().unwrap();
+        let b = end();
+        // A valid message from the initiator, then a copy with a flipped bit.
+        let mut sealed = vec![0u8; 100];
+        let n = ti.seal(0, b"good", &mut sealed).unwrap();
+        let mut bytes = frame::header(n).to_vec();
+        bytes.extend_from_slice(&sealed[..n]);
+        let n = ti.seal(1, b"evil", &mut sealed).unwrap();
+        sealed[5] ^= 1;
+        bytes.extend_from_slice(&frame::header(n));
+        bytes.extend_from_slice(&sealed[..n]);
+        wire.write_all(&bytes).unwrap();
+        let result = run(&b, sa, &tr);
+        assert!(matches!(result, End::Protocol(_)), "{result}");
+        let mut got = [0u8; 16];
+        let n = b.outside.recv(&mut got).unwrap();
+        assert_eq!(&got[..n], b"good");
+        b.outside.set_nonblocking(true).unwrap();
+        assert!(
+            b.outside.recv(&mut got).is_err(),
+            "nothing after the tampered message"
+        );
+    }
+
+    #[test]
+    fn short_message_and_zero_length_end_the_session() {
+        let (_, tr) = transports();
+        for bytes in [&[0u8, 3, 1, 2, 3][..], &[0, 0][..]] {
+            let (sa, mut wire) = UnixStream::pair().unwrap();
+            wire.write_all(bytes).unwrap();
+            let b = end();
+            assert!(matches!(run(&b, sa, &tr), End::Protocol(_)));
+            assert_eq!(b.counters.frames_in.load(Ordering::Relaxed), 0);
+        }
+    }
+
+    #[test]
+    fn replayed_message_does_not_decrypt() {
+        let (ti, tr) = transports();
+        let (sa, mut wire) = UnixStream::pair().unwrap();
+        let mut sealed = vec![0u8; 100];
+        let n = ti.seal(0, b"once", &mut sealed).unwrap();
+        let mut bytes = frame::header(n).to_vec();
+        bytes.extend_from_slice(&sealed[..n]);
+        bytes.extend_from_slice(&bytes.clone());
+        wire.write_all(&bytes).unwrap();
+        let b = end();
+        assert!(matches!(run(&b, sa, &tr), End::Protocol(_)));
+        assert_eq!(b.counters.frames_in.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,162 @@
+//! The binary as a user runs it: --help, usage errors and their exit
+//! statuses, genkey and pubkey; and that every option is documented in
+//! --help, the man page and the README.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_taptun");
+const PUB: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+
+fn taptun(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("TAPTUN_LOCAL")
+        .env_remove("TAPTUN_REMOTE")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run taptun");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn help_lists_modes_and_exit_statuses() {
+    let out = taptun(&["--help"], "");
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for needle in [
+        "taptun -s",
+        "taptun -c -m HOST",
+        "taptun -c -x COMMAND",
+        "taptun -i",
+        "genkey",
+        "pubkey",
+        "Exit status",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}
+
+#[test]
+fn every_option_is_documented_in_help_man_page_and_readme() {
+    let help = text(&taptun(&["--help"], "").stdout);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let man = std::fs::read_to_string(format!("{root}/man/taptun.8")).expect("man/taptun.8");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
+    for opt in taptun::config::OPTIONS {
+        let (short, long) = (format!("-{}", opt.short), format!("--{}", opt.long));
+        assert!(
+            help.contains(&short) && help.contains(&long),
+            "--help lacks {short} {long}"
+        );
+        // roff escapes '-' as '\-'.
+        let (man_short, man_long) = (short.replace('-', "\\-"), long.replace('-', "\\-"));
+        assert!(man.contains(&man_short), "man page lacks {short}");
+        assert!(man.contains(&man_long), "man page lacks {long}");
+        assert!(
+            readme.contains(&short) || readme.contains(&long),
+            "README lacks {short}/{long}"
+        );
+    }
+}
+
+#[test]
+fn version() {
+    let out = taptun(&["-V"], "");
+    assert!(out.status.success());
+    assert!(text(&out.stdout).starts_with("taptun "));
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_pointer_to_help() {
+    for args in [
+        &[][..],
+        &["-s", "-c"][..],
+        &["-c", "-l", "@/k", "-k", PUB][..],
+        &["-s", "-p", "http", "-l", "@/k", "-k", PUB][..],
+        &["-s", "-l", "@/k"][..],
+        &["--bogus"][..],
+    ] {
+        let out = taptun(args, "");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("taptun --help"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn missing_secret_file_is_a_configuration_error_before_any_device() {
+    let out = taptun(
+        &[
+            "-s",
+            "-l",
+            "@/nonexistent/taptun.key",
+            "-k",
+            PUB,
+            "-d",
+            "ttnodev0",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/taptun.key"));
+}
+
+#[test]
+fn malformed_key_is_an_error_not_a_passphrase() {
+    let bad = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmp=";
+    let out = taptun(&["-s", "-l", bad, "-k", PUB], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("genkey"));
+    let out = taptun(&["pubkey"], bad);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn genkey_then_pubkey() {
+    let out = taptun(&["genkey"], "");
+    assert!(out.status.success());
+    let key = text(&out.stdout);
+    assert_eq!(key.trim_end().len(), 44);
+    assert!(key.ends_with("=\n"));
+    let other = text(&taptun(&["genkey"], "").stdout);
+    assert_ne!(key, other, "two keys from genkey are equal");
+    let out = taptun(&["pubkey"], &key);
+    assert!(out.status.success());
+    let public = text(&out.stdout);
+    assert_eq!(public.trim_end().len(), 44);
+    assert_ne!(public, key);
+}
+
+#[test]
+fn pubkey_of_a_passphrase_matches_the_vectors() {
+    let out = taptun(&["pubkey"], "  correct horse battery staple \n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "g4/E+BRxYUDxG5VOpoLsnGlf8g0F03KePwiLEaR4Tzg=\n"
+    );
+}
+
+#[test]
+fn pubkey_of_a_key_matches_rfc7748() {
+    let out = taptun(
+        &["pubkey"],
+        "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=\n",
+    );
+    assert_eq!(text(&out.stdout), format!("{PUB}\n"));
+}
