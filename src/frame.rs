@@ -99,6 +99,20 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// Enlarges the buffer to `capacity` bytes, keeping what it holds: a
+    /// handshake needs little, an established session reads in bulk.
+    pub fn grow(&mut self, capacity: usize) {
+        if capacity <= self.buf.len() {
+            return;
+        }
+        let mut buf = vec![0u8; capacity].into_boxed_slice();
+        let held = self.end - self.start;
+        buf[..held].copy_from_slice(&self.buf[self.start..self.end]);
+        self.buf = buf;
+        self.start = 0;
+        self.end = held;
+    }
+
     pub fn get_ref(&self) -> &R {
         &self.inner
     }
@@ -197,6 +211,17 @@ mod tests {
             assert_eq!(r.next_message().unwrap().unwrap(), &big[..]);
             assert!(r.next_message().unwrap().is_none());
         }
+    }
+
+    #[test]
+    fn growing_keeps_buffered_messages() {
+        let wire = encode(&[b"one", b"two", b"three"]);
+        let mut r = FrameReader::with_capacity(&wire[..], MAX_WIRE);
+        assert_eq!(r.next_message().unwrap().unwrap(), b"one");
+        r.grow(READ_BUFFER);
+        assert_eq!(r.next_message().unwrap().unwrap(), b"two");
+        assert_eq!(r.next_message().unwrap().unwrap(), b"three");
+        assert!(r.next_message().unwrap().is_none());
     }
 
     #[test]

@@ -251,11 +251,13 @@ impl Stream {
             deadline: None,
         };
         let framed = Framed {
-            reader: FrameReader::new(reader),
+            // Small while the handshake runs (a server may have 64 of them);
+            // grown to READ_BUFFER once the session is established.
+            reader: FrameReader::with_capacity(reader, frame::MAX_WIRE),
             writer: StreamWriter {
                 file: File::from(self.write),
             },
-            scratch: Vec::with_capacity(frame::MAX_WIRE),
+            scratch: Vec::new(),
         };
         (framed, Closer { how: self.how })
     }
