@@ -1,0 +1,524 @@
+//! Harness for the end-to-end tests on real TAP/TUN devices: throwaway network namespaces joined by
+//! a veth pair, taptun processes that are always stopped, keys in a private temporary directory, and
+//! polling helpers with deadlines instead of fixed sleeps.
+//!
+//! Every guard cleans up in `Drop`, so a failing test leaves no namespace, process or file behind;
+//! when a test panics, each `Proc` prints its stderr so the failure message says what taptun saw.
+//! The addresses used (10.213.N.0/24 on the veth, 10.214.N.0/24 and 10.215.N.0/24 in the tunnel)
+//! exist only inside the namespaces made here.
+
+// Each test file uses its own subset of the harness.
+#![allow(dead_code)]
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const TAPTUN: &str = env!("CARGO_BIN_EXE_taptun");
+
+/// How long anything a test waits for may take: generous, so a slow machine does not fail a test,
+/// and still far below the 30 s a test may last.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique within this test process: names of namespaces and temporary directories carry
+/// it with the process id, so parallel tests (and parallel `cargo test` runs) never collide.
+fn unique_id() -> u32 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// True when the namespace tests can run. Otherwise prints why and returns false (the test then
+/// returns early), or panics when TAPTUN_REQUIRE_NETNS=1 says that skipping is a failure.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ip_netns = Command::new("ip")
+        .args(["netns", "list"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let missing = if !root {
+        "not root"
+    } else if !ip_netns {
+        "`ip netns list` does not work (install iproute2)"
+    } else if fs::metadata("/dev/net/tun").is_err() {
+        "no /dev/net/tun"
+    } else {
+        return true;
+    };
+    if std::env::var("TAPTUN_REQUIRE_NETNS").as_deref() == Ok("1") {
+        panic!("TAPTUN_REQUIRE_NETNS=1 but the namespace tests cannot run: {missing}");
+    }
+    // Straight to fd 2: the test harness captures eprintln! of passing tests,
+    // and a skip should be seen.
+    let _ = writeln!(std::io::stderr(), "skipped: needs root and ip netns ({missing})");
+    false
+}
+
+/// Runs a command to completion and returns its stdout; panics with its stderr if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `done` every 20 ms until it returns true (then true) or `deadline` has passed (false).
+pub fn wait_for(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A network namespace made for one test, deleted when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Makes a namespace named `tt{pid}n{id}{role}` with `lo` up.
+    pub fn new(id: u32, role: char) -> Netns {
+        let name = format!("tt{}n{id}{role}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.ip("link set lo up");
+        ns
+    }
+
+    /// `ip -n NAME ARGS`, the arguments split at whitespace; panics if it fails.
+    pub fn ip(&self, args: &str) -> String {
+        run(Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args.split_whitespace()))
+    }
+
+    /// A command that runs `program` inside this namespace (`ip netns exec` execs it, so the
+    /// child's pid is the program's own).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// `taptun ARGS` inside this namespace, the arguments split at whitespace, with no secret
+    /// inherited from the environment of the test.
+    pub fn taptun(&self, args: &str) -> Command {
+        let mut cmd = self.command(TAPTUN);
+        cmd.args(args.split_whitespace())
+            .env_remove("TAPTUN_LOCAL")
+            .env_remove("TAPTUN_REMOTE");
+        cmd
+    }
+
+    /// Whether device `dev` exists here and is administratively up.
+    pub fn device_up(&self, dev: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-o", "link", "show", "dev", dev])
+            .stderr(Stdio::null())
+            .output();
+        // "5: tt0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 ..."
+        out.is_ok_and(|out| {
+            let text = String::from_utf8_lossy(&out.stdout);
+            out.status.success()
+                && text
+                    .split(['<', '>'])
+                    .nth(1)
+                    .is_some_and(|flags| flags.split(',').any(|f| f == "UP"))
+        })
+    }
+
+    /// Waits until taptun has made device `dev` here and set its link up; panics otherwise.
+    pub fn wait_for_device(&self, dev: &str) {
+        assert!(
+            wait_for(DEADLINE, || self.device_up(dev)),
+            "device {dev} did not come up in {} within {DEADLINE:?}",
+            self.name
+        );
+    }
+
+    /// Whether something listens on TCP `port` in this namespace (IPv4 or IPv6), read from the
+    /// kernel's socket table as seen from inside the namespace.
+    pub fn listening(&self, port: u16) -> bool {
+        in_netns(self, move || {
+            let local = format!(":{port:04X}");
+            ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+                .iter()
+                .filter_map(|table| fs::read_to_string(table).ok())
+                .any(|table| {
+                    table.lines().skip(1).any(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        // fields[1] is "ADDR:PORT" in hex, fields[3] the state; 0A is LISTEN.
+                        fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "0A"
+                    })
+                })
+        })
+    }
+
+    /// One `ping -c 1 -W 1 ADDR` from this namespace, retried until it succeeds or DEADLINE passes.
+    pub fn ping(&self, addr: &str) -> bool {
+        wait_for(DEADLINE, || {
+            self.command("ping")
+                .args(["-c", "1", "-W", "1", addr])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Also deletes the veth end and any device left in it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs `f` on a new thread that has entered namespace `ns` (only that thread: the rest of the test
+/// stays where it is) and returns its result. A socket keeps the namespace it was made in, so
+/// listeners and connections made here can be used from any thread afterwards; a process spawned
+/// here starts in `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{}", ns.name);
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: `file` stays open across the call; CLONE_NEWNET moves only the calling thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Accepts one connection on `listener`, or panics when none arrives within DEADLINE.
+pub fn accept_within(listener: &TcpListener) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let mut accepted = None;
+    let ok = wait_for(DEADLINE, || match listener.accept() {
+        Ok((stream, _)) => {
+            accepted = Some(stream);
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("accept: {e}"),
+    });
+    assert!(ok, "no connection within {DEADLINE:?}");
+    let stream = accepted.unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// A private temporary directory (mode 700) for keys and logs, removed when dropped.
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let path = std::env::temp_dir().join(format!(
+            "taptun-test-{}-{}",
+            std::process::id(),
+            unique_id()
+        ));
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Scratch { path }
+    }
+
+    /// Writes a new `taptun genkey` key to NAME.key (mode 600) and returns "@PATH", a SECRET.
+    pub fn genkey(&self, name: &str) -> String {
+        let key = run(Command::new(TAPTUN).arg("genkey"));
+        assert_eq!(key.trim().len(), 44, "genkey printed {key:?}");
+        let path = self.path.join(format!("{name}.key"));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(key.as_bytes()))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        format!("@{}", path.display())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The public key (`taptun pubkey`) of a SECRET given as "@PATH".
+pub fn pubkey(secret: &str) -> String {
+    let path = secret
+        .strip_prefix('@')
+        .expect("a secret of the form @PATH");
+    let key = File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    run(Command::new(TAPTUN).arg("pubkey").stdin(key))
+        .trim()
+        .to_owned()
+}
+
+/// A spawned process, stopped (SIGTERM, then SIGKILL) and reaped when dropped. When the test is
+/// failing, dropping it prints its stderr.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: Option<PathBuf>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin from /dev/null and stderr into `name`.log in `scratch`.
+    pub fn start(name: &str, mut cmd: Command, scratch: &Scratch) -> Proc {
+        let log = scratch.path.join(format!("{name}.log"));
+        let file = File::create(&log).unwrap();
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        Proc::adopt(name, child, Some(log))
+    }
+
+    /// Takes charge of a child spawned elsewhere; `log` is where its stderr goes, if anywhere.
+    pub fn adopt(name: &str, child: Child, log: Option<PathBuf>) -> Proc {
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        match &self.log {
+            Some(log) => fs::read_to_string(log).unwrap_or_else(|e| format!("({e})")),
+            None => "(not captured)".to_owned(),
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit by itself; panics when it is still running after DEADLINE.
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut status = None;
+        wait_for(DEADLINE, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap_or_else(|| panic!("{} still running after {DEADLINE:?}", self.name))
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory effects; the pid is our unreaped child, so it is not reused.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.running() {
+            self.signal(libc::SIGTERM);
+            if !wait_for(Duration::from_secs(3), || !self.running()) {
+                let _ = self.child.kill();
+            }
+        }
+        let status = match self.child.wait() {
+            Ok(status) => status.to_string(),
+            Err(e) => e.to_string(),
+        };
+        if thread::panicking() {
+            eprintln!("--- {} ({status}) stderr ---\n{}", self.name, self.stderr());
+        }
+    }
+}
+
+/// The usual arrangement: namespace `a` (the server's side) and `b` (the client's), joined by a
+/// veth pair with 10.213.N.1/24 in `a` and 10.213.N.2/24 in `b`, plus two `genkey` keys.
+pub struct Pair {
+    pub n: u32,
+    pub a: Netns,
+    pub b: Netns,
+    pub scratch: Scratch,
+    /// SECRET of the server (`@PATH` of a genkey file).
+    pub server_key: String,
+    /// SECRET of the client.
+    pub client_key: String,
+    /// The TCP port of this pair's server: per namespace anyway, but unique to read logs easily.
+    pub port: u16,
+}
+
+impl Pair {
+    pub fn new() -> Pair {
+        let id = unique_id();
+        let n = id % 250 + 1;
+        let (a, b) = (Netns::new(id, 'a'), Netns::new(id, 'b'));
+        // Interface names are the namespace names: unique, and at most 15 bytes.
+        run(Command::new("ip").args([
+            "link", "add", &a.name, "netns", &a.name, "type", "veth", "peer", "name", &b.name,
+            "netns", &b.name,
+        ]));
+        for (ns, host) in [(&a, 1), (&b, 2)] {
+            ns.ip(&format!("addr add 10.213.{n}.{host}/24 dev {}", ns.name));
+            ns.ip(&format!("link set {} up", ns.name));
+        }
+        let scratch = Scratch::new();
+        let server_key = scratch.genkey("server");
+        let client_key = scratch.genkey("client");
+        Pair {
+            n,
+            a,
+            b,
+            scratch,
+            server_key,
+            client_key,
+            port: 20000 + n as u16,
+        }
+    }
+
+    /// The veth address of namespace `a`, where the server listens.
+    pub fn server_addr(&self) -> String {
+        format!("10.213.{}.1", self.n)
+    }
+
+    /// `-l SERVER -r CLIENT`: the server's side of the swapped secrets.
+    pub fn server_secrets(&self) -> String {
+        format!("-l {} -r {}", self.server_key, self.client_key)
+    }
+
+    /// `-l CLIENT -r SERVER`: the client's side.
+    pub fn client_secrets(&self) -> String {
+        format!("-l {} -r {}", self.client_key, self.server_key)
+    }
+
+    /// Starts `taptun -s -p PORT -v -d tt0 SERVER_SECRETS EXTRA` in `a` and waits until it listens.
+    pub fn server(&self, extra: &str) -> Proc {
+        let args = format!(
+            "-s -p {} -v -d tt0 {} {extra}",
+            self.port,
+            self.server_secrets()
+        );
+        let mut server = Proc::start("server", self.a.taptun(&args), &self.scratch);
+        let listening = wait_for(DEADLINE, || {
+            !server.running() || self.a.listening(self.port)
+        });
+        assert!(
+            listening && server.running(),
+            "taptun -s did not start listening"
+        );
+        server
+    }
+
+    /// Starts `taptun -c -m SERVER_ADDR -p PORT -v ARGS` in `b`; its stderr goes to NAME.log.
+    pub fn client(&self, name: &str, args: &str) -> Proc {
+        let args = format!("-c -m {} -p {} -v {args}", self.server_addr(), self.port);
+        Proc::start(name, self.b.taptun(&args), &self.scratch)
+    }
+
+    /// Starts a client on device `dev` with the right secrets.
+    pub fn good_client(&self, name: &str, dev: &str) -> Proc {
+        self.client(name, &format!("-d {dev} {}", self.client_secrets()))
+    }
+
+    /// Waits for the TAP devices `tt0` in `a` and `b`, then gives them 10.214.N.1/24 and
+    /// 10.214.N.2/24.
+    pub fn address_tap(&self) {
+        self.a.wait_for_device("tt0");
+        self.a
+            .ip(&format!("addr add {}/24 dev tt0", self.tap_addr(1)));
+        self.address_client_tap("tt0");
+    }
+
+    /// Waits for the client's TAP device `dev` in `b`, then gives it 10.214.N.2/24.
+    pub fn address_client_tap(&self, dev: &str) {
+        self.b.wait_for_device(dev);
+        self.b
+            .ip(&format!("addr add {}/24 dev {dev}", self.tap_addr(2)));
+    }
+
+    /// 10.214.N.HOST, the tunnel address of `a` (1) or `b` (2) in tap mode.
+    pub fn tap_addr(&self, host: u8) -> String {
+        format!("10.214.{}.{host}", self.n)
+    }
+
+    /// Pings across the tap tunnel both ways (see `assert_ping_both_ways`).
+    pub fn assert_tap_ping(&self) {
+        self.assert_ping_both_ways(&self.tap_addr(1), &self.tap_addr(2));
+    }
+
+    /// Pings across the tunnel both ways, from `b` first: its ARP request also refreshes what `a`
+    /// remembers of `b`'s MAC address, which changes when a new client replaces the old one.
+    pub fn assert_ping_both_ways(&self, addr_a: &str, addr_b: &str) {
+        assert!(self.b.ping(addr_a), "ping from b to {addr_a} failed");
+        assert!(self.a.ping(addr_b), "ping from a to {addr_b} failed");
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64), so a failing transfer can be reproduced.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+/// Reads from `stream` until the peer closes it (EOF or reset): true if that happens within
+/// DEADLINE with no byte received, false if the peer sent anything or kept it open.
+pub fn closed_without_answer(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let mut answered = false;
+    let closed = wait_for(DEADLINE, || match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => {
+            answered = true;
+            true
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(_) => true, // reset: the server closed while our garbage was still unread
+    });
+    closed && !answered
+}
