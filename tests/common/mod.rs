@@ -60,7 +60,10 @@ pub fn require_root() -> bool {
     }
     // Straight to fd 2: the test harness captures eprintln! of passing tests,
     // and a skip should be seen.
-    let _ = writeln!(std::io::stderr(), "skipped: needs root and ip netns ({missing})");
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: needs root and ip netns ({missing})"
+    );
     false
 }
 
