@@ -197,6 +197,8 @@ impl Stream {
         }
         sys::point_at_dev_null(&redirect).map_err(io_err)?;
         let how = if sys::is_socket(read.as_raw_fd()) {
+            // inetd's TCP socket: small frames must not wait (not TCP: ignored).
+            let _ = socket2::SockRef::from(&read).set_tcp_nodelay(true);
             CloseHow::Socket(read.try_clone().map_err(io_err)?)
         } else {
             CloseHow::Nothing
