@@ -18,6 +18,8 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod handshake;
 pub mod keys;
 pub mod log;
