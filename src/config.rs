@@ -8,6 +8,7 @@
 //! opened later, by `run`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use getopts::Options;
 
@@ -22,14 +23,18 @@ pub const DEFAULT_PORT: u16 = 1980;
 pub const ENV_LOCAL: &str = "TAPTUN_LOCAL";
 /// Environment variable for the remote secret when -r and -k are absent.
 pub const ENV_REMOTE: &str = "TAPTUN_REMOTE";
+/// Seconds without sending before a keepalive goes out.
+pub const DEFAULT_KEEPALIVE: u8 = 10;
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     /// Run a tunnel.
     Tunnel(Box<Config>),
-    /// Print a new private key.
-    GenKey,
+    /// Check a tunnel configuration and its secrets, then exit.
+    Check(Box<Config>),
+    /// Print a new private key, or write it to a new file (mode 600).
+    GenKey(Option<PathBuf>),
     /// Read a secret on stdin and print its public key.
     PubKey,
     /// Print the help text.
@@ -43,8 +48,8 @@ pub enum Command {
 pub enum Mode {
     /// -s: listen for TCP connections.
     Server { bind: Option<IpAddr>, port: u16 },
-    /// -c -m: dial a TCP server.
-    Client { host: String, port: u16 },
+    /// -c -m: dial a TCP server; several -m are tried in turn.
+    Client { hosts: Vec<String>, port: u16 },
     /// -c -x: run a command and use its stdin and stdout.
     Command { command: String },
     /// -i: fd 0 and fd 1 are the stream.
@@ -79,6 +84,20 @@ pub struct Config {
     pub cipher: Cipher,
     /// The MTU to set; `None` keeps the device's.
     pub mtu: Option<u32>,
+    /// -o: -c runs one session and exits with its status.
+    pub once: bool,
+    /// Seconds without sending before a keepalive; 0 = none. Announced in hello byte 3.
+    pub keepalive: u8,
+    /// Hook run when a session is established.
+    pub up: Option<String>,
+    /// Hook run when a session ends.
+    pub down: Option<String>,
+    /// User to switch to after opening the device and socket.
+    pub user: Option<String>,
+    /// Group to switch to.
+    pub group: Option<String>,
+    /// SO_MARK for the carrier socket.
+    pub fwmark: Option<u32>,
     /// Number of -v.
     pub verbosity: u8,
     /// Warnings to log once logging is up.
@@ -96,109 +115,33 @@ pub struct OptionSpec {
 
 /// Every option, defined once: parsing, `--help` and the documentation
 /// tests all read this table.
+#[rustfmt::skip]
 pub const OPTIONS: &[OptionSpec] = &[
-    OptionSpec {
-        short: "s",
-        long: "server",
-        hint: "",
-        help: "listen for TCP connections (standalone server)",
-    },
-    OptionSpec {
-        short: "c",
-        long: "client",
-        hint: "",
-        help: "connect to a server: with -m over TCP, with -x through a command",
-    },
-    OptionSpec {
-        short: "i",
-        long: "inetd",
-        hint: "",
-        help: "use fd 0 and fd 1 as the stream (inetd, xinetd, systemd Accept=yes, ssh)",
-    },
-    OptionSpec {
-        short: "m",
-        long: "host",
-        hint: "HOST",
-        help: "the server to dial with -c (name, IPv4 or IPv6 address)",
-    },
-    OptionSpec {
-        short: "x",
-        long: "exec",
-        hint: "COMMAND",
-        help: "with -c: run COMMAND with /bin/sh -c and use its stdin and stdout",
-    },
-    OptionSpec {
-        short: "p",
-        long: "port",
-        hint: "PORT",
-        help: "TCP port for -s and -c -m (default 1980)",
-    },
-    OptionSpec {
-        short: "b",
-        long: "bind",
-        hint: "ADDR",
-        help: "with -s: listen on this address only (default: all, IPv4 and IPv6)",
-    },
-    OptionSpec {
-        short: "d",
-        long: "device",
-        hint: "NAME",
-        help: "device name (default tap%d or tun%d; an existing persistent device is attached)",
-    },
-    OptionSpec {
-        short: "t",
-        long: "type",
-        hint: "tap|tun",
-        help: "device type: tap (Ethernet frames, default) or tun (IP packets)",
-    },
-    OptionSpec {
-        short: "l",
-        long: "local",
-        hint: "SECRET",
-        help: "this end's secret: a key, a passphrase, or @FILE (default: $TAPTUN_LOCAL)",
-    },
-    OptionSpec {
-        short: "r",
-        long: "remote",
-        hint: "SECRET",
-        help: "the other end's secret, same forms (default: $TAPTUN_REMOTE)",
-    },
-    OptionSpec {
-        short: "k",
-        long: "peer-key",
-        hint: "PUBKEY",
-        help: "the other end's public key, instead of -r (see `taptun pubkey`)",
-    },
-    OptionSpec {
-        short: "e",
-        long: "cipher",
-        hint: "CIPHER",
-        help: "chachapoly (default) or aesgcm; both ends must agree",
-    },
-    OptionSpec {
-        short: "M",
-        long: "mtu",
-        hint: "N",
-        help: "set the device MTU (tap: 68-65491, tun: 68-65509)",
-    },
-    OptionSpec {
-        short: "v",
-        long: "verbose",
-        hint: "",
-        help: "log more (repeat for more); RUST_LOG overrides",
-    },
-    OptionSpec {
-        short: "h",
-        long: "help",
-        hint: "",
-        help: "print this help and exit",
-    },
-    OptionSpec {
-        short: "V",
-        long: "version",
-        hint: "",
-        help: "print the version and exit",
-    },
+    OptionSpec { short: "s", long: "server", hint: "", help: "listen for TCP connections (standalone server)" },
+    OptionSpec { short: "c", long: "client", hint: "", help: "connect to a server: with -m over TCP, with -x through a command" },
+    OptionSpec { short: "i", long: "inetd", hint: "", help: "use fd 0 and fd 1 as the stream (inetd, xinetd, systemd Accept=yes, ssh)" },
+    OptionSpec { short: "m", long: "host", hint: "HOST", help: "the server to dial with -c (name, IPv4 or IPv6 address); repeat to try several in turn" },
+    OptionSpec { short: "x", long: "exec", hint: "COMMAND", help: "with -c: run COMMAND with /bin/sh -c and use its stdin and stdout" },
+    OptionSpec { short: "p", long: "port", hint: "PORT", help: "TCP port for -s and -c -m (default 1980)" },
+    OptionSpec { short: "b", long: "bind", hint: "ADDR", help: "with -s: listen on this address only (default: all, IPv4 and IPv6)" },
+    OptionSpec { short: "d", long: "device", hint: "NAME", help: "device name (default tap%d or tun%d; an existing persistent device is attached)" },
+    OptionSpec { short: "t", long: "type", hint: "tap|tun", help: "device type: tap (Ethernet frames, default) or tun (IP packets)" },
+    OptionSpec { short: "l", long: "local", hint: "SECRET", help: "this end's secret: a key, a passphrase, or @FILE (default: $TAPTUN_LOCAL)" },
+    OptionSpec { short: "r", long: "remote", hint: "SECRET", help: "the other end's secret, same forms (default: $TAPTUN_REMOTE)" },
+    OptionSpec { short: "k", long: "peer-key", hint: "PUBKEY", help: "the other end's public key, instead of -r (see `taptun pubkey`)" },
+    OptionSpec { short: "e", long: "cipher", hint: "CIPHER", help: "chachapoly (default) or aesgcm; both ends must agree" },
+    OptionSpec { short: "M", long: "mtu", hint: "N", help: "set the device MTU (tap: 68-65491, tun: 68-65509)" },
+    OptionSpec { short: "o", long: "once", hint: "", help: "with -c: one session, no reconnecting; exit with its status" },
+    OptionSpec { short: "K", long: "keepalive", hint: "SECS", help: "send a keepalive after SECS idle; peer dead after 3 x its interval (default 10, 0 = off)" },
+    OptionSpec { short: "u", long: "up", hint: "CMD", help: "run CMD (/bin/sh -c) when a session is established; if it fails the session ends" },
+    OptionSpec { short: "D", long: "down", hint: "CMD", help: "run CMD (/bin/sh -c) when a session ends" },
+    OptionSpec { short: "U", long: "user", hint: "USER", help: "drop root to USER once the device is open and the socket bound" },
+    OptionSpec { short: "G", long: "group", hint: "GROUP", help: "the group to switch to (default: USER's primary group)" },
+    OptionSpec { short: "F", long: "fwmark", hint: "MARK", help: "set SO_MARK on the carrier socket, for policy routing (-s, -c -m)" },
+    OptionSpec { short: "C", long: "check", hint: "", help: "check the configuration and secrets, open nothing, exit 0 (or 2 with the reason)" },
+    OptionSpec { short: "v", long: "verbose", hint: "", help: "log more (repeat for more); RUST_LOG overrides" },
+    OptionSpec { short: "h", long: "help", hint: "", help: "print this help and exit" },
+    OptionSpec { short: "V", long: "version", hint: "", help: "print the version and exit" },
 ];
 
 /// The getopts parser for [`OPTIONS`].
@@ -207,6 +150,7 @@ pub fn options() -> Options {
     for spec in OPTIONS {
         match (spec.hint, spec.short) {
             ("", "v") => o.optflagmulti(spec.short, spec.long, spec.help),
+            ("HOST", _) => o.optmulti(spec.short, spec.long, spec.help, spec.hint),
             ("", _) => o.optflag(spec.short, spec.long, spec.help),
             (hint, _) => o.optopt(spec.short, spec.long, spec.help, hint),
         };
@@ -257,30 +201,37 @@ impl Command {
             return Ok(Command::Version);
         }
         let modes = ["s", "c", "i"].iter().filter(|o| m.opt_present(o)).count();
-        match m.free.as_slice() {
-            [] => {}
-            [sub] if sub == "genkey" || sub == "pubkey" => {
-                let others = options_given(&m);
-                if !others.is_empty() {
-                    return Err(usage(format!(
-                        "`taptun {sub}` takes no options (got {})",
-                        others.join(" ")
-                    )));
-                }
-                return Ok(if sub == "genkey" {
-                    Command::GenKey
-                } else {
-                    Command::PubKey
-                });
+        if let Some(sub) = m.free.first().filter(|s| *s == "genkey" || *s == "pubkey") {
+            let others = options_given(&m);
+            if !others.is_empty() {
+                return Err(usage(format!(
+                    "`taptun {sub}` takes no options (got {})",
+                    others.join(" ")
+                )));
             }
-            [first, ..] => return Err(usage(format!("unexpected argument `{first}`"))),
+            return match (sub.as_str(), &m.free[1..]) {
+                ("genkey", []) => Ok(Command::GenKey(None)),
+                ("genkey", [path]) => Ok(Command::GenKey(Some(PathBuf::from(path)))),
+                (_, [.., extra]) => Err(usage(format!(
+                    "`taptun {sub}`: unexpected argument `{extra}`"
+                ))),
+                (_, []) => Ok(Command::PubKey),
+            };
+        }
+        if let Some(first) = m.free.first() {
+            return Err(usage(format!("unexpected argument `{first}`")));
         }
         if modes != 1 {
             return Err(usage(
                 "give exactly one of -s (server), -c (client) or -i (inetd)",
             ));
         }
-        Config::from_matches(&m, env).map(|c| Command::Tunnel(Box::new(c)))
+        let config = Box::new(Config::from_matches(&m, env)?);
+        Ok(if m.opt_present("C") {
+            Command::Check(config)
+        } else {
+            Command::Tunnel(config)
+        })
     }
 }
 
@@ -354,6 +305,53 @@ impl Config {
                 })?,
             ),
         };
+        let keepalive = match m.opt_str("K") {
+            None => DEFAULT_KEEPALIVE,
+            Some(text) => text.parse::<u8>().map_err(|_| {
+                usage(format!(
+                    "-K: `{text}` is not a number of seconds from 0 to 255"
+                ))
+            })?,
+        };
+        let hook = |opt: &str| -> Result<Option<String>, Error> {
+            match m.opt_str(opt) {
+                Some(cmd) if cmd.trim().is_empty() => Err(usage(format!("-{opt}: empty command"))),
+                other => Ok(other),
+            }
+        };
+        let (up, down) = (hook("u")?, hook("D")?);
+        let nonempty = |opt: &str| -> Result<Option<String>, Error> {
+            match m.opt_str(opt) {
+                Some(name) if name.is_empty() => Err(usage(format!("-{opt}: empty name"))),
+                other => Ok(other),
+            }
+        };
+        let (user, group) = (nonempty("U")?, nonempty("G")?);
+        let fwmark = match m.opt_str("F") {
+            None => None,
+            Some(text) => Some(parse_u32(&text).ok_or_else(|| {
+                usage(format!(
+                    "-F: `{text}` is not a mark (a number, 0x... allowed)"
+                ))
+            })?),
+        };
+        if fwmark.is_some() && !matches!(mode, Mode::Server { .. } | Mode::Client { .. }) {
+            return Err(usage("-F only applies to the TCP socket of -s and -c -m"));
+        }
+        if fwmark.is_some()
+            && (user.is_some() || group.is_some())
+            && matches!(mode, Mode::Client { .. })
+        {
+            return Err(usage(
+                "-F cannot be combined with -U/-G in -c mode: setting the mark on each new connection needs CAP_NET_ADMIN",
+            ));
+        }
+        let once = m.opt_present("o");
+        if once && !mode.is_initiator() {
+            return Err(usage(
+                "-o only applies to -c (-s serves on, -i is always one session)",
+            ));
+        }
         Ok(Config {
             mode,
             layer,
@@ -362,6 +360,13 @@ impl Config {
             remote,
             cipher,
             mtu,
+            once,
+            keepalive,
+            up,
+            down,
+            user,
+            group,
+            fwmark,
             verbosity: u8::try_from(m.opt_count("v")).unwrap_or(u8::MAX),
             warnings,
         })
@@ -405,17 +410,30 @@ fn parse_mode(m: &getopts::Matches) -> Result<Mode, Error> {
         return Ok(Mode::Server { bind, port });
     }
     if client {
-        return match (m.opt_str("m"), m.opt_str("x")) {
-            (Some(host), None) if !unbracket(&host).is_empty() => Ok(Mode::Client {
-                host: unbracket(&host).to_owned(),
-                port,
-            }),
-            (None, Some(command)) if !command.trim().is_empty() => Ok(Mode::Command { command }),
-            (Some(_), Some(_)) => Err(usage("-c takes either -m HOST or -x COMMAND, not both")),
+        let hosts: Vec<String> = m
+            .opt_strs("m")
+            .iter()
+            .map(|h| unbracket(h).to_owned())
+            .collect();
+        if hosts.iter().any(String::is_empty) {
+            return Err(usage("-m: empty host name"));
+        }
+        return match (hosts.is_empty(), m.opt_str("x")) {
+            (false, None) => Ok(Mode::Client { hosts, port }),
+            (true, Some(command)) if !command.trim().is_empty() => Ok(Mode::Command { command }),
+            (false, Some(_)) => Err(usage("-c takes either -m HOST or -x COMMAND, not both")),
             _ => Err(usage("-c needs -m HOST or -x COMMAND")),
         };
     }
     Ok(Mode::Inetd)
+}
+
+/// A decimal or 0x-prefixed hexadecimal u32.
+fn parse_u32(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
 }
 
 /// `[::1]` -> `::1`, so IPv6 addresses may be given either way.
@@ -512,6 +530,13 @@ mod tests {
                 remote: Remote::Secret(file(Origin::Argv("-r"), "/k2")),
                 cipher: Cipher::ChaChaPoly,
                 mtu: None,
+                once: false,
+                keepalive: DEFAULT_KEEPALIVE,
+                up: None,
+                down: None,
+                user: None,
+                group: None,
+                fwmark: None,
                 verbosity: 0,
                 warnings: vec![],
             }
@@ -524,6 +549,8 @@ mod tests {
             "--client",
             "--host",
             "[2001:db8::1]",
+            "-m",
+            "gw.example",
             "-p",
             "4000",
             "-t",
@@ -539,12 +566,21 @@ mod tests {
             "@/k",
             "-k",
             PUB,
+            "-o",
+            "-K",
+            "0",
+            "-u",
+            "up.sh",
+            "-D",
+            "down.sh",
+            "-F",
+            "0x10",
         ]);
         assert_eq!(
             c,
             Config {
                 mode: Mode::Client {
-                    host: "2001:db8::1".into(),
+                    hosts: vec!["2001:db8::1".into(), "gw.example".into()],
                     port: 4000
                 },
                 layer: Layer::Tun,
@@ -553,9 +589,27 @@ mod tests {
                 remote: Remote::Key(PublicKey::parse(PUB).unwrap()),
                 cipher: Cipher::AesGcm,
                 mtu: Some(9000),
+                once: true,
+                keepalive: 0,
+                up: Some("up.sh".into()),
+                down: Some("down.sh".into()),
+                user: None,
+                group: None,
+                fwmark: Some(16),
                 verbosity: 2,
                 warnings: vec![],
             }
+        );
+    }
+
+    #[test]
+    fn user_and_group() {
+        let c = tunnel(&[
+            "-s", "-U", "nobody", "-G", "nogroup", "-l", "@/k", "-k", PUB,
+        ]);
+        assert_eq!(
+            (c.user.as_deref(), c.group.as_deref()),
+            (Some("nobody"), Some("nogroup"))
         );
     }
 
@@ -611,7 +665,20 @@ mod tests {
 
     #[test]
     fn subcommands() {
-        assert_eq!(parse(&["genkey"]).unwrap(), Command::GenKey);
+        assert_eq!(parse(&["genkey"]).unwrap(), Command::GenKey(None));
+        assert_eq!(
+            parse(&["genkey", "/k"]).unwrap(),
+            Command::GenKey(Some(PathBuf::from("/k")))
+        );
+        assert!(matches!(
+            parse(&["genkey", "/k", "/j"]),
+            Err(Error::Usage(_))
+        ));
+        assert!(matches!(parse(&["pubkey", "/k"]), Err(Error::Usage(_))));
+        assert!(matches!(
+            parse(&["-s", "-C", "-l", "@/k", "-k", PUB]),
+            Ok(Command::Check(_))
+        ));
         assert_eq!(parse(&["pubkey"]).unwrap(), Command::PubKey);
         assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
         assert_eq!(parse(&["-V"]).unwrap(), Command::Version);
@@ -643,6 +710,14 @@ mod tests {
             &["-s", "-l", "@", "-k", PUB],
             &["-s", "extra", "-l", "@/k", "-k", PUB],
             &["--no-such-option"],
+            &["-s", "-o", "-l", "@/k", "-k", PUB],
+            &["-s", "-K", "256", "-l", "@/k", "-k", PUB],
+            &["-s", "-u", " ", "-l", "@/k", "-k", PUB],
+            &["-i", "-F", "1", "-l", "@/k", "-k", PUB],
+            &[
+                "-c", "-m", "h", "-F", "1", "-U", "nobody", "-l", "@/k", "-k", PUB,
+            ],
+            &["-s", "-F", "mark", "-l", "@/k", "-k", PUB],
         ];
         for args in bad {
             let err = parse(args).expect_err(&format!("{args:?} should fail"));

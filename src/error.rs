@@ -44,6 +44,8 @@ pub enum Error {
     Handshake { peer: String, cause: HandshakeError },
     /// The peer broke the protocol after the handshake.
     Protocol { peer: String, what: String },
+    /// A hook failed: the text says which and how.
+    Hook(String),
     /// An I/O failure on something the text names.
     Io { what: String, source: io::Error },
 }
@@ -99,6 +101,7 @@ impl fmt::Display for Error {
             }
             Error::Handshake { peer, cause } => write!(f, "{peer}: handshake failed: {cause}"),
             Error::Protocol { peer, what } => write!(f, "{peer}: protocol error: {what}"),
+            Error::Hook(why) => f.write_str(why),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }

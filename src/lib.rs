@@ -10,10 +10,12 @@
 //! - [`device`]: opening TAP and TUN devices; the `PacketDevice` trait.
 //! - [`transport`]: the streams: TCP listen and dial, stdio, a command's pipes.
 //! - [`relay`]: the two directions of an established session, and counters.
-//! - [`session`]: handshake then relay for one stream; [`server`]: -s with many.
+//! - [`session`]: handshake, hooks and relay for one stream; [`client`]: -c with
+//!   reconnection; [`server`]: -s with many connections; [`hooks`]: -u and -D.
 //! - [`log`]: stderr or syslog. [`error`]: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod device;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod handshake;
+pub mod hooks;
 pub mod keys;
 pub mod log;
 pub mod relay;
@@ -36,9 +39,7 @@ use std::time::Instant;
 use crate::config::{Config, Mode, Remote};
 use crate::device::Device;
 use crate::error::Error;
-use crate::handshake::{
-    Hello, INITIATOR_COMMAND_DEADLINE, INITIATOR_DEADLINE, Identity, ReplayCache,
-};
+use crate::handshake::{Hello, Identity, ReplayCache};
 use crate::keys::{PrivateKey, SHORT_PASSPHRASE, SecretSpec, SecretText};
 use crate::session::Tunnel;
 use crate::sys::Stop;
@@ -54,14 +55,24 @@ pub fn log_sink(config: &Config) -> log::Sink {
     }
 }
 
+/// The process environment, as the functions that read it want it.
+fn env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
 /// Runs the tunnel the configuration describes. Logging must be set up.
 ///
 /// # Errors
 /// Every failure, as an [`Error`] whose `exit_code` is the process status.
 pub fn run(config: Config) -> Result<(), Error> {
+    let started = Instant::now();
+    if let Err(e) = sys::forbid_core_dumps() {
+        ::log::warn!("cannot forbid core dumps (keys could leak into one): {e}");
+    }
     // Before any thread exists, so that every thread inherits the mask.
-    let shutdown =
-        Arc::new(Stop::on_signals().map_err(|e| Error::io("cannot set up signal handling", e))?);
+    let signal_err = |e| Error::io("cannot set up signal handling", e);
+    let shutdown = Arc::new(Stop::on_signals(&[libc::SIGINT, libc::SIGTERM]).map_err(signal_err)?);
+    let usr1 = Stop::on_signals(&[libc::SIGUSR1]).map_err(signal_err)?;
     // -i: take the stream first, so that nothing else can reach fd 1.
     let stdio = if config.mode == Mode::Inetd {
         std::panic::set_hook(Box::new(|info| ::log::error!("internal error: {info}")));
@@ -73,57 +84,131 @@ pub fn run(config: Config) -> Result<(), Error> {
         ::log::warn!("{warning}");
     }
     let identity = load_identity(&config)?;
+    let ids = resolve_ids(&config)?;
     let device = Device::open(config.device.as_deref(), config.layer, config.mtu)?;
-    let hello = Hello::new(config.layer, device.mtu());
+    let listener = match &config.mode {
+        Mode::Server { bind, port } => Some(match transport::inherited_listener(&env)? {
+            Some(listener) => {
+                ::log::info!("using the listening socket passed by systemd (fd 3)");
+                listener
+            }
+            None => transport::listen(*bind, *port, config.fwmark)?,
+        }),
+        _ => None,
+    };
+    transport::notify_ready(&env);
+    if let Some((uid, gid)) = ids {
+        sys::drop_privileges(uid, gid).map_err(|e| Error::io("cannot drop privileges", e))?;
+        ::log::debug!("now running as uid {uid}, gid {gid}");
+    }
+    let mut hello = Hello::new(config.layer, device.mtu());
+    hello.keepalive = config.keepalive;
     let tunnel = Tunnel {
         device,
         identity,
         hello,
         shutdown,
+        counters: Default::default(),
+        up: config.up.clone(),
+        down: config.down.clone(),
     };
+    let finished = Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?;
 
-    let result = match (&config.mode, stdio) {
-        (Mode::Server { bind, port }, _) => {
-            let listener = transport::listen(*bind, *port)?;
-            server::serve(&tunnel, listener)
-        }
-        (Mode::Client { host, port }, _) => {
-            let deadline = Instant::now() + INITIATOR_DEADLINE;
-            let (tcp, addr) = transport::connect(host, *port, deadline)?;
-            let stream = Stream::tcp(tcp, addr.to_string())?;
-            initiator_session(&tunnel, stream, Instant::now() + INITIATOR_DEADLINE)
-        }
-        (Mode::Command { command }, _) => {
-            let stream = Stream::command(command)?;
-            initiator_session(&tunnel, stream, Instant::now() + INITIATOR_COMMAND_DEADLINE)
-        }
-        (Mode::Inetd, Some(stream)) => {
-            // One connection per process: the cache only guards this one.
-            let replays = ReplayCache::default();
-            match tunnel.respond(stream, Instant::now(), &replays)? {
-                Some(ready) => {
-                    let peer = ready.peer.clone();
-                    session::outcome(&peer, tunnel.relay(ready), &tunnel.device)
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| report_counters_on_sigusr1(&usr1, &tunnel, &finished, started));
+        let result = match (&config.mode, listener, stdio) {
+            (Mode::Server { .. }, Some(listener), _) => server::serve(&tunnel, listener),
+            (Mode::Inetd, _, Some(stream)) => {
+                // One connection per process: the cache only guards this one.
+                let replays = ReplayCache::default();
+                let mut drain = tunnel.drain(scope);
+                let result = match tunnel.respond(stream, Instant::now(), &replays) {
+                    Ok(Some(ready)) => {
+                        let peer = ready.peer.clone();
+                        session::outcome(
+                            &peer,
+                            tunnel.run(ready, &mut drain, scope),
+                            &tunnel.device,
+                        )
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Some(drain) = drain {
+                    drain.finish();
                 }
-                None => Ok(()),
+                result
             }
-        }
-        (Mode::Inetd, None) => unreachable!("the stdio stream is taken above for -i"),
-    };
+            (mode, _, _) => {
+                let dialer = client::Dialer {
+                    mode,
+                    fwmark: config.fwmark,
+                };
+                client::run(&tunnel, &dialer, config.once, scope)
+            }
+        };
+        finished.trigger();
+        result
+    });
     if let Some(signo) = tunnel.shutdown.take_signal() {
         ::log::info!("received {}, exiting", sys::signal_name(signo));
     }
     result
 }
 
-fn initiator_session(tunnel: &Tunnel, stream: Stream, deadline: Instant) -> Result<(), Error> {
-    match tunnel.initiate(stream, deadline)? {
-        Some(ready) => {
-            let peer = ready.peer.clone();
-            session::outcome(&peer, tunnel.relay(ready), &tunnel.device)
+/// Logs the process's counters each time SIGUSR1 arrives, until `finished`.
+fn report_counters_on_sigusr1(usr1: &Stop, tunnel: &Tunnel, finished: &Stop, started: Instant) {
+    loop {
+        match sys::wait_readable(usr1.raw_fd(), &[finished], None) {
+            Ok(sys::Wait::Ready) => {
+                usr1.take_signal();
+                ::log::info!("{}", tunnel.counters.process_line(started.elapsed()));
+            }
+            Ok(_) | Err(_) => return,
         }
-        None => Ok(()),
     }
+}
+
+/// -U and -G as ids, resolved before anything is opened.
+fn resolve_ids(config: &Config) -> Result<Option<(libc::uid_t, libc::gid_t)>, Error> {
+    let lookup_err = |opt: &str, e: std::io::Error| Error::Usage(format!("{opt}: {e}"));
+    let user = match &config.user {
+        Some(name) => Some(sys::lookup_user(name).map_err(|e| lookup_err("-U", e))?),
+        None => None,
+    };
+    let group = match &config.group {
+        Some(name) => Some(sys::lookup_group(name).map_err(|e| lookup_err("-G", e))?),
+        None => None,
+    };
+    Ok(match (user, group) {
+        (None, None) => None,
+        (Some((uid, primary)), group) => Some((uid, group.unwrap_or(primary))),
+        // -G alone: keep the user, change the group.
+        // SAFETY-free: getuid cannot fail.
+        (None, Some(gid)) => Some((current_uid(), gid)),
+    })
+}
+
+fn current_uid() -> libc::uid_t {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self is owned by the process's effective uid.
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+/// `taptun --check`: loads and checks the secrets (and -U/-G), opens no
+/// device or socket.
+///
+/// # Errors
+/// What `run` would have refused before opening anything (exit 2).
+pub fn check(config: &Config) -> Result<(), Error> {
+    for warning in &config.warnings {
+        ::log::warn!("{warning}");
+    }
+    load_identity(config)?;
+    resolve_ids(config)?;
+    Ok(())
 }
 
 /// Loads both secrets and derives the keys and psk.
@@ -160,13 +245,32 @@ fn private_key(spec: &SecretSpec, inetd: bool) -> Result<PrivateKey, Error> {
     Ok(text.private_key())
 }
 
-/// `taptun genkey`: prints a new private key.
+/// `taptun genkey [PATH]`: prints a new private key, or writes it to a new
+/// file PATH with mode 600 and prints its public key.
 ///
 /// # Errors
-/// A failing random source or output.
-pub fn genkey(out: &mut dyn Write) -> Result<(), Error> {
+/// A failing random source or output, or PATH that exists already.
+pub fn genkey(path: Option<&std::path::Path>, out: &mut dyn Write) -> Result<(), Error> {
     let key = PrivateKey::generate()?;
-    writeln!(out, "{}", key.to_text().as_str()).map_err(|e| Error::io("cannot write the key", e))
+    let Some(path) = path else {
+        return writeln!(out, "{}", key.to_text().as_str())
+            .map_err(|e| Error::io("cannot write the key", e));
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let file_err = |source| Error::KeyFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(file_err)?;
+    writeln!(file, "{}", key.to_text().as_str())
+        .and_then(|()| file.sync_all())
+        .map_err(file_err)?;
+    writeln!(out, "{}", key.public_key()).map_err(|e| Error::io("cannot write the public key", e))
 }
 
 /// `taptun pubkey`: reads a secret (key or passphrase) on `input`, prints

@@ -17,7 +17,11 @@ fn main() -> ExitCode {
             println!("taptun {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Ok(Command::GenKey) => taptun::genkey(&mut std::io::stdout().lock()),
+        Ok(Command::GenKey(path)) => taptun::genkey(path.as_deref(), &mut std::io::stdout().lock()),
+        Ok(Command::Check(config)) => {
+            taptun::log::init(config.verbosity, taptun::log::Sink::Stderr);
+            taptun::check(&config).map(|()| println!("taptun: the configuration is valid"))
+        }
         Ok(Command::PubKey) => {
             taptun::pubkey(&mut std::io::stdin().lock(), &mut std::io::stdout().lock())
         }

@@ -26,6 +26,8 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
 
 use crate::device::{MAX_FRAME, PacketDevice};
 use crate::frame::{self, FrameReader};
@@ -37,9 +39,19 @@ use crate::transport::{Closer, Framed, StreamReader, StreamWriter, is_stopped};
 /// once no further full-size message is certain to fit.
 const OUT_BUFFER_MESSAGES: usize = 4;
 
-/// Traffic counters of a session (or of a process, summed).
+/// Counters of a process: sessions, handshakes and traffic. The relay adds
+/// to them as it goes; a session's own figures are the difference between
+/// two [`Snapshot`]s.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Sessions established.
+    pub sessions: AtomicU64,
+    /// Handshakes that failed.
+    pub handshake_failures: AtomicU64,
+    /// Keepalives sent.
+    pub keepalives_out: AtomicU64,
+    /// Frames read from the device while no session was up.
+    pub dropped_no_session: AtomicU64,
     /// Frames read from the device and sent.
     pub frames_out: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -55,21 +67,65 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn add(counter: &AtomicU64, n: u64) {
+    pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// One line for the log.
-    pub fn summary(&self) -> String {
+    /// The traffic counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            frames_in: get(&self.frames_in),
+            bytes_in: get(&self.bytes_in),
+            frames_out: get(&self.frames_out),
+            bytes_out: get(&self.bytes_out),
+            dropped: get(&self.dropped_oversize) + get(&self.dropped_device),
+        }
+    }
+
+    /// The whole process's counters in one line (for SIGUSR1).
+    pub fn process_line(&self, uptime: std::time::Duration) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "in {} frames/{} bytes, out {} frames/{} bytes, dropped {} oversize + {} refused by the device",
+            "counters: sessions {}, handshake failures {}, in {} frames/{} bytes, out {} frames/{} bytes, \
+             dropped {} (oversize {}, refused by the device {}, no session {}), keepalives sent {} received {}, uptime {} s",
+            get(&self.sessions),
+            get(&self.handshake_failures),
             get(&self.frames_in),
             get(&self.bytes_in),
             get(&self.frames_out),
             get(&self.bytes_out),
+            get(&self.dropped_oversize) + get(&self.dropped_device) + get(&self.dropped_no_session),
             get(&self.dropped_oversize),
             get(&self.dropped_device),
+            get(&self.dropped_no_session),
+            get(&self.keepalives_out),
+            get(&self.keepalives_in),
+            uptime.as_secs(),
+        )
+    }
+}
+
+/// Traffic counters at one moment, to compute a session's share.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub frames_in: u64,
+    pub bytes_in: u64,
+    pub frames_out: u64,
+    pub bytes_out: u64,
+    pub dropped: u64,
+}
+
+impl Snapshot {
+    /// What happened since `earlier`, in one line.
+    pub fn since(&self, earlier: &Snapshot) -> String {
+        format!(
+            "in {} frames/{} bytes, out {} frames/{} bytes, dropped {}",
+            self.frames_in - earlier.frames_in,
+            self.bytes_in - earlier.bytes_in,
+            self.frames_out - earlier.frames_out,
+            self.bytes_out - earlier.bytes_out,
+            self.dropped - earlier.dropped,
         )
     }
 }
@@ -87,6 +143,10 @@ pub enum End {
     Protocol(String),
     /// The device failed for reading.
     DeviceError(io::Error),
+    /// The keepalive rules declared the peer dead: the text says which.
+    Dead(String),
+    /// The up hook failed: the session never relayed.
+    HookFailed(String),
 }
 
 impl std::fmt::Display for End {
@@ -97,27 +157,34 @@ impl std::fmt::Display for End {
             End::StreamError(e) => write!(f, "connection failed: {e}"),
             End::Protocol(what) => write!(f, "protocol error: {what}"),
             End::DeviceError(e) => write!(f, "device read failed: {e}"),
+            End::Dead(why) => write!(f, "the peer is dead: {why}"),
+            End::HookFailed(why) => f.write_str(why),
         }
     }
 }
 
-/// Nonces where the relay starts (after key confirmation).
+/// Where the relay starts, and its keepalive rules.
 #[derive(Clone, Copy, Debug)]
-pub struct Nonces {
-    pub send: u64,
-    pub recv: u64,
+pub struct Link {
+    /// The first nonce we send with (after key confirmation).
+    pub send_nonce: u64,
+    /// The first nonce we expect.
+    pub recv_nonce: u64,
+    /// Send a keepalive after this long without sending anything.
+    pub keepalive: Option<Duration>,
 }
 
 /// Relays until either direction ends; returns why.
 ///
 /// `stop` is this session's own stop: triggering it from outside ends the
-/// session with [`End::Stopped`]. The reader must already watch it.
+/// session with [`End::Stopped`]. The reader and writer must already watch
+/// it; their idle and stall limits (set on `framed`) declare a dead peer.
 pub fn relay<D: PacketDevice>(
     device: &D,
     framed: Framed,
     closer: &Closer,
     transport: &Transport,
-    nonces: Nonces,
+    link: Link,
     stop: &Arc<Stop>,
     counters: &Counters,
 ) -> End {
@@ -133,18 +200,13 @@ pub fn relay<D: PacketDevice>(
                 device,
                 reader,
                 transport,
-                nonces.recv,
+                link.recv_nonce,
                 counters,
             ))
         });
         let to_stream = scope.spawn(|| {
             finish(device_to_stream(
-                device,
-                writer,
-                transport,
-                nonces.send,
-                stop,
-                counters,
+                device, writer, transport, link, stop, counters,
             ))
         });
         (to_device.join(), to_stream.join())
@@ -214,13 +276,15 @@ fn device_to_stream<D: PacketDevice>(
     device: &D,
     mut writer: StreamWriter,
     transport: &Transport,
-    mut nonce: u64,
+    link: Link,
     stop: &Stop,
     counters: &Counters,
 ) -> End {
+    let mut nonce = link.send_nonce;
     // One more byte than the largest frame, to tell an oversize frame apart.
     let mut packet = vec![0u8; frame::MAX_MESSAGE + 1];
     let mut out = vec![0u8; OUT_BUFFER_MESSAGES * frame::MAX_WIRE];
+    let mut last_send = Instant::now();
     loop {
         let mut used = 0;
         // Gather what the device has queued, as long as a full message fits.
@@ -231,9 +295,22 @@ fn device_to_stream<D: PacketDevice>(
                     if used > 0 {
                         break;
                     }
-                    match sys::wait_readable(device.raw_fd(), &[stop], None) {
+                    let keepalive_due = link.keepalive.map(|k| last_send + k);
+                    match sys::wait_readable(device.raw_fd(), &[stop], keepalive_due) {
                         Ok(Wait::Stopped) => return End::Stopped,
-                        Ok(_) => continue,
+                        Ok(Wait::Ready) => continue,
+                        // Idle for the keepalive interval: an empty message.
+                        Ok(Wait::TimedOut) => {
+                            used = match seal_into(transport, nonce, &[], &mut out) {
+                                Ok(used) => used,
+                                Err(e) => {
+                                    return End::Protocol(format!("cannot seal a keepalive: {e}"));
+                                }
+                            };
+                            nonce += 1;
+                            Counters::add(&counters.keepalives_out, 1);
+                            break;
+                        }
                         Err(e) => return End::DeviceError(e),
                     }
                 }
@@ -250,14 +327,11 @@ fn device_to_stream<D: PacketDevice>(
                 );
                 continue;
             }
-            let body = &mut out[used + frame::HEADER_LEN..used + frame::MAX_WIRE];
-            let sealed = match transport.seal(nonce, &packet[..n], body) {
+            used += match seal_into(transport, nonce, &packet[..n], &mut out[used..]) {
                 Ok(sealed) => sealed,
                 Err(e) => return End::Protocol(format!("cannot seal a frame: {e}")),
             };
             nonce += 1;
-            out[used..used + frame::HEADER_LEN].copy_from_slice(&frame::header(sealed));
-            used += frame::HEADER_LEN + sealed;
             Counters::add(&counters.frames_out, 1);
             Counters::add(&counters.bytes_out, n as u64);
         }
@@ -265,14 +339,96 @@ fn device_to_stream<D: PacketDevice>(
             log::trace!("device -> stream: {used} bytes");
         }
         if let Err(e) = writer.write_all(&out[..used]) {
-            return if stop.is_set() {
+            return if stop.is_set() || is_stopped(&e) {
                 End::Stopped
+            } else if e.kind() == io::ErrorKind::TimedOut {
+                End::Dead(e.to_string())
             } else if is_disconnect(&e) {
                 End::PeerClosed
             } else {
                 End::StreamError(e)
             };
         }
+        last_send = Instant::now();
+    }
+}
+
+/// Seals `plaintext` with `nonce` into `out` behind its length prefix;
+/// returns the bytes used. `out` has room for a full-size message, and the
+/// plaintext is at most MAX_FRAME, so sealing only fails on a bug.
+fn seal_into(
+    transport: &Transport,
+    nonce: u64,
+    plaintext: &[u8],
+    out: &mut [u8],
+) -> Result<usize, snow::Error> {
+    let sealed = transport.seal(
+        nonce,
+        plaintext,
+        &mut out[frame::HEADER_LEN..frame::MAX_WIRE],
+    )?;
+    out[..frame::HEADER_LEN].copy_from_slice(&frame::header(sealed));
+    Ok(frame::HEADER_LEN + sealed)
+}
+
+/// Reads and drops what the device sends while no session is up (counted),
+/// so that nothing is queued for a peer that is not there.
+/// Dropping it stops the thread too (its scope then joins it).
+pub struct Drain<'scope> {
+    stop: Arc<Stop>,
+    thread: Option<ScopedJoinHandle<'scope, ()>>,
+}
+
+impl<'scope> Drain<'scope> {
+    /// Starts draining `device` in a thread of `scope`.
+    ///
+    /// # Errors
+    /// When no eventfd can be had.
+    pub fn start<D: PacketDevice>(
+        scope: &'scope Scope<'scope, '_>,
+        device: &'scope D,
+        counters: &'scope Counters,
+    ) -> io::Result<Drain<'scope>> {
+        let stop = Arc::new(Stop::new()?);
+        let thread_stop = stop.clone();
+        let thread = scope.spawn(move || {
+            let mut packet = vec![0u8; frame::MAX_MESSAGE + 1];
+            loop {
+                match device.recv(&mut packet) {
+                    Ok(_) => Counters::add(&counters.dropped_no_session, 1),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        match sys::wait_readable(device.raw_fd(), &[&thread_stop], None) {
+                            Ok(Wait::Ready) | Ok(Wait::TimedOut) => {}
+                            Ok(Wait::Stopped) | Err(_) => return,
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::warn!("device read failed while no session is up: {e}");
+                        let _ = sys::wait_readable(thread_stop.raw_fd(), &[], None);
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Drain {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops draining; returns once the device is free for a session.
+    pub fn finish(mut self) {
+        self.stop.trigger();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        self.stop.trigger();
     }
 }
 
@@ -336,13 +492,18 @@ mod tests {
 
     fn run(end: &Side, stream: UnixStream, transport: &Transport) -> End {
         let stream = Stream::socket(stream.into(), "test".into()).unwrap();
-        let (framed, closer) = stream.split(std::slice::from_ref(&end.stop));
+        let (framed, closer) = stream.split(std::slice::from_ref(&end.stop)).unwrap();
+        let link = Link {
+            send_nonce: 0,
+            recv_nonce: 0,
+            keepalive: None,
+        };
         relay(
             &end.device,
             framed,
             &closer,
             transport,
-            Nonces { send: 0, recv: 0 },
+            link,
             &end.stop,
             &end.counters,
         )

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use crate::error::Error;
 use crate::handshake::ReplayCache;
+use crate::relay::Drain;
 use crate::session::{Ready, Tunnel};
 use crate::transport::{self, Stream};
 
@@ -156,43 +157,58 @@ fn is_transient(e: &std::io::Error) -> bool {
     )
 }
 
-/// The current session, run in its own thread.
+/// The current session, run in its own thread, which hands the device's
+/// drain back when it ends.
 struct Current<'scope> {
     id: u64,
     peer: String,
     stop: Arc<crate::sys::Stop>,
-    thread: thread::ScopedJoinHandle<'scope, ()>,
+    thread: thread::ScopedJoinHandle<'scope, Option<Drain<'scope>>>,
 }
 
-impl Current<'_> {
-    /// Triggering the stop ends the reader, which aborts the stream, which
-    /// ends the writer; the relay joins both.
-    fn stop_and_join(self) {
+impl<'scope> Current<'scope> {
+    /// Triggering the stop ends the reader and the writer; the relay joins
+    /// both, and the session's down hook runs.
+    fn stop_and_join(self) -> Option<Drain<'scope>> {
         self.stop.trigger();
-        let _ = self.thread.join();
+        self.thread.join().unwrap_or(None)
     }
 }
 
-/// Keeps one session at a time: a new one replaces the current one.
+/// Keeps one session at a time: a new one replaces the current one. While
+/// none is up, the device is drained.
 fn manage(tunnel: &Tunnel, inbox: mpsc::Receiver<Event>, events: mpsc::Sender<Event>) {
     thread::scope(|scope| {
+        let mut drain = tunnel.drain(scope);
         let mut current: Option<Current> = None;
         let mut next_id: u64 = 0;
         for event in inbox.iter() {
             match event {
                 Event::Ready(ready) => {
-                    let new_peer = ready.peer.clone();
                     if let Some(old) = current.take() {
-                        log::info!("{new_peer} replaces {} as the peer", old.peer);
-                        old.stop_and_join();
+                        log::info!("{} replaces {} as the peer", ready.peer, old.peer);
+                        drain = old.stop_and_join();
                     }
                     next_id += 1;
-                    current = Some(start(tunnel, *ready, next_id, events.clone(), scope));
+                    let (id, peer, stop) = (next_id, ready.peer.clone(), ready.stop.clone());
+                    let events = events.clone();
+                    let mut session_drain = drain.take();
+                    let thread = scope.spawn(move || {
+                        tunnel.run(*ready, &mut session_drain, scope);
+                        let _ = events.send(Event::Ended(id));
+                        session_drain
+                    });
+                    current = Some(Current {
+                        id,
+                        peer,
+                        stop,
+                        thread,
+                    });
                 }
                 Event::Ended(id) => {
                     if current.as_ref().is_some_and(|c| c.id == id) {
                         if let Some(done) = current.take() {
-                            let _ = done.thread.join();
+                            drain = done.thread.join().unwrap_or(None);
                         }
                     }
                 }
@@ -200,28 +216,10 @@ fn manage(tunnel: &Tunnel, inbox: mpsc::Receiver<Event>, events: mpsc::Sender<Ev
             }
         }
         if let Some(old) = current.take() {
-            old.stop_and_join();
+            drain = old.stop_and_join();
+        }
+        if let Some(drain) = drain {
+            drain.finish();
         }
     });
-}
-
-fn start<'scope>(
-    tunnel: &'scope Tunnel,
-    ready: Ready,
-    id: u64,
-    events: mpsc::Sender<Event>,
-    scope: &'scope thread::Scope<'scope, '_>,
-) -> Current<'scope> {
-    let peer = ready.peer.clone();
-    let stop = ready.stop.clone();
-    let thread = scope.spawn(move || {
-        tunnel.relay(ready);
-        let _ = events.send(Event::Ended(id));
-    });
-    Current {
-        id,
-        peer,
-        stop,
-        thread,
-    }
 }

@@ -1,25 +1,43 @@
-//! One tunnel session from stream to end: the handshake in our role, then
-//! the relay, then the log line and the outcome. Used directly by -c and -i,
-//! and by the server for each authenticated connection.
+//! One tunnel session from stream to end: the handshake in our role, the up
+//! hook, the relay with its keepalive rules, the down hook, and the log
+//! lines. Used by the client loop, by -i, and by the server for each
+//! authenticated connection.
+//!
+//! While no session relays, a [`Drain`] reads and drops (counting) what the
+//! device sends, so nothing queues up for a peer that is not there; the
+//! device itself stays open for the life of the process, so addresses and
+//! routes set on it survive a reconnect.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::thread::Scope;
+use std::time::{Duration, Instant};
 
 use crate::device::Device;
 use crate::error::Error;
 use crate::handshake::{self, Established, HandshakeError, Hello, Identity, ReplayCache};
-use crate::relay::{self, Counters, End, Nonces};
+use crate::hooks::{self, HookEnv};
+use crate::relay::{self, Counters, Drain, End, Link};
 use crate::sys::Stop;
 use crate::transport::{Closer, Framed, Stream};
+
+/// How many keepalive intervals of silence make a peer dead.
+pub const DEAD_AFTER_INTERVALS: u32 = 3;
 
 /// What every session of the process shares.
 pub struct Tunnel {
     pub device: Device,
     pub identity: Identity,
-    /// Our hello, from the device's layer and MTU.
+    /// Our hello, from the device's layer and MTU and our keepalive.
     pub hello: Hello,
     /// Set by SIGINT or SIGTERM: every loop watches it.
     pub shutdown: Arc<Stop>,
+    /// The process's counters (SIGUSR1 logs them).
+    pub counters: Counters,
+    /// -u
+    pub up: Option<String>,
+    /// -D
+    pub down: Option<String>,
 }
 
 /// A session whose handshake succeeded, ready to relay.
@@ -28,20 +46,27 @@ pub struct Ready {
     pub established: Established,
     pub framed: Framed,
     pub closer: Closer,
-    /// This session's own stop (the reader already watches it).
+    /// This session's own stop (the reader and writer already watch it).
     pub stop: Arc<Stop>,
 }
 
+impl Ready {
+    /// Closes the stream without relaying.
+    pub fn close(self) {
+        self.closer.abort();
+        self.closer.finish();
+    }
+}
+
 impl Tunnel {
-    /// A new session stop, and the stream split so that its reader watches
-    /// both that stop and the process's shutdown.
-    ///
-    /// # Errors
-    /// When no eventfd can be had.
-    pub fn split(&self, stream: Stream) -> Result<(String, Framed, Closer, Arc<Stop>), Error> {
+    /// A new session stop, and the stream split so that both halves watch
+    /// that stop and the process's shutdown.
+    fn split(&self, stream: Stream) -> Result<(String, Framed, Closer, Arc<Stop>), Error> {
         let stop = Arc::new(Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?);
         let peer = stream.peer.clone();
-        let (framed, closer) = stream.split(&[self.shutdown.clone(), stop.clone()]);
+        let (framed, closer) = stream
+            .split(&[self.shutdown.clone(), stop.clone()])
+            .map_err(|e| Error::io(format!("{peer}: cannot set up the stream"), e))?;
         Ok((peer, framed, closer, stop))
     }
 
@@ -52,7 +77,7 @@ impl Tunnel {
     pub fn initiate(&self, stream: Stream, deadline: Instant) -> Result<Option<Ready>, Error> {
         let (peer, mut framed, closer, stop) = self.split(stream)?;
         let result = handshake::initiate(&mut framed, &self.identity, self.hello, deadline);
-        ready(result, peer, framed, closer, stop)
+        self.ready(result, peer, framed, closer, stop)
     }
 
     /// Runs the responder's handshake on `stream`, accepted at `accepted`.
@@ -67,23 +92,103 @@ impl Tunnel {
     ) -> Result<Option<Ready>, Error> {
         let (peer, mut framed, closer, stop) = self.split(stream)?;
         let result = handshake::respond(&mut framed, &self.identity, self.hello, accepted, replays);
-        ready(result, peer, framed, closer, stop)
+        self.ready(result, peer, framed, closer, stop)
+    }
+
+    /// A finished handshake: ready to relay, or closed with the reason.
+    fn ready(
+        &self,
+        result: Result<Established, HandshakeError>,
+        peer: String,
+        mut framed: Framed,
+        closer: Closer,
+        stop: Arc<Stop>,
+    ) -> Result<Option<Ready>, Error> {
+        match result {
+            Ok(established) => {
+                framed.reader.grow(crate::frame::READ_BUFFER);
+                Ok(Some(Ready {
+                    peer,
+                    established,
+                    framed,
+                    closer,
+                    stop,
+                }))
+            }
+            Err(cause) => {
+                closer.abort();
+                closer.finish();
+                match cause {
+                    HandshakeError::Stopped => Ok(None),
+                    cause => {
+                        Counters::add(&self.counters.handshake_failures, 1);
+                        Err(Error::Handshake { peer, cause })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads and drops device frames until [`Drain::finish`]; `None` (with a
+    /// warning) when no eventfd can be had: the kernel's queue then drops.
+    pub fn drain<'scope>(&'scope self, scope: &'scope Scope<'scope, '_>) -> Option<Drain<'scope>> {
+        Drain::start(scope, &self.device, &self.counters)
+            .inspect_err(|e| log::warn!("cannot drain the device while no session is up: {e}"))
+            .ok()
+    }
+
+    /// Runs an established session to its end: the up hook (the device is
+    /// still drained meanwhile), the relay, the down hook. `drain` is taken
+    /// while the session relays and restarted afterwards.
+    pub fn run<'scope>(
+        &'scope self,
+        ready: Ready,
+        drain: &mut Option<Drain<'scope>>,
+        scope: &'scope Scope<'scope, '_>,
+    ) -> End {
+        let env = HookEnv {
+            device: self.device.name().to_owned(),
+            layer: self.device.layer(),
+            mtu: self.device.mtu(),
+            peer: ready.peer.clone(),
+            peer_key: ready.established.peer_key,
+        };
+        if let Some(up) = &self.up {
+            if let Err(why) = hooks::run("up", up, &env) {
+                log::error!("{}: {why}; closing the session", ready.peer);
+                ready.close();
+                return End::HookFailed(why);
+            }
+        }
+        if let Some(drain) = drain.take() {
+            drain.finish();
+        }
+        let end = self.relay(ready);
+        *drain = self.drain(scope);
+        if let Some(down) = &self.down {
+            if let Err(why) = hooks::run("down", down, &env) {
+                log::error!("{why}");
+            }
+        }
+        end
     }
 
     /// Relays an established session until it ends, and logs both ends.
-    pub fn relay(&self, ready: Ready) -> End {
+    fn relay(&self, ready: Ready) -> End {
         let Ready {
             peer,
             established,
-            framed,
+            mut framed,
             closer,
             stop,
         } = ready;
         let peer_hello = established.peer_hello;
+        Counters::add(&self.counters.sessions, 1);
         log::info!(
-            "session with {peer} established on {} (peer key {})",
+            "session with {peer} established on {} (peer key {}, peer keepalive {} s)",
             self.device.name(),
-            established.peer_key
+            established.peer_key,
+            peer_hello.keepalive
         );
         if peer_hello.mtu != 0 && u32::from(peer_hello.mtu) != self.device.mtu() {
             log::warn!(
@@ -93,57 +198,53 @@ impl Tunnel {
                 self.device.mtu()
             );
         }
-        let counters = Counters::default();
-        let nonces = Nonces {
-            send: established.send_nonce,
-            recv: established.recv_nonce,
+        // Dead when nothing arrives for 3 x the peer's interval (never if it
+        // announced none), or nothing can be written for 3 x ours.
+        let interval = |secs: u8| (secs > 0).then(|| Duration::from_secs(u64::from(secs)));
+        let ours = interval(self.hello.keepalive);
+        framed
+            .reader
+            .get_mut()
+            .set_idle_limit(interval(peer_hello.keepalive).map(|d| d * DEAD_AFTER_INTERVALS));
+        framed
+            .writer
+            .set_stall_limit(ours.map(|d| d * DEAD_AFTER_INTERVALS));
+        let link = Link {
+            send_nonce: established.send_nonce,
+            recv_nonce: established.recv_nonce,
+            keepalive: ours,
         };
+        let before = self.counters.snapshot();
         let end = relay::relay(
             &self.device,
             framed,
             &closer,
             &established.transport,
-            nonces,
+            link,
             &stop,
-            &counters,
+            &self.counters,
         );
         closer.finish();
-        log::info!("session with {peer} ended: {end} ({})", counters.summary());
+        let traffic = self.counters.snapshot().since(&before);
+        match &end {
+            End::Dead(_) | End::StreamError(_) | End::Protocol(_) | End::DeviceError(_) => {
+                log::warn!("session with {peer} ended: {end} ({traffic})")
+            }
+            _ => log::info!("session with {peer} ended: {end} ({traffic})"),
+        }
         end
     }
-}
 
-/// A finished handshake: ready to relay, or closed with the reason.
-fn ready(
-    result: Result<Established, HandshakeError>,
-    peer: String,
-    framed: Framed,
-    closer: Closer,
-    stop: Arc<Stop>,
-) -> Result<Option<Ready>, Error> {
-    match result {
-        Ok(established) => Ok(Some(Ready {
-            peer,
-            established,
-            framed,
-            closer,
-            stop,
-        })),
-        Err(cause) => {
-            closer.abort();
-            closer.finish();
-            match cause {
-                HandshakeError::Stopped => Ok(None),
-                cause => Err(Error::Handshake { peer, cause }),
-            }
-        }
+    /// Sessions established so far.
+    pub fn sessions(&self) -> u64 {
+        self.counters.sessions.load(Ordering::Relaxed)
     }
 }
 
-/// The process outcome of a session that was the only one (-c, -i).
+/// The process outcome of a session's end, for -c --once and -i.
 ///
 /// # Errors
-/// Stream, protocol and device failures (exit 1).
+/// Stream, protocol, hook and device failures (exit 1).
 pub fn outcome(peer: &str, end: End, device: &Device) -> Result<(), Error> {
     match end {
         End::PeerClosed | End::Stopped => Ok(()),
@@ -152,6 +253,11 @@ pub fn outcome(peer: &str, end: End, device: &Device) -> Result<(), Error> {
             peer: peer.to_owned(),
             what,
         }),
+        End::Dead(why) => Err(Error::Protocol {
+            peer: peer.to_owned(),
+            what: format!("the peer is dead: {why}"),
+        }),
+        End::HookFailed(why) => Err(Error::Hook(why)),
         End::DeviceError(source) => Err(Error::Device {
             name: device.name().to_owned(),
             what: "read failed",

@@ -34,15 +34,15 @@ impl Stop {
         })
     }
 
-    /// Blocks SIGINT and SIGTERM in this thread (and every thread it starts
+    /// Blocks `signals` in this thread (and every thread it starts
     /// afterwards) and returns a stop that triggers when one arrives. Call it
     /// before starting any thread. Children started with `std::process`
     /// get a clean signal mask.
     ///
     /// # Errors
     /// When the kernel refuses a signalfd.
-    pub fn on_signals() -> io::Result<Stop> {
-        let mask = termination_signals();
+    pub fn on_signals(signals: &[i32]) -> io::Result<Stop> {
+        let mask = signal_set(signals);
         // SAFETY: `mask` is an initialised sigset_t; the old mask is not wanted.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &mask, std::ptr::null_mut()) };
         if rc != 0 {
@@ -75,6 +75,16 @@ impl Stop {
             )
     }
 
+    /// Clears a triggered eventfd stop so that it can be waited on again
+    /// (for a signal stop: takes the pending signal).
+    pub fn reset(&self) {
+        self.triggered.store(false, Ordering::SeqCst);
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64 (eventfd), or fails
+        // harmlessly (a signalfd needs a larger buffer: see take_signal).
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+    }
+
     /// For a signal stop: the number of the signal that arrived, if any.
     pub fn take_signal(&self) -> Option<i32> {
         let mut info: libc::signalfd_siginfo = zeroed_siginfo();
@@ -100,13 +110,14 @@ fn zeroed_siginfo() -> libc::signalfd_siginfo {
     unsafe { std::mem::zeroed() }
 }
 
-fn termination_signals() -> libc::sigset_t {
+fn signal_set(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set before sigaddset reads it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for &signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
         set
     }
 }
@@ -116,6 +127,7 @@ pub fn signal_name(signo: i32) -> &'static str {
     match signo {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
         _ => "a signal",
     }
 }
@@ -144,6 +156,23 @@ pub enum Wait {
 /// # Errors
 /// poll(2)'s errors other than EINTR.
 pub fn wait_readable(fd: RawFd, stops: &[&Stop], deadline: Option<Instant>) -> io::Result<Wait> {
+    wait(fd, libc::POLLIN, stops, deadline)
+}
+
+/// Waits until `fd` is writable, one of `stops` is set, or `deadline` passes.
+///
+/// # Errors
+/// poll(2)'s errors other than EINTR.
+pub fn wait_writable(fd: RawFd, stops: &[&Stop], deadline: Option<Instant>) -> io::Result<Wait> {
+    wait(fd, libc::POLLOUT, stops, deadline)
+}
+
+fn wait(
+    fd: RawFd,
+    events: libc::c_short,
+    stops: &[&Stop],
+    deadline: Option<Instant>,
+) -> io::Result<Wait> {
     const MAX_STOPS: usize = 3;
     let mut fds = [libc::pollfd {
         fd: -1,
@@ -152,7 +181,7 @@ pub fn wait_readable(fd: RawFd, stops: &[&Stop], deadline: Option<Instant>) -> i
     }; 1 + MAX_STOPS];
     fds[0] = libc::pollfd {
         fd,
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     let count = 1 + stops.len().min(MAX_STOPS);
@@ -277,4 +306,138 @@ pub fn kill(pid: u32, signal: i32) {
         // SAFETY: kill takes plain integers.
         unsafe { libc::kill(pid, signal) };
     }
+}
+
+/// A user or group id from a name, or from a number given as text.
+///
+/// # Errors
+/// When the name is unknown (`NotFound`) or the lookup fails.
+pub fn lookup_user(name: &str) -> io::Result<(libc::uid_t, libc::gid_t)> {
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: passwd is plain data (zero is valid); getpwnam_r writes into
+    // `pwd` and `buf`, whose lengths we pass, and sets `result`.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if !result.is_null() {
+            return Ok((pwd.pw_uid, pwd.pw_gid));
+        }
+    }
+    match name.parse::<libc::uid_t>() {
+        Ok(uid) => Ok((uid, uid)),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no user `{name}`"),
+        )),
+    }
+}
+
+/// A group id from a name or number.
+///
+/// # Errors
+/// When the name is unknown (`NotFound`) or the lookup fails.
+pub fn lookup_group(name: &str) -> io::Result<libc::gid_t> {
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: group is plain data (zero is valid); getgrnam_r writes into
+    // `grp` and `buf`, whose lengths we pass, and sets `result`.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if !result.is_null() {
+            return Ok(grp.gr_gid);
+        }
+    }
+    name.parse::<libc::gid_t>()
+        .map_err(|_| io::Error::new(io::ErrorKind::NotFound, format!("no group `{name}`")))
+}
+
+/// Switches for good to `uid` and `gid`: setgroups, setgid, setuid, in that
+/// order, then checks that root cannot be regained.
+///
+/// # Errors
+/// When any step fails, or root could be regained.
+pub fn drop_privileges(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: plain integer syscalls; setgroups reads one gid from a live array.
+    unsafe {
+        check(libc::setgroups(1, &gid))?;
+        check(libc::setresgid(gid, gid, gid))?;
+        check(libc::setresuid(uid, uid, uid))?;
+        if uid != 0 && (libc::setuid(0) == 0 || libc::seteuid(0) == 0) {
+            return Err(io::Error::other(
+                "root could be regained after dropping privileges",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Makes the process non-dumpable (no core files, no ptrace by other
+/// users): key material must not leak through a crash or a debugger.
+///
+/// # Errors
+/// When prctl or setrlimit fails.
+pub fn forbid_core_dumps() -> io::Result<()> {
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prctl with integer arguments; setrlimit reads a live rlimit.
+    unsafe {
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) < 0
+            || libc::setrlimit(libc::RLIMIT_CORE, &none) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Takes ownership of descriptor `fd`, inherited from our parent (systemd's
+/// socket activation passes listening sockets from fd 3 on).
+///
+/// # Errors
+/// When `fd` is not open.
+pub fn inherit_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: setting FD_CLOEXEC on an open descriptor; our children must
+    // not inherit the listening socket.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    // SAFETY: the descriptor is open and was handed to this process alone
+    // (LISTEN_PID names us); nothing else in the process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

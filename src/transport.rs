@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,32 +36,61 @@ const COMMAND_GRACE: Duration = Duration::from_secs(2);
 /// Backlog of the listening socket.
 const LISTEN_BACKLOG: i32 = 128;
 
-/// The read half: waits for data, a stop, or the deadline, then reads.
+/// The read half: waits for data, a stop, or a time limit, then reads.
 pub struct StreamReader {
     file: File,
     stops: Vec<Arc<Stop>>,
+    /// Reads fail with `TimedOut` after this instant (handshake deadlines).
     deadline: Option<Instant>,
+    /// Reads fail with `TimedOut` when nothing arrives for this long (a
+    /// dead peer).
+    idle: Option<Duration>,
 }
 
 impl StreamReader {
-    /// Adds a stop that makes reads fail with `ConnectionAborted`.
-    pub fn watch(&mut self, stop: Arc<Stop>) {
-        self.stops.push(stop);
-    }
-
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
+    }
+
+    pub fn set_idle_limit(&mut self, idle: Option<Duration>) {
+        self.idle = idle;
     }
 }
 
 impl Read for StreamReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let stops: Vec<&Stop> = self.stops.iter().map(|s| &**s).collect();
-        match sys::wait_readable(self.file.as_raw_fd(), &stops, self.deadline)? {
-            Wait::Ready => (&self.file).read(buf),
-            Wait::Stopped => Err(io::Error::new(io::ErrorKind::ConnectionAborted, Stopped)),
-            Wait::TimedOut => Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed")),
+        let idle_deadline = self.idle.map(|idle| Instant::now() + idle);
+        let deadline = earliest(self.deadline, idle_deadline);
+        loop {
+            match sys::wait_readable(self.file.as_raw_fd(), &stops, deadline)? {
+                Wait::Ready => match (&self.file).read(buf) {
+                    // The descriptor may be shared with the non-blocking writer.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                },
+                Wait::Stopped => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, Stopped));
+                }
+                Wait::TimedOut if deadline == self.deadline => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+                }
+                Wait::TimedOut => {
+                    let secs = self.idle.unwrap_or_default().as_secs();
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("nothing received for {secs} s"),
+                    ));
+                }
+            }
         }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -81,14 +111,52 @@ pub fn is_stopped(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
 }
 
-/// The write half.
+/// The write half. Its descriptor is non-blocking, so that a peer that
+/// stops reading can neither block a stop nor hold us forever.
 pub struct StreamWriter {
     file: File,
+    stops: Vec<Arc<Stop>>,
+    /// Writes fail with `TimedOut` after this instant (handshake deadlines).
+    deadline: Option<Instant>,
+    /// Writes fail with `TimedOut` when nothing can be written for this long.
+    stall: Option<Duration>,
+}
+
+impl StreamWriter {
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    pub fn set_stall_limit(&mut self, stall: Option<Duration>) {
+        self.stall = stall;
+    }
 }
 
 impl Write for StreamWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&self.file).write(buf)
+        let stall_deadline = self.stall.map(|stall| Instant::now() + stall);
+        let deadline = earliest(self.deadline, stall_deadline);
+        loop {
+            match (&self.file).write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+            let stops: Vec<&Stop> = self.stops.iter().map(|s| &**s).collect();
+            match sys::wait_writable(self.file.as_raw_fd(), &stops, deadline)? {
+                Wait::Ready => {}
+                Wait::Stopped => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, Stopped));
+                }
+                Wait::TimedOut => {
+                    let secs = self.stall.unwrap_or_default().as_secs();
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("nothing could be written for {secs} s"),
+                    ));
+                }
+            }
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -245,23 +313,32 @@ impl Stream {
         })
     }
 
-    /// Splits the stream; the reader watches `stops`.
-    pub fn split(self, stops: &[Arc<Stop>]) -> (Framed, Closer) {
+    /// Splits the stream; the reader and the writer watch `stops`.
+    ///
+    /// # Errors
+    /// When the write descriptor cannot be made non-blocking.
+    pub fn split(self, stops: &[Arc<Stop>]) -> io::Result<(Framed, Closer)> {
+        sys::set_nonblocking(self.write.as_raw_fd(), true)?;
         let reader = StreamReader {
             file: File::from(self.read),
             stops: stops.to_vec(),
             deadline: None,
+            idle: None,
+        };
+        let writer = StreamWriter {
+            file: File::from(self.write),
+            stops: stops.to_vec(),
+            deadline: None,
+            stall: None,
         };
         let framed = Framed {
             // Small while the handshake runs (a server may have 64 of them);
             // grown to READ_BUFFER once the session is established.
             reader: FrameReader::with_capacity(reader, frame::MAX_WIRE),
-            writer: StreamWriter {
-                file: File::from(self.write),
-            },
+            writer,
             scratch: Vec::new(),
         };
-        (framed, Closer { how: self.how })
+        Ok((framed, Closer { how: self.how }))
     }
 }
 
@@ -294,6 +371,60 @@ impl MessageIo for Framed {
 
     fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.reader.get_mut().set_deadline(deadline);
+        self.writer.set_deadline(deadline);
+    }
+}
+
+/// The listening socket systemd passed (socket activation), if LISTEN_PID
+/// names this process and LISTEN_FDS is at least 1: fd 3.
+///
+/// # Errors
+/// When fd 3 is announced but is not a listening TCP socket.
+pub fn inherited_listener(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<TcpListener>, Error> {
+    let ours = env("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = env("LISTEN_FDS")
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    if !ours || count == 0 {
+        return Ok(None);
+    }
+    if count > 1 {
+        log::warn!("systemd passed {count} sockets; using the first (fd 3)");
+    }
+    let bad = |source| Error::Listen {
+        addr: "fd 3 (LISTEN_FDS)".into(),
+        source,
+    };
+    let fd = sys::inherit_fd(3).map_err(bad)?;
+    let socket = socket2::Socket::from(fd);
+    let listening = socket.is_listener().map_err(bad)?;
+    let stream = socket.r#type().map_err(bad)? == socket2::Type::STREAM;
+    if !listening || !stream {
+        return Err(bad(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a listening stream socket",
+        )));
+    }
+    Ok(Some(socket.into()))
+}
+
+/// Tells systemd (NOTIFY_SOCKET) that we are ready; nothing when unset.
+pub fn notify_ready(env: &dyn Fn(&str) -> Option<String>) {
+    let Some(path) = env("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|socket| match path.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            socket.send_to_addr(b"READY=1", &addr)
+        }
+        None => socket.send_to(b"READY=1", &path),
+    });
+    if let Err(e) = sent {
+        log::warn!("cannot notify systemd through {path}: {e}");
     }
 }
 
@@ -302,15 +433,15 @@ impl MessageIo for Framed {
 ///
 /// # Errors
 /// `Error::Listen` naming the address.
-pub fn listen(bind: Option<IpAddr>, port: u16) -> Result<TcpListener, Error> {
+pub fn listen(bind: Option<IpAddr>, port: u16, fwmark: Option<u32>) -> Result<TcpListener, Error> {
     let dual_stack = bind.is_none();
     let addr = SocketAddr::new(bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port);
-    match bind_socket(addr, dual_stack) {
+    match bind_socket(addr, dual_stack, fwmark) {
         Ok(listener) => Ok(listener),
         // A host with IPv6 disabled: fall back to IPv4 only.
         Err(e) if dual_stack && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
             let v4 = SocketAddr::from(([0, 0, 0, 0], port));
-            bind_socket(v4, false).map_err(|source| Error::Listen {
+            bind_socket(v4, false, fwmark).map_err(|source| Error::Listen {
                 addr: v4.to_string(),
                 source,
             })
@@ -322,11 +453,15 @@ pub fn listen(bind: Option<IpAddr>, port: u16) -> Result<TcpListener, Error> {
     }
 }
 
-fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
+fn bind_socket(addr: SocketAddr, dual_stack: bool, fwmark: Option<u32>) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
     if dual_stack {
         socket.set_only_v6(false)?;
+    }
+    if let Some(mark) = fwmark {
+        // Accepted connections inherit the mark.
+        socket.set_mark(mark)?;
     }
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
@@ -361,11 +496,17 @@ pub fn accept(
     }
 }
 
-/// Dials `host:port`, trying each address in turn until `deadline`.
+/// Dials `host:port`, trying each address in turn until `deadline`; the
+/// name is resolved afresh on every call.
 ///
 /// # Errors
 /// `Error::Connect` with the last failure.
-pub fn connect(host: &str, port: u16, deadline: Instant) -> Result<(TcpStream, SocketAddr), Error> {
+pub fn connect(
+    host: &str,
+    port: u16,
+    fwmark: Option<u32>,
+    deadline: Instant,
+) -> Result<(TcpStream, SocketAddr), Error> {
     let name = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -385,7 +526,7 @@ pub fn connect(host: &str, port: u16, deadline: Instant) -> Result<(TcpStream, S
             last = io::Error::new(io::ErrorKind::TimedOut, "timed out");
             break;
         }
-        match TcpStream::connect_timeout(&addr, left) {
+        match dial(addr, fwmark, left) {
             Ok(stream) => return Ok((stream, addr)),
             Err(e) => {
                 log::debug!("{addr}: {e}");
@@ -397,4 +538,15 @@ pub fn connect(host: &str, port: u16, deadline: Instant) -> Result<(TcpStream, S
         addr: name,
         source: last,
     })
+}
+
+fn dial(addr: SocketAddr, fwmark: Option<u32>, timeout: Duration) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    if let Some(mark) = fwmark {
+        // Set before connecting, so that even the SYN is routed by the mark.
+        socket.set_mark(mark)?;
+    }
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
 }

@@ -23,7 +23,7 @@ fn tap_ping_across_the_tunnel() {
     }
     let p = Pair::new();
     let _server = p.server("");
-    let mut client = p.good_client("client", "tt0");
+    let mut client = p.good_client_once("client", "tt0");
     p.address_tap();
     p.assert_tap_ping();
     assert!(client.running(), "the client left the session");
@@ -45,7 +45,7 @@ fn tun_ping_across_the_tunnel_with_passphrases_from_the_environment() {
     let mut server = Proc::start("server", cmd, &p.scratch);
     assert!(wait_for(common::DEADLINE, || p.a.listening(p.port)));
     let mut cmd = p.b.taptun(&format!(
-        "-c -m {} -p {} -v -t tun -d tt0",
+        "-c --once -m {} -p {} -v -t tun -d tt0",
         p.server_addr(),
         p.port
     ));
@@ -71,7 +71,7 @@ fn aesgcm_on_both_ends_works_and_a_cipher_mismatch_is_refused() {
     let p = Pair::new();
     let mut server = p.server("-e aesgcm");
 
-    let mut mismatched = p.good_client("chachapoly-client", "tt0");
+    let mut mismatched = p.good_client_once("chachapoly-client", "tt0");
     assert_eq!(
         mismatched.wait().code(),
         Some(3),
@@ -79,7 +79,7 @@ fn aesgcm_on_both_ends_works_and_a_cipher_mismatch_is_refused() {
     );
     assert!(server.running());
 
-    let _client = p.client(
+    let _client = p.client_once(
         "aesgcm-client",
         &format!("-d tt0 -e aesgcm {}", p.client_secrets()),
     );
@@ -94,7 +94,7 @@ fn ten_megabytes_over_tcp_across_the_tunnel_arrive_intact_both_ways() {
     }
     let p = Pair::new();
     let _server = p.server("");
-    let _client = p.good_client("client", "tt0");
+    let _client = p.good_client_once("client", "tt0");
     p.address_tap();
     p.assert_tap_ping();
 
@@ -145,7 +145,8 @@ fn client_over_a_command_reaches_inetd_mode_on_its_stdin_and_stdout() {
         p.server_key,
         pubkey(&p.client_key)
     );
-    let mut cmd = p.b.taptun(&format!("-c -v -d tt0 {}", p.client_secrets()));
+    let mut cmd =
+        p.b.taptun(&format!("-c --once -v -d tt0 {}", p.client_secrets()));
     cmd.args(["-x", &command]);
     let mut client = Proc::start("client (stderr of -i too)", cmd, &p.scratch);
     p.address_tap();
@@ -166,7 +167,7 @@ fn inetd_mode_with_the_socket_on_stdin_stdout_and_stderr_logs_elsewhere() {
     let p = Pair::new();
     let listen_addr = format!("{}:{}", p.server_addr(), p.port);
     let listener = in_netns(&p.a, move || TcpListener::bind(listen_addr).unwrap());
-    let mut client = p.good_client("client", "tt0");
+    let mut client = p.good_client_once("client", "tt0");
 
     // As inetd does: fds 0, 1 and 2 are all the accepted socket, so taptun must not log to fd 2.
     let socket = OwnedFd::from(accept_within(&listener));
@@ -207,7 +208,7 @@ fn wrong_secrets_are_refused_with_status_3() {
         ("wrong -l", wrong_local),
         ("wrong -k", wrong_peer_key),
     ] {
-        let mut client = p.client(name, &args);
+        let mut client = p.client_once(name, &args);
         assert_eq!(client.wait().code(), Some(3), "client with {name}");
         assert!(
             server.running(),
@@ -217,7 +218,7 @@ fn wrong_secrets_are_refused_with_status_3() {
 
     // The server was not disturbed: the right client, with -k, gets through.
     let right = format!("-d tt0 -l {} -k {}", p.client_key, pubkey(&p.server_key));
-    let _client = p.client("right client", &right);
+    let _client = p.client_once("right client", &right);
     p.address_tap();
     p.assert_tap_ping();
 }
@@ -229,7 +230,7 @@ fn garbage_sent_to_a_running_server_leaves_its_session_intact() {
     }
     let p = Pair::new();
     let mut server = p.server("");
-    let mut client = p.good_client("client", "tt0");
+    let mut client = p.good_client_once("client", "tt0");
     p.address_tap();
     p.assert_tap_ping();
 
@@ -261,7 +262,7 @@ fn garbage_sent_to_a_running_server_leaves_its_session_intact() {
 
     // Afterwards the right client can still connect.
     assert_eq!(client.terminate().code(), Some(0));
-    let _again = p.good_client("client again", "tt0");
+    let _again = p.good_client_once("client again", "tt0");
     p.address_client_tap("tt0");
     p.assert_tap_ping();
 }
@@ -273,11 +274,11 @@ fn a_new_client_replaces_the_current_one() {
     }
     let p = Pair::new();
     let _server = p.server("");
-    let mut old = p.good_client("old client", "tt0");
+    let mut old = p.good_client_once("old client", "tt0");
     p.address_tap();
     p.assert_tap_ping();
 
-    let mut new = p.good_client("new client", "tt1");
+    let mut new = p.good_client_once("new client", "tt1");
     assert_eq!(
         old.wait().code(),
         Some(0),
@@ -296,7 +297,7 @@ fn sigterm_ends_the_server_and_then_the_client_with_status_0() {
     }
     let p = Pair::new();
     let mut server = p.server("");
-    let mut client = p.good_client("client", "tt0");
+    let mut client = p.good_client_once("client", "tt0");
     p.address_tap();
     p.assert_tap_ping();
 

@@ -446,6 +446,16 @@ impl Pair {
         Proc::start(name, self.b.taptun(&args), &self.scratch)
     }
 
+    /// Starts a one-session client (`--once`): it exits when its session ends.
+    pub fn client_once(&self, name: &str, args: &str) -> Proc {
+        self.client(name, &format!("--once {args}"))
+    }
+
+    /// Starts a one-session client on device `dev` with the right secrets.
+    pub fn good_client_once(&self, name: &str, dev: &str) -> Proc {
+        self.client_once(name, &format!("-d {dev} {}", self.client_secrets()))
+    }
+
     /// Starts a client on device `dev` with the right secrets.
     pub fn good_client(&self, name: &str, dev: &str) -> Proc {
         self.client(name, &format!("-d {dev} {}", self.client_secrets()))

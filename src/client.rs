@@ -1,0 +1,174 @@
+//! The client (-c): dial or run the command, handshake, relay, and start
+//! again after any failure except a usage error or an authentication
+//! failure it can prove (the server's key is not the expected one, another
+//! layer or version: exit 3).
+//!
+//! Retries back off exponentially from 1 s to 30 s, with jitter, and the
+//! backoff is reset only after a session that lasted 60 s, so two clients
+//! that share keys and keep replacing each other slow down instead of
+//! fighting. HOST is resolved again on every attempt, several -m are tried
+//! in turn, and -x runs its command afresh. With -o/--once there is one
+//! attempt and its status is the process's.
+
+use std::thread::Scope;
+use std::time::{Duration, Instant};
+
+use crate::config::Mode;
+use crate::error::Error;
+use crate::handshake::{INITIATOR_COMMAND_DEADLINE, INITIATOR_DEADLINE};
+use crate::relay::End;
+use crate::session::{self, Ready, Tunnel};
+use crate::sys::{self, Wait};
+use crate::transport::{self, Stream};
+
+/// The first retry delay.
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A session at least this long resets the backoff.
+pub const STABLE_SESSION: Duration = Duration::from_secs(60);
+
+/// Exponential backoff with jitter.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next attempt: the current step with up to 25%
+    /// taken off at random, so that clients restarted together spread out.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let mut random = [0u8; 2];
+        let fraction = match getrandom::fill(&mut random) {
+            Ok(()) => f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX),
+            Err(_) => 0.5,
+        };
+        step.mul_f64(1.0 - 0.25 * fraction)
+    }
+
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// How the client reaches the server.
+pub struct Dialer<'a> {
+    pub mode: &'a Mode,
+    pub fwmark: Option<u32>,
+}
+
+impl Dialer<'_> {
+    /// One attempt: connect (each -m in turn) or start the command, then
+    /// run the handshake. `Ok(None)` when a signal stopped it.
+    fn attempt(&self, tunnel: &Tunnel) -> Result<Option<Ready>, Error> {
+        match self.mode {
+            Mode::Client { hosts, port } => {
+                let deadline = Instant::now() + INITIATOR_DEADLINE;
+                let mut last = None;
+                for host in hosts {
+                    match transport::connect(host, *port, self.fwmark, deadline) {
+                        Ok((tcp, addr)) => {
+                            let stream = Stream::tcp(tcp, addr.to_string())?;
+                            return tunnel.initiate(stream, Instant::now() + INITIATOR_DEADLINE);
+                        }
+                        Err(e) => {
+                            if hosts.len() > 1 {
+                                log::warn!("{e}");
+                            }
+                            last = Some(e);
+                        }
+                    }
+                }
+                Err(last.unwrap_or_else(|| Error::Usage("-c needs -m HOST".into())))
+            }
+            Mode::Command { command } => {
+                let stream = Stream::command(command)?;
+                tunnel.initiate(stream, Instant::now() + INITIATOR_COMMAND_DEADLINE)
+            }
+            Mode::Server { .. } | Mode::Inetd => {
+                Err(Error::Usage("the client needs -m or -x".into()))
+            }
+        }
+    }
+}
+
+/// Whether an error ends the client instead of a retry.
+fn is_final(e: &Error) -> bool {
+    match e {
+        Error::Handshake { cause, .. } => cause.is_provable(),
+        Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => true,
+        _ => false,
+    }
+}
+
+/// Runs the client until a signal, a final error, or (with `once`) the end
+/// of the first attempt.
+///
+/// # Errors
+/// With `once`: the attempt's failure. Without: only final errors.
+pub fn run<'scope>(
+    tunnel: &'scope Tunnel,
+    dialer: &Dialer<'_>,
+    once: bool,
+    scope: &'scope Scope<'scope, '_>,
+) -> Result<(), Error> {
+    let mut drain = tunnel.drain(scope);
+    let mut backoff = Backoff::default();
+    loop {
+        let started = Instant::now();
+        match dialer.attempt(tunnel) {
+            Ok(None) => return Ok(()),
+            Ok(Some(ready)) => {
+                let peer = ready.peer.clone();
+                let end = tunnel.run(ready, &mut drain, scope);
+                if once || matches!(end, End::Stopped) {
+                    return session::outcome(&peer, end, &tunnel.device);
+                }
+                if started.elapsed() >= STABLE_SESSION {
+                    backoff.reset();
+                }
+            }
+            Err(e) if once || is_final(&e) => return Err(e),
+            Err(e) => log::error!("{e}"),
+        }
+        if tunnel.shutdown.is_set() {
+            return Ok(());
+        }
+        let delay = backoff.next_delay();
+        log::info!("reconnecting in {:.1} s", delay.as_secs_f64());
+        match sys::wait_readable(tunnel.shutdown.raw_fd(), &[], Some(Instant::now() + delay)) {
+            Ok(Wait::TimedOut) => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(Error::io("waiting to reconnect", e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        let steps = [1, 2, 4, 8, 16, 30, 30, 30];
+        for (delay, step) in delays.iter().zip(steps) {
+            let step = Duration::from_secs(step);
+            assert!(
+                *delay <= step && *delay >= step.mul_f64(0.75),
+                "{delay:?} for step {step:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+}
