@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -325,6 +326,18 @@ fn read_first_line(path: &Path) -> Result<Zeroizing<String>, Error> {
         source,
     };
     let file = std::fs::File::open(path).map_err(file_error)?;
+    // As ssh does with private keys: a secret others can read is no secret.
+    let mode = file.metadata().map_err(file_error)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(file_error(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "it is readable or writable by group or others (mode {:03o}); fix it with: chmod 600 {}",
+                mode & 0o777,
+                path.display()
+            ),
+        )));
+    }
     let mut bytes = Zeroizing::new(Vec::new());
     file.take(MAX_SECRET_FILE)
         .read_to_end(&mut bytes)
@@ -419,15 +432,32 @@ mod tests {
         assert!(derive_psk(&a, &PublicKey([0u8; 32])).is_err());
     }
 
-    #[test]
-    fn secret_file_first_line_is_used() {
-        let dir = std::env::temp_dir().join(format!("taptun-keys-{}", std::process::id()));
+    fn secret_file(name: &str, mode: u32) -> (PathBuf, SecretSpec) {
+        let dir = std::env::temp_dir().join(format!("taptun-keys-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("k");
         std::fs::write(&path, format!("{KEY}\nsecond line\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         let spec = SecretSpec::parse(Origin::Argv("-l"), &format!("@{}", path.display())).unwrap();
+        (dir, spec)
+    }
+
+    #[test]
+    fn secret_file_first_line_is_used() {
+        let (dir, spec) = secret_file("first-line", 0o600);
         assert!(matches!(spec.load(), Ok(SecretText::Key(_))));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secret_file_readable_by_others_is_refused() {
+        for mode in [0o644, 0o640, 0o602] {
+            let (dir, spec) = secret_file(&format!("mode-{mode:o}"), mode);
+            let err = spec.load().unwrap_err();
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+            assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]

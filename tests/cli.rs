@@ -160,3 +160,99 @@ fn pubkey_of_a_key_matches_rfc7748() {
     );
     assert_eq!(text(&out.stdout), format!("{PUB}\n"));
 }
+
+/// A temporary directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("taptun-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn genkey_to_a_file_is_private_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("genkey");
+    let path = dir.0.join("gw.key");
+    let path_text = path.to_str().unwrap();
+    let out = taptun(&["genkey", path_text], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let key = std::fs::read_to_string(&path).unwrap();
+    let public = text(&taptun(&["pubkey"], &key).stdout);
+    assert_eq!(
+        text(&out.stdout),
+        public,
+        "genkey PATH prints the public key"
+    );
+    let again = taptun(&["genkey", path_text], "");
+    assert_eq!(again.status.code(), Some(2));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        key,
+        "the key was overwritten"
+    );
+}
+
+#[test]
+fn check_validates_secrets_without_opening_anything() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("check");
+    let key = dir.0.join("k");
+    let key_text = key.to_str().unwrap();
+    assert!(taptun(&["genkey", key_text], "").status.success());
+    let secret = format!("@{key_text}");
+    // A device name no test uses: --check must not create it.
+    let args = [
+        "-s",
+        "-C",
+        "-d",
+        "ttcheck0",
+        "-l",
+        secret.as_str(),
+        "-k",
+        PUB,
+    ];
+    let out = taptun(&args, "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!std::path::Path::new("/sys/class/net/ttcheck0").exists());
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = taptun(&args, "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("chmod 600"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = taptun(
+        &[
+            "-c",
+            "-C",
+            "-m",
+            "gw",
+            "-U",
+            "no-such-user-here",
+            "-l",
+            secret.as_str(),
+            "-k",
+            PUB,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("-U"), "{}", text(&out.stderr));
+}
