@@ -238,6 +238,7 @@ fn stream_to_device<D: PacketDevice>(
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 return End::Protocol(e.to_string());
             }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return End::Dead(e.to_string()),
             Err(e) if is_disconnect(&e) => return End::PeerClosed,
             Err(e) => return End::StreamError(e),
         };
