@@ -140,7 +140,7 @@ fn owned(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// What [`wait_readable`] saw.
+/// What [`wait_readable`] and [`wait_writable`] saw.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wait {
     /// The descriptor is readable (or at EOF, or in error: a read will tell).
@@ -156,7 +156,7 @@ pub enum Wait {
 /// # Errors
 /// poll(2)'s errors other than EINTR.
 pub fn wait_readable(fd: RawFd, stops: &[&Stop], deadline: Option<Instant>) -> io::Result<Wait> {
-    wait(fd, libc::POLLIN, stops, deadline)
+    wait_any(&[(fd, Interest::Read)], stops, deadline).map(Wait::from)
 }
 
 /// Waits until `fd` is writable, one of `stops` is set, or `deadline` passes.
@@ -164,28 +164,67 @@ pub fn wait_readable(fd: RawFd, stops: &[&Stop], deadline: Option<Instant>) -> i
 /// # Errors
 /// poll(2)'s errors other than EINTR.
 pub fn wait_writable(fd: RawFd, stops: &[&Stop], deadline: Option<Instant>) -> io::Result<Wait> {
-    wait(fd, libc::POLLOUT, stops, deadline)
+    wait_any(&[(fd, Interest::Write)], stops, deadline).map(Wait::from)
 }
 
-fn wait(
-    fd: RawFd,
-    events: libc::c_short,
+/// What to wait for on a descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    Read,
+    Write,
+}
+
+/// What [`wait_any`] saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitAny {
+    /// Bit i is set when watched descriptor i is ready (or at EOF or in error).
+    Ready(u8),
+    Stopped,
+    TimedOut,
+}
+
+impl From<WaitAny> for Wait {
+    fn from(w: WaitAny) -> Wait {
+        match w {
+            WaitAny::Ready(_) => Wait::Ready,
+            WaitAny::Stopped => Wait::Stopped,
+            WaitAny::TimedOut => Wait::TimedOut,
+        }
+    }
+}
+
+/// Waits until one of `watch` (at most 2) is ready, one of `stops` (at most
+/// 3) is set, or `deadline` passes.
+///
+/// # Errors
+/// poll(2)'s errors other than EINTR.
+pub fn wait_any(
+    watch: &[(RawFd, Interest)],
     stops: &[&Stop],
     deadline: Option<Instant>,
-) -> io::Result<Wait> {
+) -> io::Result<WaitAny> {
+    const MAX_WATCH: usize = 2;
     const MAX_STOPS: usize = 3;
-    let mut fds = [libc::pollfd {
+    let unused = libc::pollfd {
         fd: -1,
         events: 0,
         revents: 0,
-    }; 1 + MAX_STOPS];
-    fds[0] = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
     };
-    let count = 1 + stops.len().min(MAX_STOPS);
-    for (slot, stop) in fds[1..count].iter_mut().zip(stops) {
+    let mut fds = [unused; MAX_WATCH + MAX_STOPS];
+    let watched = watch.len().min(MAX_WATCH);
+    for (slot, &(fd, interest)) in fds.iter_mut().zip(&watch[..watched]) {
+        let events = match interest {
+            Interest::Read => libc::POLLIN,
+            Interest::Write => libc::POLLOUT,
+        };
+        *slot = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+    }
+    let count = watched + stops.len().min(MAX_STOPS);
+    for (slot, stop) in fds[watched..count].iter_mut().zip(stops) {
         *slot = libc::pollfd {
             fd: stop.raw_fd(),
             events: libc::POLLIN,
@@ -194,7 +233,7 @@ fn wait(
     }
     loop {
         if stops.iter().any(|s| s.triggered.load(Ordering::SeqCst)) {
-            return Ok(Wait::Stopped);
+            return Ok(WaitAny::Stopped);
         }
         let timeout = match deadline {
             None => -1,
@@ -213,14 +252,19 @@ fn wait(
             }
             return Err(err);
         }
-        if fds[1..count].iter().any(|p| p.revents != 0) {
-            return Ok(Wait::Stopped);
+        if fds[watched..count].iter().any(|p| p.revents != 0) {
+            return Ok(WaitAny::Stopped);
         }
-        if fds[0].revents != 0 {
-            return Ok(Wait::Ready);
+        let ready = fds[..watched]
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.revents != 0)
+            .fold(0u8, |mask, (i, _)| mask | 1 << i);
+        if ready != 0 {
+            return Ok(WaitAny::Ready(ready));
         }
         if rc == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(Wait::TimedOut);
+            return Ok(WaitAny::TimedOut);
         }
     }
 }
@@ -440,4 +484,28 @@ pub fn inherit_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: the descriptor is open and was handed to this process alone
     // (LISTEN_PID names us); nothing else in the process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets TCP_NOTSENT_LOWAT: the socket polls writable only while fewer than
+/// `bytes` are waiting to be sent.
+///
+/// # Errors
+/// setsockopt(2)'s errors (ENOPROTOOPT when `fd` is not TCP).
+pub fn set_tcp_notsent_lowat(fd: RawFd, bytes: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: passes a pointer to a live c_int and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

@@ -130,6 +130,27 @@ impl StreamWriter {
     pub fn set_stall_limit(&mut self, stall: Option<Duration>) {
         self.stall = stall;
     }
+
+    pub fn stall_limit(&self) -> Option<Duration> {
+        self.stall
+    }
+
+    /// One non-blocking write: `WouldBlock` when the stream is backed up.
+    ///
+    /// # Errors
+    /// The stream's write errors, `WouldBlock` included.
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match (&self.file).write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
 }
 
 impl Write for StreamWriter {
@@ -230,6 +251,7 @@ impl Stream {
     /// # Errors
     /// When the descriptor cannot be duplicated.
     pub fn tcp(stream: TcpStream, peer: String) -> Result<Stream, Error> {
+        limit_unsent(&stream);
         stream
             .set_nodelay(true)
             .and_then(|()| Stream::socket(stream.into(), peer.clone()))
@@ -267,6 +289,7 @@ impl Stream {
         let how = if sys::is_socket(read.as_raw_fd()) {
             // inetd's TCP socket: small frames must not wait (not TCP: ignored).
             let _ = socket2::SockRef::from(&read).set_tcp_nodelay(true);
+            limit_unsent(&read);
             CloseHow::Socket(read.try_clone().map_err(io_err)?)
         } else {
             CloseHow::Nothing
@@ -339,6 +362,18 @@ impl Stream {
             scratch: Vec::new(),
         };
         Ok((framed, Closer { how: self.how }))
+    }
+}
+
+/// Unsent bytes above which a TCP socket no longer polls writable: the relay
+/// then drops new frames at the tunnel's ingress instead of queueing them,
+/// so a saturated tunnel does not build seconds of delay.
+pub const UNSENT_LOW_WATER: u32 = 128 * 1024;
+
+/// Sets TCP_NOTSENT_LOWAT (not TCP, or an old kernel: nothing happens).
+fn limit_unsent(socket: &impl AsRawFd) {
+    if let Err(e) = sys::set_tcp_notsent_lowat(socket.as_raw_fd(), UNSENT_LOW_WATER) {
+        log::debug!("TCP_NOTSENT_LOWAT not set: {e}");
     }
 }
 
