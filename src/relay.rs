@@ -740,4 +740,33 @@ mod tests {
         assert!(matches!(run(&b, sa, &tr), End::Protocol(_)));
         assert_eq!(b.counters.frames_in.load(Ordering::Relaxed), 1);
     }
+
+    #[test]
+    fn a_stream_that_does_not_read_makes_frames_drop_whole_at_the_ingress() {
+        let (ti, tr) = transports();
+        let (sa, sb) = UnixStream::pair().unwrap();
+        let a = end();
+        std::thread::scope(|s| {
+            let ra = s.spawn(|| run(&a, sa, &ti));
+            // Nobody reads `sb` yet: the stream backs up, and the device
+            // must still be read, the excess dropped and counted.
+            let frame = [0x5au8; 1400];
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while a.counters.dropped_backlog.load(Ordering::Relaxed) == 0 {
+                assert!(std::time::Instant::now() < deadline, "nothing was dropped");
+                a.outside.send(&frame).unwrap();
+            }
+            let sent = a.counters.frames_out.load(Ordering::Relaxed);
+            // Everything that was sealed arrives whole, in nonce order.
+            let mut reader = FrameReader::new(sb);
+            let mut plain = vec![0u8; 2048];
+            for nonce in 0..sent {
+                let msg = reader.next_message().unwrap().unwrap();
+                let n = tr.open(nonce, msg, &mut plain).unwrap();
+                assert_eq!(&plain[..n], &frame[..], "message {nonce}");
+            }
+            a.stop.trigger();
+            assert!(matches!(ra.join().unwrap(), End::Stopped));
+        });
+    }
 }
