@@ -509,3 +509,9 @@ pub fn set_tcp_notsent_lowat(fd: RawFd, bytes: u32) -> io::Result<()> {
         Ok(())
     }
 }
+
+/// The real user id.
+pub fn real_uid() -> libc::uid_t {
+    // SAFETY: getuid takes nothing and cannot fail.
+    unsafe { libc::getuid() }
+}
