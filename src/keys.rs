@@ -319,6 +319,14 @@ impl SecretSpec {
     }
 }
 
+/// Whether `path` is a file directly in systemd's $CREDENTIALS_DIRECTORY.
+fn in_credentials_directory(path: &Path) -> bool {
+    match (std::env::var_os("CREDENTIALS_DIRECTORY"), path.parent()) {
+        (Some(dir), Some(parent)) => !dir.is_empty() && parent == Path::new(&dir),
+        _ => false,
+    }
+}
+
 /// The first line of a secret file, as UTF-8.
 fn read_first_line(path: &Path) -> Result<Zeroizing<String>, Error> {
     let file_error = |source| Error::KeyFile {
@@ -327,8 +335,11 @@ fn read_first_line(path: &Path) -> Result<Zeroizing<String>, Error> {
     };
     let file = std::fs::File::open(path).map_err(file_error)?;
     // As ssh does with private keys: a secret others can read is no secret.
+    // systemd's credentials are the exception: root-owned 0400 files shown
+    // as 0440 because an ACL lets the unit's user read them, in a directory
+    // private to the unit.
     let mode = file.metadata().map_err(file_error)?.permissions().mode();
-    if mode & 0o077 != 0 {
+    if mode & 0o077 != 0 && !in_credentials_directory(path) {
         return Err(file_error(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!(
