@@ -39,9 +39,11 @@ fn tun_ping_across_the_tunnel_with_passphrases_from_the_environment() {
         "a server passphrase long enough",
         "the client's passphrase, just as long",
     );
-    let mut cmd = p.a.taptun(&format!("-s -p {} -v -t tun -d tt0", p.port));
+    // At the highest verbosity, so that the logs can be searched for secrets.
+    let mut cmd = p.a.taptun(&format!("-s -p {} -vv -t tun -d tt0", p.port));
     cmd.env("TAPTUN_LOCAL", server_pass)
-        .env("TAPTUN_REMOTE", client_pass);
+        .env("TAPTUN_REMOTE", client_pass)
+        .env("RUST_LOG", "trace");
     let mut server = Proc::start("server", cmd, &p.scratch);
     assert!(wait_for(common::DEADLINE, || p.a.listening(p.port)));
     let mut cmd = p.b.taptun(&format!(
@@ -50,8 +52,9 @@ fn tun_ping_across_the_tunnel_with_passphrases_from_the_environment() {
         p.port
     ));
     cmd.env("TAPTUN_LOCAL", client_pass)
-        .env("TAPTUN_REMOTE", server_pass);
-    let _client = Proc::start("client", cmd, &p.scratch);
+        .env("TAPTUN_REMOTE", server_pass)
+        .env("RUST_LOG", "trace");
+    let client = Proc::start("client", cmd, &p.scratch);
 
     // A TUN device is point to point: each end names the other as its peer.
     let (addr_a, addr_b) = (format!("10.215.{}.1", p.n), format!("10.215.{}.2", p.n));
@@ -61,6 +64,12 @@ fn tun_ping_across_the_tunnel_with_passphrases_from_the_environment() {
     }
     p.assert_ping_both_ways(&addr_a, &addr_b);
     assert!(server.running());
+    for log in [server.stderr(), client.stderr()] {
+        assert!(log.contains("established"), "{log}");
+        for secret in [server_pass, client_pass] {
+            assert!(!log.contains(secret), "a secret is in the log:\n{log}");
+        }
+    }
 }
 
 #[test]
