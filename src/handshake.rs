@@ -370,12 +370,77 @@ fn check_layers(ours: Layer, theirs: &Hello) -> Result<(), HandshakeError> {
     }
 }
 
-/// The initiator's side as a state machine over buffers.
-pub struct Initiator<'a> {
+/// What both roles hold during the handshake.
+struct Party<'a> {
     hs: snow::HandshakeState,
     identity: &'a Identity,
     hello: Hello,
 }
+
+impl<'a> Party<'a> {
+    fn new(
+        identity: &'a Identity,
+        hello: Hello,
+        ephemeral: Option<&'a [u8; KEY_LEN]>,
+        role: Role,
+    ) -> Result<Party<'a>, HandshakeError> {
+        let builder = identity.builder(ephemeral);
+        let hs = match role {
+            Role::Initiator => builder.build_initiator(),
+            Role::Responder => builder.build_responder(),
+        }
+        .map_err(HandshakeError::Noise)?;
+        Ok(Party {
+            hs,
+            identity,
+            hello,
+        })
+    }
+
+    /// Writes the next message, carrying `payload`.
+    fn write(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, HandshakeError> {
+        self.hs
+            .write_message(payload, out)
+            .map_err(HandshakeError::Noise)
+    }
+
+    /// Reads message `which` (2 or 3, carrying a hello) and checks that the
+    /// static key it revealed is the expected one.
+    fn read_hello(
+        &mut self,
+        msg: &[u8],
+        which: &'static str,
+        peer_role: Role,
+    ) -> Result<Hello, HandshakeError> {
+        let mut payload = [0u8; crate::frame::MAX_MESSAGE];
+        let n = self
+            .hs
+            .read_message(msg, &mut payload)
+            .map_err(|_| HandshakeError::NotAuthentic(which))?;
+        let got = peer_static(&self.hs)?;
+        if got != self.identity.remote {
+            return Err(HandshakeError::WrongPeerKey { peer_role, got });
+        }
+        Hello::decode(&payload[..n])
+    }
+
+    fn check_layer(&self, peer: &Hello) -> Result<(), HandshakeError> {
+        let ours = Layer::from_wire(self.hello.layer).unwrap_or(Layer::Tap);
+        check_layers(ours, peer)
+    }
+
+    fn into_transport(self) -> Result<(Transport, PublicKey), HandshakeError> {
+        let key = peer_static(&self.hs)?;
+        let state = self
+            .hs
+            .into_stateless_transport_mode()
+            .map_err(HandshakeError::Noise)?;
+        Ok((Transport { state }, key))
+    }
+}
+
+/// The initiator's side as a state machine over buffers.
+pub struct Initiator<'a>(Party<'a>);
 
 impl<'a> Initiator<'a> {
     /// # Errors
@@ -393,15 +458,7 @@ impl<'a> Initiator<'a> {
         hello: Hello,
         ephemeral: Option<&'a [u8; KEY_LEN]>,
     ) -> Result<Initiator<'a>, HandshakeError> {
-        let hs = identity
-            .builder(ephemeral)
-            .build_initiator()
-            .map_err(HandshakeError::Noise)?;
-        Ok(Initiator {
-            hs,
-            identity,
-            hello,
-        })
+        Party::new(identity, hello, ephemeral, Role::Initiator).map(Initiator)
     }
 
     /// `-> psk, e` with an empty payload.
@@ -409,9 +466,7 @@ impl<'a> Initiator<'a> {
     /// # Errors
     /// Only on an internal Noise failure.
     pub fn write_message1(&mut self, out: &mut [u8]) -> Result<usize, HandshakeError> {
-        self.hs
-            .write_message(&[], out)
-            .map_err(HandshakeError::Noise)
+        self.0.write(&[], out)
     }
 
     /// `<- e, ee, s, es`: checks the responder's key and hello.
@@ -420,19 +475,7 @@ impl<'a> Initiator<'a> {
     /// A message that does not decrypt, a wrong responder key, a bad hello.
     /// A layer mismatch is *not* an error here: see [`Initiator::check_layer`].
     pub fn read_message2(&mut self, msg: &[u8]) -> Result<Hello, HandshakeError> {
-        let mut payload = [0u8; crate::frame::MAX_MESSAGE];
-        let n = self
-            .hs
-            .read_message(msg, &mut payload)
-            .map_err(|_| HandshakeError::NotAuthentic("message 2"))?;
-        let got = peer_static(&self.hs)?;
-        if got != self.identity.remote {
-            return Err(HandshakeError::WrongPeerKey {
-                peer_role: Role::Responder,
-                got,
-            });
-        }
-        Hello::decode(&payload[..n])
+        self.0.read_hello(msg, "message 2", Role::Responder)
     }
 
     /// Whether the responder's layer matches ours; on a mismatch, send
@@ -441,8 +484,7 @@ impl<'a> Initiator<'a> {
     /// # Errors
     /// The layer mismatch.
     pub fn check_layer(&self, peer: &Hello) -> Result<(), HandshakeError> {
-        let ours = Layer::from_wire(self.hello.layer).unwrap_or(Layer::Tap);
-        check_layers(ours, peer)
+        self.0.check_layer(peer)
     }
 
     /// `-> s, se` with our hello.
@@ -450,9 +492,8 @@ impl<'a> Initiator<'a> {
     /// # Errors
     /// Only on an internal Noise failure.
     pub fn write_message3(&mut self, out: &mut [u8]) -> Result<usize, HandshakeError> {
-        self.hs
-            .write_message(&self.hello.encode(), out)
-            .map_err(HandshakeError::Noise)
+        let hello = self.0.hello.encode();
+        self.0.write(&hello, out)
     }
 
     /// The transport keys, once message 3 is written.
@@ -460,21 +501,12 @@ impl<'a> Initiator<'a> {
     /// # Errors
     /// If the handshake is not finished.
     pub fn into_transport(self) -> Result<(Transport, PublicKey), HandshakeError> {
-        let key = peer_static(&self.hs)?;
-        let state = self
-            .hs
-            .into_stateless_transport_mode()
-            .map_err(HandshakeError::Noise)?;
-        Ok((Transport { state }, key))
+        self.0.into_transport()
     }
 }
 
 /// The responder's side as a state machine over buffers.
-pub struct Responder<'a> {
-    hs: snow::HandshakeState,
-    identity: &'a Identity,
-    hello: Hello,
-}
+pub struct Responder<'a>(Party<'a>);
 
 impl<'a> Responder<'a> {
     /// # Errors
@@ -492,15 +524,7 @@ impl<'a> Responder<'a> {
         hello: Hello,
         ephemeral: Option<&'a [u8; KEY_LEN]>,
     ) -> Result<Responder<'a>, HandshakeError> {
-        let hs = identity
-            .builder(ephemeral)
-            .build_responder()
-            .map_err(HandshakeError::Noise)?;
-        Ok(Responder {
-            hs,
-            identity,
-            hello,
-        })
+        Party::new(identity, hello, ephemeral, Role::Responder).map(Responder)
     }
 
     /// Checks message 1 (`-> psk, e`); returns its ephemeral key for the
@@ -514,7 +538,8 @@ impl<'a> Responder<'a> {
             .and_then(|e| e.try_into().ok())
             .ok_or(HandshakeError::Message1NotAuthentic)?;
         let mut payload = [0u8; crate::frame::MAX_MESSAGE];
-        self.hs
+        self.0
+            .hs
             .read_message(msg, &mut payload)
             .map_err(|_| HandshakeError::Message1NotAuthentic)?;
         Ok(ephemeral)
@@ -525,9 +550,8 @@ impl<'a> Responder<'a> {
     /// # Errors
     /// Only on an internal Noise failure.
     pub fn write_message2(&mut self, out: &mut [u8]) -> Result<usize, HandshakeError> {
-        self.hs
-            .write_message(&self.hello.encode(), out)
-            .map_err(HandshakeError::Noise)
+        let hello = self.0.hello.encode();
+        self.0.write(&hello, out)
     }
 
     /// `-> s, se`: checks the initiator's key, hello and layer.
@@ -536,21 +560,8 @@ impl<'a> Responder<'a> {
     /// A message that does not decrypt, a wrong initiator key, a bad hello,
     /// a layer mismatch.
     pub fn read_message3(&mut self, msg: &[u8]) -> Result<Hello, HandshakeError> {
-        let mut payload = [0u8; crate::frame::MAX_MESSAGE];
-        let n = self
-            .hs
-            .read_message(msg, &mut payload)
-            .map_err(|_| HandshakeError::NotAuthentic("message 3"))?;
-        let got = peer_static(&self.hs)?;
-        if got != self.identity.remote {
-            return Err(HandshakeError::WrongPeerKey {
-                peer_role: Role::Initiator,
-                got,
-            });
-        }
-        let hello = Hello::decode(&payload[..n])?;
-        let ours = Layer::from_wire(self.hello.layer).unwrap_or(Layer::Tap);
-        check_layers(ours, &hello)?;
+        let hello = self.0.read_hello(msg, "message 3", Role::Initiator)?;
+        self.0.check_layer(&hello)?;
         Ok(hello)
     }
 
@@ -559,12 +570,7 @@ impl<'a> Responder<'a> {
     /// # Errors
     /// If the handshake is not finished.
     pub fn into_transport(self) -> Result<(Transport, PublicKey), HandshakeError> {
-        let key = peer_static(&self.hs)?;
-        let state = self
-            .hs
-            .into_stateless_transport_mode()
-            .map_err(HandshakeError::Noise)?;
-        Ok((Transport { state }, key))
+        self.0.into_transport()
     }
 }
 
