@@ -298,7 +298,7 @@ impl Identity {
             .noise_name()
             .parse()
             .expect("the two protocol names are valid");
-        let mut builder = snow::Builder::new(params)
+        let mut builder = snow::Builder::with_resolver(params, crate::resolver::resolver())
             .prologue(PROLOGUE)
             .and_then(|b| b.local_private_key(self.local.as_bytes()))
             .and_then(|b| b.psk(0, &self.psk))

@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: the command line, validated into a `Config` before anything is opened.
 //! - [`keys`]: secret forms, Argon2id, public keys, the psk.
-//! - [`handshake`]: the Noise handshake as state machines, key confirmation, the replay cache.
+//! - [`handshake`]: the Noise handshake as state machines, key confirmation, the replay cache;
+//!   [`resolver`]: its crypto, with X25519 keys zeroed on drop.
 //! - [`frame`]: the u16 big-endian length-prefix codec.
 //! - [`device`]: opening TAP and TUN devices; the `PacketDevice` trait.
 //! - [`transport`]: the streams: TCP listen and dial, stdio, a command's pipes.
@@ -27,6 +28,7 @@ pub mod hooks;
 pub mod keys;
 pub mod log;
 pub mod relay;
+pub mod resolver;
 pub mod server;
 pub mod session;
 pub mod sys;
