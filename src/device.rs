@@ -152,7 +152,10 @@ impl Device {
                 .mtu()
                 .map_err(|e| device_error(&name, "cannot read the MTU", e))?,
         );
-        if let Err(e) = inner.enabled(true) {
+        if link_is_up(&name) {
+            // Already up (an administrator's persistent device): nothing to do,
+            // and an unprivileged owner could not do it anyway.
+        } else if let Err(e) = inner.enabled(true) {
             // An unprivileged owner of a persistent device may not set the
             // link up; the administrator may have done it already.
             log::warn!(
@@ -183,6 +186,15 @@ impl Device {
     pub fn mtu(&self) -> u32 {
         self.mtu
     }
+}
+
+/// Whether the interface's IFF_UP flag is set, from sysfs; false when that
+/// cannot be read.
+fn link_is_up(name: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/flags"))
+        .ok()
+        .and_then(|flags| u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & libc::IFF_UP as u32 != 0)
 }
 
 impl PacketDevice for Device {
