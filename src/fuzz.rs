@@ -1,3 +1,887 @@
 //! Entry points for the fuzz targets in `fuzz/` and for the test that
 //! replays their corpus under `cargo test`: one function per target, so
 //! the fuzzer and CI run exactly the same code.
+//!
+//! Each function takes arbitrary bytes and must never panic, hang or grow
+//! without bound; a panic here is a finding. Besides "does not crash", each
+//! checks what taptun promises about hostile input:
+//!
+//! - [`frame_decoder`]: [`frame::decode`] and [`FrameReader`] (whole, in
+//!   random-sized chunks with interrupted reads, with a small buffer grown
+//!   half-way) agree on the same messages and the same ending, and every
+//!   message has 1..=65535 bytes matching its prefix.
+//! - [`responder_handshake`]: the first input byte picks the message the
+//!   rest replaces in a handshake between two fixed identities with fixed
+//!   ephemeral keys (see [`handshake_mode`] for the list). Nothing but the
+//!   genuine message is ever accepted, a responder answers nothing to a
+//!   message 1 that does not authenticate, a replayed message 1 gets no
+//!   answer, and a hello is accepted exactly when its version and layer are.
+//! - [`session_transport`]: an established session's receiving side (the
+//!   real [`relay::relay`], with a fake device) reads a stream made of a few
+//!   genuinely sealed frames followed by the input. The relay ends, the
+//!   genuine prefix reaches the device, and nothing reaches it that was not
+//!   sealed by the peer at its nonce, in order.
+//!
+//! [`seeds`] makes the meaningful inputs of the committed seed corpus
+//! (valid messages, truncated ones), so that they can be regenerated.
+
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use crate::device::{Layer, PacketDevice};
+use crate::frame::{self, FrameError, FrameReader};
+use crate::handshake::{
+    self, Cipher, HandshakeError, Hello, Identity, Initiator, MESSAGE1_LEN, MessageIo, ReplayCache,
+    Responder, TAG_LEN, Transport,
+};
+use crate::keys::{KEY_LEN, PrivateKey};
+use crate::relay::{self, Counters, End, Link};
+use crate::sys::Stop;
+use crate::transport::Stream;
+
+// ---------------------------------------------------------------------------
+// Target 1: the frame codec.
+
+/// How a run of messages ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// The bytes ended at a message boundary.
+    Clean,
+    /// A zero length prefix.
+    ZeroLength,
+    /// The bytes ended inside a message.
+    Truncated,
+}
+
+/// Fuzz target: the length-prefix codec.
+pub fn frame_decoder(data: &[u8]) {
+    let (expected, ending) = decode_all(data);
+
+    let mut whole = FrameReader::new(data);
+    check_reader(&mut whole, &expected, &ending, None, "one read");
+
+    let chunks = Chunks::new(data);
+    let mut chunked = FrameReader::with_capacity(chunks, frame::MAX_WIRE);
+    check_reader(&mut chunked, &expected, &ending, None, "chunked reads");
+
+    // As a session does: a small buffer during the handshake, grown after.
+    let chunks = Chunks::new(data);
+    let mut grown = FrameReader::with_capacity(chunks, frame::MAX_WIRE);
+    check_reader(&mut grown, &expected, &ending, Some(1), "grown buffer");
+}
+
+/// The reference: [`frame::decode`] over the bytes, message by message.
+fn decode_all(data: &[u8]) -> (Vec<&[u8]>, Ending) {
+    let mut messages = Vec::new();
+    let mut rest = data;
+    loop {
+        match frame::decode(rest) {
+            Ok(Some((start, end))) => {
+                assert_eq!(
+                    start,
+                    frame::HEADER_LEN,
+                    "a message starts after its prefix"
+                );
+                let (prefix, body) = (&rest[..start], &rest[start..end]);
+                let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
+                assert_eq!(body.len(), len, "a message is as long as its prefix says");
+                assert!((1..=frame::MAX_MESSAGE).contains(&len));
+                messages.push(body);
+                rest = &rest[end..];
+            }
+            Ok(None) => {
+                // Only when the bytes really are short of a whole message.
+                if let [a, b, ..] = rest {
+                    let need = frame::HEADER_LEN + usize::from(u16::from_be_bytes([*a, *b]));
+                    assert!(rest.len() < need, "decode asked for more bytes than needed");
+                }
+                let ending = if rest.is_empty() {
+                    Ending::Clean
+                } else {
+                    Ending::Truncated
+                };
+                return (messages, ending);
+            }
+            Err(FrameError::ZeroLength) => {
+                assert!(
+                    rest.starts_with(&[0, 0]),
+                    "ZeroLength for a non-zero prefix"
+                );
+                return (messages, Ending::ZeroLength);
+            }
+            Err(other) => panic!("decode returned {other:?}"),
+        }
+    }
+}
+
+/// Reads every message from `reader` and compares with the reference;
+/// grows the buffer after message `grow_after` when given.
+fn check_reader<R: Read>(
+    reader: &mut FrameReader<R>,
+    expected: &[&[u8]],
+    ending: &Ending,
+    grow_after: Option<usize>,
+    how: &str,
+) {
+    let mut index = 0;
+    loop {
+        if grow_after == Some(index) {
+            reader.grow(frame::READ_BUFFER);
+        }
+        match reader.next_message() {
+            Ok(Some(msg)) => {
+                assert!(
+                    (1..=frame::MAX_MESSAGE).contains(&msg.len()),
+                    "{how}: a message of {} bytes",
+                    msg.len()
+                );
+                assert!(
+                    expected.get(index) == Some(&msg),
+                    "{how}: message {index} differs from decode's"
+                );
+                index += 1;
+            }
+            Ok(None) => {
+                assert_eq!(
+                    *ending,
+                    Ending::Clean,
+                    "{how}: clean end, decode says otherwise"
+                );
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{how}: {e}");
+                let inner = e.get_ref().and_then(|e| e.downcast_ref::<FrameError>());
+                let got = match inner {
+                    Some(FrameError::ZeroLength) => Ending::ZeroLength,
+                    Some(FrameError::Truncated { have, need }) => {
+                        assert!(have < need, "{how}: truncated with {have} of {need}");
+                        assert!(*need <= frame::MAX_WIRE, "{how}: need {need}");
+                        Ending::Truncated
+                    }
+                    None => panic!("{how}: an InvalidData error without a FrameError: {e}"),
+                };
+                assert_eq!(*ending, got, "{how}: the ending differs from decode's");
+                break;
+            }
+        }
+    }
+    assert_eq!(index, expected.len(), "{how}: message count");
+}
+
+/// A reader that hands out the bytes in pseudo-random pieces (mostly small,
+/// sometimes large) and now and then fails with `Interrupted`, as a socket
+/// read interrupted by a signal does. The pieces derive from the data, so a
+/// finding reproduces.
+struct Chunks<'a> {
+    data: &'a [u8],
+    state: u64,
+    interrupted: u8,
+}
+
+impl<'a> Chunks<'a> {
+    fn new(data: &'a [u8]) -> Chunks<'a> {
+        // FNV-1a of the data seeds the piece sizes.
+        let mut state: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in data {
+            state = (state ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Chunks {
+            data,
+            state: state | 1,
+            interrupted: 0,
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+}
+
+impl Read for Chunks<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let r = self.next_random();
+        if r % 16 == 0 && self.interrupted < 2 {
+            self.interrupted += 1;
+            return Err(io::Error::from(io::ErrorKind::Interrupted));
+        }
+        self.interrupted = 0;
+        let limit = match (r >> 8) % 4 {
+            0 => 1,
+            1 => 1 + (r >> 16) % 7,
+            2 => 1 + (r >> 16) % 300,
+            _ => 1 + (r >> 16) % 70_000,
+        };
+        let n = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(buf.len())
+            .min(self.data.len());
+        let (now, later) = self.data.split_at(n);
+        buf[..n].copy_from_slice(now);
+        self.data = later;
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fixed identities and a complete handshake between them.
+
+/// The responder's (server's) fixed private key.
+const SERVER_KEY: [u8; KEY_LEN] = [0x53; KEY_LEN];
+/// The initiator's (client's) fixed private key.
+const CLIENT_KEY: [u8; KEY_LEN] = [0x43; KEY_LEN];
+/// Fixed ephemeral keys, so that the whole transcript is the same every run
+/// and a seed holding a valid message can be mutated meaningfully.
+const SERVER_EPHEMERAL: [u8; KEY_LEN] = [0x65; KEY_LEN];
+const CLIENT_EPHEMERAL: [u8; KEY_LEN] = [0x63; KEY_LEN];
+/// Both ends run tap with this MTU.
+const FUZZ_MTU: u32 = 1500;
+
+fn hello() -> Hello {
+    Hello::new(Layer::Tap, FUZZ_MTU)
+}
+
+/// The two identities and the bytes of one complete handshake between them.
+struct Transcript {
+    server: Identity,
+    client: Identity,
+    message1: Vec<u8>,
+    message2: Vec<u8>,
+    message3: Vec<u8>,
+    /// The responder's first transport message: the keepalive at nonce 0.
+    confirmation: Vec<u8>,
+    /// The responder's transport (receives the client's frames).
+    server_transport: Transport,
+    /// The initiator's transport (seals the frames the server receives).
+    client_transport: Transport,
+}
+
+fn transcript(cipher: Cipher) -> &'static Transcript {
+    static CHACHA: OnceLock<Transcript> = OnceLock::new();
+    static AESGCM: OnceLock<Transcript> = OnceLock::new();
+    let cell = match cipher {
+        Cipher::ChaChaPoly => &CHACHA,
+        Cipher::AesGcm => &AESGCM,
+    };
+    cell.get_or_init(|| make_transcript(cipher))
+}
+
+fn identities(cipher: Cipher) -> (Identity, Identity) {
+    let server = PrivateKey::from_bytes(SERVER_KEY);
+    let client = PrivateKey::from_bytes(CLIENT_KEY);
+    let (server_public, client_public) = (server.public_key(), client.public_key());
+    (
+        Identity::new(server, client_public, cipher).expect("fixed keys are valid"),
+        Identity::new(client, server_public, cipher).expect("fixed keys are valid"),
+    )
+}
+
+fn make_transcript(cipher: Cipher) -> Transcript {
+    let (server, client) = identities(cipher);
+    let mut buf = vec![0u8; frame::MAX_MESSAGE];
+    let mut init =
+        Initiator::with_ephemeral(&client, hello(), Some(&CLIENT_EPHEMERAL)).expect("initiator");
+    let mut resp =
+        Responder::with_ephemeral(&server, hello(), Some(&SERVER_EPHEMERAL)).expect("responder");
+    let n = init.write_message1(&mut buf).expect("message 1");
+    let message1 = buf[..n].to_vec();
+    resp.read_message1(&message1).expect("read message 1");
+    let n = resp.write_message2(&mut buf).expect("message 2");
+    let message2 = buf[..n].to_vec();
+    init.read_message2(&message2).expect("read message 2");
+    let n = init.write_message3(&mut buf).expect("message 3");
+    let message3 = buf[..n].to_vec();
+    resp.read_message3(&message3).expect("read message 3");
+    let (server_transport, _) = resp.into_transport().expect("responder transport");
+    let (client_transport, _) = init.into_transport().expect("initiator transport");
+    let n = server_transport
+        .seal(0, &[], &mut buf)
+        .expect("key confirmation");
+    let confirmation = buf[..n].to_vec();
+    Transcript {
+        server,
+        client,
+        message1,
+        message2,
+        message3,
+        confirmation,
+        server_transport,
+        client_transport,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Target 2: the handshake.
+
+/// What the input of [`responder_handshake`] replaces, chosen by its first
+/// byte (`byte & 0x7f` modulo 6; bit 7 picks AES-GCM over ChaCha20-Poly1305).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeMode {
+    /// The rest is the whole stream a server reads, through the frame codec
+    /// and the real [`handshake::respond`]; run twice on one replay cache.
+    Stream,
+    /// The rest is message 1, for the responder.
+    Message1,
+    /// A valid message 1; the rest is message 3, for the responder.
+    Message3,
+    /// A valid message 3 whose 6-byte hello is taken from the rest (and the
+    /// rest goes through [`Hello::decode`] as it is).
+    Hello,
+    /// The rest is message 2, for the initiator (a hostile server).
+    Message2,
+    /// A valid message 2 and 3; the rest is the key confirmation.
+    Confirmation,
+}
+
+const MODES: [HandshakeMode; 6] = [
+    HandshakeMode::Stream,
+    HandshakeMode::Message1,
+    HandshakeMode::Message3,
+    HandshakeMode::Hello,
+    HandshakeMode::Message2,
+    HandshakeMode::Confirmation,
+];
+
+/// The mode and cipher an input of [`responder_handshake`] selects.
+pub fn handshake_mode(data: &[u8]) -> Option<(HandshakeMode, Cipher)> {
+    let (&first, _) = data.split_first()?;
+    let mode = MODES[usize::from(first & 0x7f) % MODES.len()];
+    let cipher = if first & 0x80 == 0 {
+        Cipher::ChaChaPoly
+    } else {
+        Cipher::AesGcm
+    };
+    Some((mode, cipher))
+}
+
+/// The first byte of an input for `mode` and `cipher`.
+pub fn handshake_mode_byte(mode: HandshakeMode, cipher: Cipher) -> u8 {
+    let index = MODES.iter().position(|m| *m == mode).unwrap_or(0);
+    let index = u8::try_from(index).unwrap_or(0);
+    match cipher {
+        Cipher::ChaChaPoly => index,
+        Cipher::AesGcm => index | 0x80,
+    }
+}
+
+/// Fuzz target: a responder (and, in two modes, an initiator) fed hostile
+/// handshake bytes. See [`HandshakeMode`].
+pub fn responder_handshake(data: &[u8]) {
+    let Some((mode, cipher)) = handshake_mode(data) else {
+        return;
+    };
+    let rest = &data[1..];
+    let t = transcript(cipher);
+    match mode {
+        HandshakeMode::Stream => respond_stream(t, rest),
+        HandshakeMode::Message1 => {
+            let mut resp = Responder::with_ephemeral(&t.server, hello(), Some(&SERVER_EPHEMERAL))
+                .expect("responder");
+            match resp.read_message1(rest) {
+                Ok(ephemeral) => {
+                    assert_eq!(rest, &t.message1[..], "a forged message 1 was accepted");
+                    assert_eq!(ephemeral[..], rest[..KEY_LEN]);
+                }
+                Err(e) => assert_ne!(rest, &t.message1[..], "message 1 refused: {e}"),
+            }
+        }
+        HandshakeMode::Message3 => {
+            let mut resp = responder_after_message2(t);
+            match resp.read_message3(rest) {
+                Ok(_) => {
+                    assert_eq!(rest, &t.message3[..], "a forged message 3 was accepted");
+                    check_transport_works(resp.into_transport(), t);
+                }
+                Err(e) => assert_ne!(rest, &t.message3[..], "message 3 refused: {e}"),
+            }
+        }
+        HandshakeMode::Hello => {
+            fuzz_hello(t, rest);
+        }
+        HandshakeMode::Message2 => {
+            let mut init = Initiator::with_ephemeral(&t.client, hello(), Some(&CLIENT_EPHEMERAL))
+                .expect("initiator");
+            let mut buf = [0u8; MESSAGE1_LEN];
+            init.write_message1(&mut buf).expect("message 1");
+            match init.read_message2(rest) {
+                Ok(_) => assert_eq!(rest, &t.message2[..], "a forged message 2 was accepted"),
+                Err(e) => assert_ne!(rest, &t.message2[..], "message 2 refused: {e}"),
+            }
+        }
+        HandshakeMode::Confirmation => {
+            let mut init = Initiator::with_ephemeral(&t.client, hello(), Some(&CLIENT_EPHEMERAL))
+                .expect("initiator");
+            let mut buf = vec![0u8; frame::MAX_MESSAGE];
+            init.write_message1(&mut buf).expect("message 1");
+            init.read_message2(&t.message2).expect("message 2");
+            init.write_message3(&mut buf).expect("message 3");
+            let (transport, _) = init.into_transport().expect("transport");
+            // As handshake::initiate checks it: at least a tag, decrypts at
+            // nonce 0, and is empty.
+            let opened = if rest.len() >= TAG_LEN {
+                transport.open(0, rest, &mut buf).ok()
+            } else {
+                None
+            };
+            match opened {
+                Some(n) => {
+                    assert_eq!(rest, &t.confirmation[..], "a forged confirmation decrypted");
+                    assert_eq!(n, 0);
+                }
+                None => assert_ne!(rest, &t.confirmation[..], "the confirmation was refused"),
+            }
+        }
+    }
+}
+
+/// A responder that has read the valid message 1 and written message 2.
+fn responder_after_message2(t: &Transcript) -> Responder<'_> {
+    let mut resp =
+        Responder::with_ephemeral(&t.server, hello(), Some(&SERVER_EPHEMERAL)).expect("responder");
+    resp.read_message1(&t.message1).expect("message 1");
+    let mut buf = vec![0u8; frame::MAX_MESSAGE];
+    let n = resp.write_message2(&mut buf).expect("message 2");
+    assert_eq!(
+        buf[..n],
+        t.message2[..],
+        "fixed ephemeral keys, fixed message 2"
+    );
+    resp
+}
+
+/// After a successful handshake, a frame sealed by the client opens at the
+/// server.
+fn check_transport_works(
+    result: Result<(Transport, crate::keys::PublicKey), HandshakeError>,
+    t: &Transcript,
+) {
+    let (transport, peer) = result.expect("transport after message 3");
+    assert_eq!(peer, t.client.local_public());
+    let mut sealed = [0u8; 64];
+    let mut opened = [0u8; 64];
+    let n = t
+        .client_transport
+        .seal(0, b"frame", &mut sealed)
+        .expect("seal");
+    let m = transport.open(0, &sealed[..n], &mut opened).expect("open");
+    assert_eq!(&opened[..m], b"frame");
+}
+
+/// A valid message 3 carrying a hello made of the input's first 6 bytes:
+/// accepted exactly when version and layer are right.
+fn fuzz_hello(t: &Transcript, rest: &[u8]) {
+    let decoded = Hello::decode(rest);
+    if let Ok(h) = &decoded {
+        assert!(rest.len() >= 2 && h.version == handshake::VERSION && h.layer <= 1);
+    }
+    let byte = |i: usize| rest.get(i).copied().unwrap_or(0);
+    let theirs = Hello {
+        version: byte(0),
+        layer: byte(1),
+        flags: byte(2),
+        keepalive: byte(3),
+        mtu: u16::from_be_bytes([byte(4), byte(5)]),
+    };
+    let mut init =
+        Initiator::with_ephemeral(&t.client, theirs, Some(&CLIENT_EPHEMERAL)).expect("initiator");
+    let mut resp =
+        Responder::with_ephemeral(&t.server, hello(), Some(&SERVER_EPHEMERAL)).expect("responder");
+    let mut buf = vec![0u8; frame::MAX_MESSAGE];
+    let n = init.write_message1(&mut buf).expect("message 1");
+    resp.read_message1(&buf[..n]).expect("message 1 reads");
+    let n = resp.write_message2(&mut buf).expect("message 2");
+    init.read_message2(&buf[..n]).expect("message 2 reads");
+    let n = init.write_message3(&mut buf).expect("message 3");
+    let result = resp.read_message3(&buf[..n]);
+    let acceptable = theirs.version == handshake::VERSION && theirs.layer == hello().layer;
+    match result {
+        Ok(got) => {
+            assert!(acceptable, "hello {theirs:?} was accepted");
+            assert_eq!(got, theirs);
+        }
+        Err(e) => {
+            assert!(!acceptable, "hello {theirs:?} was refused: {e}");
+            assert!(e.is_provable(), "a bad hello is named as such: {e}");
+        }
+    }
+}
+
+/// The in-memory stream of the `Stream` mode: reads from the input through
+/// the frame codec, records what the responder sends.
+struct MemoryIo<'a> {
+    reader: FrameReader<&'a [u8]>,
+    sent: Vec<Vec<u8>>,
+}
+
+impl MessageIo for MemoryIo<'_> {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        assert!((1..=frame::MAX_MESSAGE).contains(&msg.len()));
+        self.sent.push(msg.to_vec());
+        Ok(())
+    }
+
+    fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+        self.reader.next_message()
+    }
+
+    fn set_deadline(&mut self, _deadline: Option<Instant>) {}
+}
+
+/// The whole responder over the input as a stream, twice on one replay
+/// cache: the second run of an authenticated message 1 is a replay.
+fn respond_stream(t: &Transcript, stream: &[u8]) {
+    let replays = ReplayCache::default();
+    let mut first_authentic = false;
+    for attempt in 0..2 {
+        let mut io = MemoryIo {
+            reader: FrameReader::with_capacity(stream, frame::MAX_WIRE),
+            sent: Vec::new(),
+        };
+        let result = handshake::respond(&mut io, &t.server, hello(), Instant::now(), &replays);
+        let first_message = frame::decode(stream)
+            .ok()
+            .flatten()
+            .map(|(start, end)| &stream[start..end]);
+        let authentic = first_message == Some(&t.message1[..]);
+        match &result {
+            // Message 3 answers a message 2 made with a random ephemeral
+            // key: no input can hold a valid one.
+            Ok(_) => panic!("a handshake completed against a random ephemeral key"),
+            Err(HandshakeError::Replay) => {
+                assert!(attempt == 1 && first_authentic, "Replay without a replay");
+                assert!(io.sent.is_empty(), "a replay got an answer");
+            }
+            Err(e) => {
+                if !authentic {
+                    assert!(io.sent.is_empty(), "an answer to a forged message 1: {e}");
+                } else {
+                    assert_eq!(attempt, 0, "a replayed message 1 was not refused: {e}");
+                    // Message 2, and nothing more without a valid message 3.
+                    assert_eq!(io.sent.len(), 1, "{e}");
+                    assert_eq!(io.sent[0].len(), t.message2.len());
+                    first_authentic = true;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Target 3: an established session's receiving side.
+
+/// The plaintext the peer seals at `nonce` in [`session_transport`]'s
+/// streams: any frame that reaches the device must be one of these, at its
+/// own nonce. Every fourth is a keepalive.
+pub fn genuine_frame(nonce: u64) -> Vec<u8> {
+    let len = match nonce % 4 {
+        0 => 1 + nonce % 61,
+        1 => 1514,
+        2 => 60,
+        _ => 0,
+    };
+    (0..len)
+        .map(|i| (nonce.wrapping_mul(7) ^ i) as u8)
+        .collect()
+}
+
+/// `count` genuine frames, sealed by the client from nonce `from`, each with
+/// its length prefix: what an honest client sends.
+pub fn sealed_frames(cipher: Cipher, from: u64, count: u64) -> Vec<u8> {
+    let t = transcript(cipher);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; frame::MAX_MESSAGE];
+    for nonce in from..from + count {
+        let n = t
+            .client_transport
+            .seal(nonce, &genuine_frame(nonce), &mut buf)
+            .expect("seal");
+        out.extend_from_slice(&frame::header(n));
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// A packet device that records what the relay writes to it and never has
+/// anything to read (its descriptor is a datagram socket nobody sends to).
+struct RecordingDevice {
+    idle: UnixDatagram,
+    /// Keeps `idle` connected, so that it never reports an error.
+    _peer: UnixDatagram,
+    written: Mutex<Vec<Vec<u8>>>,
+}
+
+impl PacketDevice for RecordingDevice {
+    fn raw_fd(&self) -> RawFd {
+        self.idle.as_raw_fd()
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.idle.recv(buf)
+    }
+
+    fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.push(packet.to_vec());
+        Ok(packet.len())
+    }
+}
+
+/// How many genuine frames an input of [`session_transport`] puts first
+/// (its first byte, modulo 4).
+pub fn genuine_prefix(data: &[u8]) -> u64 {
+    data.first().map_or(0, |b| u64::from(b % 4))
+}
+
+/// Fuzz target: the receiving side of an established session. The stream
+/// is `genuine_prefix(data)` sealed frames, then `data[1..]`, then its end.
+pub fn session_transport(data: &[u8]) {
+    let Some((_, rest)) = data.split_first() else {
+        return;
+    };
+    let prefix_frames = genuine_prefix(data);
+    let t = transcript(Cipher::ChaChaPoly);
+    let prefix = sealed_frames(Cipher::ChaChaPoly, 0, prefix_frames);
+
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let (idle, peer) = UnixDatagram::pair().expect("socketpair");
+    idle.set_nonblocking(true).expect("non-blocking");
+    let device = RecordingDevice {
+        idle,
+        _peer: peer,
+        written: Mutex::new(Vec::new()),
+    };
+    let stop = Arc::new(Stop::new().expect("eventfd"));
+    let counters = Counters::default();
+    let stream = Stream::socket(ours.into(), "fuzz".into()).expect("stream");
+    let (framed, closer) = stream.split(std::slice::from_ref(&stop)).expect("split");
+
+    let end = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // MSG_NOSIGNAL: the relay may close its end first, and a fuzzer
+            // process does not ignore SIGPIPE.
+            let socket = socket2::SockRef::from(&theirs);
+            for part in [&prefix[..], rest] {
+                let mut part = part;
+                while !part.is_empty() {
+                    match socket.send_with_flags(part, libc::MSG_NOSIGNAL) {
+                        Ok(n) => part = &part[n..],
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+            // Dropping `theirs` here ends the stream.
+        });
+        relay::relay(
+            &device,
+            framed,
+            &closer,
+            &t.server_transport,
+            Link {
+                send_nonce: 1,
+                recv_nonce: 0,
+                keepalive: None,
+            },
+            &stop,
+            &counters,
+        )
+    });
+    closer.finish();
+
+    let written = device
+        .written
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    // Nothing but genuine frames, each at its own nonce, none skipped.
+    let mut nonce = 0u64;
+    for (i, packet) in written.iter().enumerate() {
+        while genuine_frame(nonce).is_empty() {
+            nonce += 1;
+        }
+        assert!(
+            *packet == genuine_frame(nonce),
+            "device packet {i} ({} bytes) is not the frame sealed at nonce {nonce}",
+            packet.len()
+        );
+        nonce += 1;
+    }
+    // The genuine prefix all arrived.
+    let genuine_in_prefix = (0..prefix_frames)
+        .filter(|&n| !genuine_frame(n).is_empty())
+        .count();
+    assert!(
+        written.len() >= genuine_in_prefix,
+        "{} of {genuine_in_prefix} genuine frames reached the device ({end})",
+        written.len()
+    );
+    assert_eq!(
+        counters.frames_in.load(Ordering::Relaxed),
+        written.len() as u64
+    );
+    assert_eq!(counters.dropped_device.load(Ordering::Relaxed), 0);
+    if rest.is_empty() {
+        assert!(
+            matches!(end, End::PeerClosed),
+            "an honest stream ended: {end}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Seed corpus.
+
+/// The meaningful seed inputs of each target, by target name and file name:
+/// valid messages, truncated and altered ones. `tests/fuzz_corpus.rs` writes
+/// them to `fuzz/corpus/TARGET/` on request and replays them always.
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    let t = transcript(Cipher::ChaChaPoly);
+    let framed = |messages: &[&[u8]]| {
+        let mut out = Vec::new();
+        for m in messages {
+            out.extend_from_slice(&frame::header(m.len()));
+            out.extend_from_slice(m);
+        }
+        out
+    };
+
+    // frame_decoder
+    let mut add =
+        |name: &str, bytes: Vec<u8>| seeds.push(("frame_decoder", name.to_owned(), bytes));
+    add("empty", Vec::new());
+    add("one-byte-prefix", vec![0x01]);
+    add("zero-length", vec![0, 0, 1, 2]);
+    add("one-message", framed(&[b"hello"]));
+    add(
+        "handshake-messages",
+        framed(&[&t.message1, &t.message2, &t.message3, &t.confirmation]),
+    );
+    let mut truncated = framed(&[&t.message1, &t.message2]);
+    truncated.pop();
+    add("truncated-body", truncated);
+    let mut max = vec![0xff, 0xff];
+    max.resize(frame::MAX_WIRE, 0xa5);
+    max.extend_from_slice(&framed(&[b"x"]));
+    add("largest-then-small", max);
+    add("max-prefix-trickle", vec![0xff, 0xff, 1, 2, 3]);
+    add(
+        "zero-after-message",
+        [framed(&[b"ok"]), vec![0, 0]].concat(),
+    );
+
+    // responder_handshake
+    let byte = handshake_mode_byte;
+    let mut add = |name: &str, mode: HandshakeMode, cipher: Cipher, rest: &[u8]| {
+        let mut input = vec![byte(mode, cipher)];
+        input.extend_from_slice(rest);
+        seeds.push(("responder_handshake", name.to_owned(), input));
+    };
+    for cipher in [Cipher::ChaChaPoly, Cipher::AesGcm] {
+        let t = transcript(cipher);
+        let c = cipher.option_name();
+        add(
+            &format!("{c}-stream-valid-m1"),
+            HandshakeMode::Stream,
+            cipher,
+            &framed(&[&t.message1]),
+        );
+        add(
+            &format!("{c}-stream-m1-m3"),
+            HandshakeMode::Stream,
+            cipher,
+            &framed(&[&t.message1, &t.message3]),
+        );
+        add(
+            &format!("{c}-message1"),
+            HandshakeMode::Message1,
+            cipher,
+            &t.message1,
+        );
+        add(
+            &format!("{c}-message3"),
+            HandshakeMode::Message3,
+            cipher,
+            &t.message3,
+        );
+        add(
+            &format!("{c}-message2"),
+            HandshakeMode::Message2,
+            cipher,
+            &t.message2,
+        );
+        add(
+            &format!("{c}-confirmation"),
+            HandshakeMode::Confirmation,
+            cipher,
+            &t.confirmation,
+        );
+        add(
+            &format!("{c}-hello"),
+            HandshakeMode::Hello,
+            cipher,
+            &hello().encode(),
+        );
+    }
+    add(
+        "stream-truncated-m1",
+        HandshakeMode::Stream,
+        Cipher::ChaChaPoly,
+        &framed(&[&t.message1])[..20],
+    );
+    add(
+        "message1-short",
+        HandshakeMode::Message1,
+        Cipher::ChaChaPoly,
+        &t.message1[..KEY_LEN - 1],
+    );
+    let mut flipped = t.message3.clone();
+    flipped[40] ^= 0x10;
+    add(
+        "message3-flipped",
+        HandshakeMode::Message3,
+        Cipher::ChaChaPoly,
+        &flipped,
+    );
+    add(
+        "hello-tun-version2",
+        HandshakeMode::Hello,
+        Cipher::ChaChaPoly,
+        &[2, 1, 0xff, 9, 0x05, 0xdc],
+    );
+
+    // session_transport
+    let mut add = |name: &str, prefix: u8, rest: Vec<u8>| {
+        let mut input = vec![prefix];
+        input.extend_from_slice(&rest);
+        seeds.push(("session_transport", name.to_owned(), input));
+    };
+    add("nothing", 0, Vec::new());
+    add("three-genuine", 3, Vec::new());
+    add(
+        "genuine-continued",
+        2,
+        sealed_frames(Cipher::ChaChaPoly, 2, 4),
+    );
+    add("all-in-body", 0, sealed_frames(Cipher::ChaChaPoly, 0, 5));
+    let mut replay = sealed_frames(Cipher::ChaChaPoly, 0, 1);
+    replay.extend_from_slice(&replay.clone());
+    add("replayed-frame", 0, replay);
+    let mut flipped = sealed_frames(Cipher::ChaChaPoly, 1, 1);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    add("flipped-tag", 1, flipped);
+    add("short-message", 1, vec![0, 3, 1, 2, 3]);
+    add("zero-length", 1, vec![0, 0]);
+    let mut cut = sealed_frames(Cipher::ChaChaPoly, 1, 1);
+    cut.truncate(cut.len() / 2);
+    add("truncated", 1, cut);
+    add("max-prefix-trickle", 0, vec![0xff, 0xff, 0, 0, 0, 0]);
+    seeds
+}

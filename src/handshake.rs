@@ -412,7 +412,8 @@ impl<'a> Party<'a> {
         which: &'static str,
         peer_role: Role,
     ) -> Result<Hello, HandshakeError> {
-        let mut payload = [0u8; crate::frame::MAX_MESSAGE];
+        // A payload is never longer than its message.
+        let mut payload = vec![0u8; msg.len()];
         let n = self
             .hs
             .read_message(msg, &mut payload)
@@ -537,7 +538,8 @@ impl<'a> Responder<'a> {
             .get(..KEY_LEN)
             .and_then(|e| e.try_into().ok())
             .ok_or(HandshakeError::Message1NotAuthentic)?;
-        let mut payload = [0u8; crate::frame::MAX_MESSAGE];
+        // A payload is never longer than its message.
+        let mut payload = vec![0u8; msg.len()];
         self.0
             .hs
             .read_message(msg, &mut payload)

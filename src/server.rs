@@ -2,8 +2,11 @@
 //! concurrently, and keeps one session at a time.
 //!
 //! - At most [`MAX_PENDING`] handshakes run at once; when one more arrives,
-//!   the oldest pending one is closed to make room. Each is bounded by the
-//!   handshake deadlines (3 s to message 1, 10 s in all) and a fixed buffer.
+//!   the oldest pending one is closed to make room, and the accept loop waits
+//!   until its thread has exited, so there are never more than 64 handshake
+//!   threads. Each is bounded by the handshake deadlines (3 s to message 1,
+//!   10 s in all) and its buffers (a 64 KiB read buffer and a 64 KiB message
+//!   buffer).
 //! - A connection that fails its handshake never disturbs the current
 //!   session; it logs one line with its address and the reason.
 //! - A newly authenticated peer replaces the current session: the old one is
@@ -13,7 +16,7 @@
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Instant;
 
@@ -40,6 +43,21 @@ enum Event {
 #[derive(Default)]
 struct Pending {
     list: Mutex<VecDeque<(u64, SocketAddr, TcpStream)>>,
+    /// Handshake threads alive, the evicted ones that have not yet
+    /// noticed included: the accept loop waits while there are too many.
+    live: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// Counts a handshake thread while it lives.
+struct Live<'a>(&'a Pending);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        let mut live = self.0.live.lock().unwrap_or_else(|p| p.into_inner());
+        *live -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 impl Pending {
@@ -63,6 +81,25 @@ impl Pending {
 
     fn remove(&self, id: u64) {
         self.lock().retain(|(i, _, _)| *i != id);
+    }
+
+    /// Waits until fewer than MAX_PENDING handshake threads live (evicted
+    /// ones exit as soon as they see their socket shut), then counts one
+    /// more. `None` when the server is stopping.
+    fn room(&self, shutdown: &crate::sys::Stop) -> Option<Live<'_>> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        while *live >= MAX_PENDING {
+            if shutdown.is_set() {
+                return None;
+            }
+            live = self
+                .freed
+                .wait_timeout(live, std::time::Duration::from_millis(100))
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        *live += 1;
+        Some(Live(self))
     }
 }
 
@@ -125,8 +162,12 @@ fn accept_loop<'scope>(
             continue;
         };
         pending.add(id, addr, abort);
+        let Some(live) = pending.room(&tunnel.shutdown) else {
+            return Ok(());
+        };
         let events = events.clone();
         scope.spawn(move || {
+            let _live = live;
             let peer = addr.to_string();
             let outcome = Stream::tcp(conn, peer.clone())
                 .and_then(|stream| tunnel.respond(stream, accepted, replays));

@@ -1,0 +1,768 @@
+#!/usr/bin/env bash
+# bench.sh: taptun side by side with raw veth and OpenVPN, on this machine only.
+#
+# Usage, from the repository root:
+#     cargo build --release && sudo contrib/bench.sh [options]
+#
+# Options:
+#     --quick          2 s per iperf3 run and 100 pings per RTT figure (default 5 s, 200)
+#     --time S         seconds per iperf3 run
+#     --pings N        pings per RTT figure (sent every 10 ms)
+#     --rounds N       measure everything N times, in turn, and report each
+#                      figure's median (default 1; 3 on a shared, busy machine)
+#     --only LIST      comma-separated subset of: veth, taptun (all four below),
+#                      tap, tun, tap-chachapoly, tap-aesgcm, tun-chachapoly,
+#                      tun-aesgcm, openvpn (default: all; openvpn when installed)
+#     --json FILE      also write every figure (and the raw runs) as JSON
+#     --markdown FILE  also write the table as Markdown
+#     --no-build       use target/release/taptun as it is
+#     --perf DIR       after measuring each tunnel, profile one more "up 1" run
+#                      system-wide with `perf record -a -g` into DIR/NAME.perf.data
+#                      (package linux-perf; first round only); the figures are
+#                      not affected
+#     -h, --help       this text
+#
+# It needs root (network namespaces, TAP/TUN devices) and the Debian packages
+# iproute2 (ip), iputils-ping (ping), iperf3 and python3 (parses iperf3's
+# JSON and prints the table); openvpn and openssl are optional (the OpenVPN
+# peer). It installs nothing itself. With cargo on PATH it first runs
+# `cargo build --release` (as $SUDO_USER under sudo, through a login shell so
+# that rustup's PATH is found); otherwise build first, as yourself: sudo
+# usually resets PATH, so the cargo that rustup installed is not found.
+#
+# What it does: makes two network namespaces, A (server) and B (client),
+# joined by a veth pair (10.79.0.1/24 and 10.79.0.2/24), then measures each
+# of these in turn, one at a time:
+#
+#   veth            iperf3 straight over the veth pair: the ceiling.
+#   tap|tun-CIPHER  taptun -s in A, taptun -c -m 10.79.0.1 in B, MTU 1500,
+#                   keys from `taptun genkey` in files (-l @FILE -k PUBKEY),
+#                   tunnel addresses 10.79.1.1 (A) and 10.79.1.2 (B).
+#   openvpn         OpenVPN 2.6 in TAP mode over TCP (--proto tcp-server /
+#                   tcp-client), TLS peer-to-peer mode with a throwaway PKI
+#                   (ECDSA P-256, made here with openssl), data channel
+#                   AES-256-GCM (--data-ciphers), MTU 1500, TCP_NODELAY as
+#                   taptun sets it, DCO off (it has no TAP mode). Static-key
+#                   mode is not used: it cannot use AES-256-GCM and 2.6
+#                   deprecates it.
+#
+# For each: iperf3 throughput client to server ("up") and back ("down"), one
+# stream and four; ping RTT idle (p50, p99) and while one iperf3 stream
+# saturates the same direction (p50, p99, loss); CPU-seconds per GB (10^9
+# bytes of iperf3 payload) of both tunnel processes together (utime + stime
+# from /proc/PID/stat, over the four throughput runs); RSS of the larger end
+# when idle (VmRSS after the handshake) and its peak (VmHWM at the end).
+# Every figure is also printed as a ratio to OpenVPN's and to raw veth's from
+# the same run (value / reference: above 1 means more, whether that is
+# better, for throughput, or worse, for RTT, CPU and memory).
+#
+# Exit status: 0 when every selected measurement ran, 1 when one failed
+# (the logs are shown), 2 when something needed is missing.
+# All traffic stays inside the two namespaces made here; everything made is
+# removed on exit, also on failure or ^C.
+
+set -euo pipefail
+
+script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+repo_dir=$(cd -- "$script_dir/.." && pwd)
+taptun="$repo_dir/target/release/taptun"
+
+readonly underlay_a=10.79.0.1 underlay_b=10.79.0.2
+readonly tunnel_a=10.79.1.1 tunnel_b=10.79.1.2
+readonly device=tbench0 taptun_port=1980 openvpn_port=1194
+# How long to wait for a device, a listening socket or the first ping.
+readonly deadline_s=30
+
+say() { printf 'bench: %s\n' "$*"; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+missing() { printf 'bench: %s\n' "$*" >&2; exit 2; }
+usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+# --- options ----------------------------------------------------------------
+
+duration=5
+pings=200
+only=""
+json_out=""
+markdown_out=""
+perf_dir=""
+rounds=1
+build=1
+while (($#)); do
+    case $1 in
+        --quick) duration=2 pings=100 ;;
+        --time) duration=${2:?--time needs seconds}; shift ;;
+        --pings) pings=${2:?--pings needs a count}; shift ;;
+        --rounds) rounds=${2:?--rounds needs a count}; shift ;;
+        --only) only=${2:?--only needs a list}; shift ;;
+        --json) json_out=${2:?--json needs a file}; shift ;;
+        --markdown) markdown_out=${2:?--markdown needs a file}; shift ;;
+        --no-build) build=0 ;;
+        --perf) perf_dir=${2:?--perf needs a folder}; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) printf 'bench: unknown option %s (see --help)\n' "$1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ $duration =~ ^[1-9][0-9]*$ ]] || missing "--time wants whole seconds, not '$duration'"
+[[ $pings =~ ^[1-9][0-9]*$ ]] || missing "--pings wants a count, not '$pings'"
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || missing "--rounds wants a count, not '$rounds'"
+# Output files are given relative to where the script was started.
+[[ -z $json_out || $json_out == /* ]] || json_out="$PWD/$json_out"
+[[ -z $markdown_out || $markdown_out == /* ]] || markdown_out="$PWD/$markdown_out"
+[[ -z $perf_dir || $perf_dir == /* ]] || perf_dir="$PWD/$perf_dir"
+
+all_taptun="tap-chachapoly tap-aesgcm tun-chachapoly tun-aesgcm"
+openvpn_asked=0
+configs=()
+add_config() {
+    local c
+    for c in "${configs[@]}"; do [[ $c == "$1" ]] && return; done
+    configs+=("$1")
+}
+if [[ -z $only ]]; then
+    for c in veth $all_taptun openvpn; do add_config "$c"; done
+else
+    IFS=, read -ra wanted <<<"$only"
+    for w in "${wanted[@]}"; do
+        case $w in
+            veth | tap-chachapoly | tap-aesgcm | tun-chachapoly | tun-aesgcm) add_config "$w" ;;
+            taptun) for c in $all_taptun; do add_config "$c"; done ;;
+            tap | tun) add_config "$w-chachapoly"; add_config "$w-aesgcm" ;;
+            openvpn) add_config openvpn; openvpn_asked=1 ;;
+            *) missing "--only: unknown item '$w' (see --help)" ;;
+        esac
+    done
+fi
+wants() { [[ " ${configs[*]} " == *" $1 "* ]]; }
+
+# --- what we need, before touching anything ----------------------------------
+
+if [[ $EUID -ne 0 ]]; then
+    missing "must run as root (network namespaces, TAP/TUN devices): sudo $0"
+fi
+need() { # need COMMAND PACKAGE
+    command -v "$1" >/dev/null || missing "'$1' not found: install the package $2 (apt-get install $2)"
+}
+need ip iproute2
+need ss iproute2
+need ping iputils-ping
+need iperf3 iperf3
+need python3 python3
+if [[ -n $perf_dir ]]; then
+    need perf linux-perf
+    mkdir -p -- "$perf_dir"
+fi
+if wants openvpn; then
+    if ! command -v openvpn >/dev/null || ! command -v openssl >/dev/null; then
+        if ((openvpn_asked)); then
+            need openvpn openvpn
+            need openssl openssl
+        fi
+        say "openvpn or openssl not installed (apt-get install openvpn openssl): OpenVPN skipped, no ratios to it"
+        configs=("${configs[@]/openvpn/}")
+    fi
+fi
+
+wants_taptun=0
+for c in "${configs[@]}"; do [[ $c == tap-* || $c == tun-* ]] && wants_taptun=1; done
+
+# Building: with cargo on PATH as we are; under sudo as the user who ran
+# sudo, through a login shell (rustup's PATH), so that target/ keeps its owner.
+if ((wants_taptun && build)); then
+    if [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]] && command -v runuser >/dev/null &&
+        runuser -u "$SUDO_USER" -- bash -lc 'command -v cargo' >/dev/null 2>&1; then
+        say "cargo build --release (as $SUDO_USER)"
+        # shellcheck disable=SC2016 # $1 is expanded by the inner shell
+        runuser -u "$SUDO_USER" -- bash -lc 'cd "$1" && cargo build --release' bash "$repo_dir" ||
+            die "cargo build --release failed"
+    elif command -v cargo >/dev/null; then
+        say "cargo build --release"
+        (cd "$repo_dir" && cargo build --release) || die "cargo build --release failed"
+    elif [[ -x $taptun ]]; then
+        say "no cargo on PATH: using $taptun as it is (build it first to measure your latest code)"
+    fi
+fi
+if ((wants_taptun)) && [[ ! -x $taptun ]]; then
+    missing "$taptun not found: run 'cargo build --release' in $repo_dir first," \
+        "as your own user (not with sudo)"
+fi
+
+# --- cleanup: runs on every exit, success or failure --------------------------
+
+# Keep the script's own stdout and stderr on fds 3 and 4: a signal can run the
+# traps while a command's output is redirected, and cleanup must still speak.
+exec 3>&1 4>&2
+
+ns_a="taptun-bench-a-$$"
+ns_b="taptun-bench-b-$$"
+tmp=""
+made_a=""
+made_b=""
+pids=() # every background process we started and have not reaped
+
+stop() { # stop PID: SIGTERM, wait up to 5 s, then SIGKILL
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+forget() { # forget PID: drop a reaped process from pids
+    local pid kept=()
+    for pid in "${pids[@]}"; do [[ $pid == "$1" ]] || kept+=("$pid"); done
+    pids=("${kept[@]}")
+}
+
+stop_all() {
+    local pid
+    for pid in "${pids[@]}"; do stop "$pid"; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}
+
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+    local status=$?
+    set +e
+    exec 1>&3 2>&4
+    stop_all
+    # Anything still running in our namespaces (started by a command we ran).
+    local ns pid
+    for ns in ${made_a:+"$ns_a"} ${made_b:+"$ns_b"}; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do stop "$pid"; done
+    done
+    [[ -n $made_b ]] && ip netns delete "$ns_b"
+    [[ -n $made_a ]] && ip netns delete "$ns_a"
+    [[ -n $tmp ]] && rm -rf -- "$tmp"
+    say "cleaned up (processes, namespaces $ns_a and $ns_b, temporary files)"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+
+in_a() { ip netns exec "$ns_a" "$@"; }
+in_b() { ip netns exec "$ns_b" "$@"; }
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/taptun-bench.XXXXXX")
+results="$tmp/results"
+mkdir "$results"
+
+# --- helpers ------------------------------------------------------------------
+
+# The current config's processes: the tunnel's two ends and their logs.
+end_pids=()
+end_names=()
+end_logs=()
+
+show_logs() {
+    local i
+    for i in "${!end_logs[@]}"; do
+        [[ -f ${end_logs[$i]} ]] || continue
+        printf 'bench: %s log:\n' "${end_names[$i]}" >&2
+        sed 's/^/    /' "${end_logs[$i]}" | tail -n 40 >&2
+    done
+}
+
+fail() { show_logs; die "$@"; }
+
+# alive: fail, showing the logs, when an end of the tunnel has exited.
+alive() {
+    local i
+    for i in "${!end_pids[@]}"; do
+        kill -0 "${end_pids[$i]}" 2>/dev/null ||
+            fail "${end_names[$i]} exited early"
+    done
+}
+
+# wait_for WHAT COMMAND...: poll COMMAND until it succeeds, failing at the
+# deadline or as soon as an end of the tunnel exits.
+wait_for() {
+    local what=$1
+    shift
+    local end=$((SECONDS + deadline_s))
+    until "$@" >/dev/null 2>&1; do
+        alive
+        ((SECONDS < end)) || fail "timed out after ${deadline_s}s waiting for $what"
+        sleep 0.1
+    done
+}
+
+# start NAME LOG NS COMMAND...: run COMMAND in namespace NS as an end of the
+# tunnel. `ip netns exec` execs in place, so $! is the command itself.
+start() {
+    local name=$1 log=$2 ns=$3
+    shift 3
+    ip netns exec "$ns" "$@" </dev/null >"$log" 2>&1 3>&- 4>&- &
+    pids+=("$!")
+    end_pids+=("$!")
+    end_names+=("$name")
+    end_logs+=("$log")
+}
+
+stop_tunnel() {
+    stop_all
+    end_pids=()
+    end_names=()
+    end_logs=()
+    # The devices go with their processes; wait so the next one can take the name.
+    local end=$((SECONDS + 10))
+    while ip -n "$ns_a" link show dev "$device" >/dev/null 2>&1 ||
+        ip -n "$ns_b" link show dev "$device" >/dev/null 2>&1; do
+        ((SECONDS < end)) || die "$device still exists 10 s after its tunnel stopped"
+        sleep 0.1
+    done
+}
+
+listening() { [[ -n $(ip netns exec "$1" ss -Hltn "sport = :$2") ]]; }
+
+# cpu_ticks: utime + stime of the current tunnel's ends, summed (in clock ticks).
+cpu_ticks() {
+    local pid stat total=0
+    local -a f
+    for pid in "${end_pids[@]}"; do
+        stat=$(<"/proc/$pid/stat")
+        stat=${stat##*) }
+        read -ra f <<<"$stat"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# memory FIELD: FIELD (VmRSS, VmHWM) of each end in KiB, one per line.
+memory() {
+    local pid
+    for pid in "${end_pids[@]}"; do
+        awk -v field="$1:" '$1 == field { print $2 }' "/proc/$pid/status"
+    done
+}
+
+# iperf OUT ARGS...: one iperf3 client run from B, its JSON in OUT.
+iperf() {
+    local out=$1
+    shift
+    local status=0
+    timeout $((duration + 30)) ip netns exec "$ns_b" iperf3 --connect-timeout 5000 -J "$@" \
+        </dev/null >"$out" 2>&1 3>&- 4>&- || status=$?
+    iperf_check "$out" "$status"
+}
+
+# iperf_check OUT STATUS: fail, showing iperf3's output, unless STATUS is 0.
+iperf_check() {
+    if (($2 != 0)); then
+        printf 'bench: iperf3 failed (status %s):\n' "$2" >&2
+        head -c 2000 "$1" | sed 's/^/    /' >&2
+        fail "iperf3 failed"
+    fi
+}
+
+# measure NAME KIND TARGET: every figure for the link to TARGET (an address
+# in A) from B; the current tunnel's ends (if any) are in end_pids.
+measure() {
+    local name=$1 kind=$2 target=$3 dir="$results/$1/$round"
+    mkdir -p "$dir"
+    printf '%s\n' "$kind" >"$dir/kind"
+    cut -d' ' -f1-3 /proc/loadavg >"$dir/load"
+    local iperf_pid
+    ip netns exec "$ns_a" iperf3 -s -p 5201 </dev/null >"$dir/iperf3-server.log" 2>&1 3>&- 4>&- &
+    iperf_pid=$!
+    pids+=("$iperf_pid")
+    wait_for "iperf3 to listen in $ns_a" listening "$ns_a" 5201
+    sleep 1 # let the tunnel settle after the first pings
+
+    if ((${#end_pids[@]})); then
+        memory VmRSS >"$dir/rss-idle"
+    fi
+    say "  $name: load average $(<"$dir/load"); idle ping ($pings pings, 10 ms apart)"
+    in_b ping -n -c "$pings" -i 0.01 -W 2 "$target" >"$dir/ping-idle.txt" 2>&1 || true
+
+    local run streams reverse before after
+    for run in up1 down1 up4 down4; do
+        streams=${run: -1}
+        reverse=()
+        [[ $run == down* ]] && reverse=(-R)
+        say "  $name: iperf3 $run (-P $streams ${reverse[*]:+-R }-t $duration)"
+        ((${#end_pids[@]})) && alive
+        before=$( ((${#end_pids[@]})) && cpu_ticks || echo 0)
+        iperf "$dir/iperf-$run.json" -c "$target" -P "$streams" -t "$duration" "${reverse[@]}"
+        after=$( ((${#end_pids[@]})) && cpu_ticks || echo 0)
+        printf '%s %s\n' "$before" "$after" >"$dir/cpu-$run"
+    done
+
+    # Latency under load: one stream saturating the client-to-server direction,
+    # pings in the same direction, started once the stream is up to speed.
+    local ping_s=$(((pings + 99) / 100))
+    say "  $name: ping under load (one iperf3 stream, $pings pings)"
+    timeout $((ping_s + 30)) ip netns exec "$ns_b" iperf3 --connect-timeout 5000 -J \
+        -c "$target" -P 1 -t $((ping_s + 3)) </dev/null >"$dir/iperf-load.json" 2>&1 3>&- 4>&- &
+    local load_pid=$! status=0
+    pids+=("$load_pid")
+    sleep 1.5
+    in_b ping -n -c "$pings" -i 0.01 -W 2 "$target" >"$dir/ping-load.txt" 2>&1 || true
+    wait "$load_pid" || status=$?
+    forget "$load_pid"
+    iperf_check "$dir/iperf-load.json" "$status"
+
+    if ((${#end_pids[@]})); then
+        alive
+        memory VmHWM >"$dir/rss-peak"
+    fi
+    if [[ -n $perf_dir ]] && ((round == 1)); then
+        say "  $name: one more up 1 run under perf record -a -g"
+        perf record -a -g -o "$perf_dir/$name.perf.data" </dev/null >"$dir/perf.log" 2>&1 3>&- 4>&- &
+        local perf_pid=$!
+        pids+=("$perf_pid")
+        sleep 0.5
+        iperf "$dir/iperf-perf.json" -c "$target" -P 1 -t "$duration"
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" || true
+        forget "$perf_pid"
+    fi
+    stop "$iperf_pid"
+    wait "$iperf_pid" 2>/dev/null || true
+    forget "$iperf_pid"
+}
+
+# first_ping: wait until a ping crosses the current tunnel.
+first_ping() {
+    wait_for "the first ping across the tunnel" in_b ping -c 1 -W 1 "$tunnel_a"
+}
+
+# --- the network the tunnels run over -------------------------------------------
+
+machine_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+say "load average now: $machine_load_before on $(nproc) CPUs"
+if awk -v l="${machine_load_before%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+    say "warning: the machine is busy; the figures will be low and noisy"
+fi
+
+say "making namespaces $ns_a and $ns_b joined by a veth pair"
+ip netns add "$ns_a"
+made_a=1
+ip netns add "$ns_b"
+made_b=1
+ip link add veth0 netns "$ns_a" type veth peer name veth0 netns "$ns_b"
+in_a ip addr add "$underlay_a/24" dev veth0
+in_b ip addr add "$underlay_b/24" dev veth0
+for ns in "$ns_a" "$ns_b"; do
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link set veth0 up
+done
+wait_for "the veth pair" in_b ping -c 1 -W 1 "$underlay_a"
+
+# --- the contenders -----------------------------------------------------------------
+
+run_veth() {
+    say "raw veth: iperf3 straight between $underlay_b and $underlay_a"
+    measure veth veth "$underlay_a"
+}
+
+taptun_keys() {
+    [[ -f $tmp/a.key ]] && return
+    (
+        umask 077
+        "$taptun" genkey >"$tmp/a.key"
+        "$taptun" genkey >"$tmp/b.key"
+    )
+    pub_a=$("$taptun" pubkey <"$tmp/a.key")
+    pub_b=$("$taptun" pubkey <"$tmp/b.key")
+}
+
+run_taptun() { # run_taptun tap|tun CIPHER
+    local layer=$1 cipher=$2 name="$1-$2"
+    taptun_keys
+    say "taptun $layer $cipher: -s in $ns_a, -c -m $underlay_a in $ns_b"
+    local common=(-d "$device" -t "$layer" -e "$cipher" -M 1500)
+    start "taptun -s" "$tmp/$name-server.log" "$ns_a" \
+        "$taptun" -s -p "$taptun_port" "${common[@]}" -l "@$tmp/a.key" -k "$pub_b"
+    wait_for "taptun -s to listen" listening "$ns_a" "$taptun_port"
+    start "taptun -c" "$tmp/$name-client.log" "$ns_b" \
+        "$taptun" -c -m "$underlay_a" -p "$taptun_port" "${common[@]}" -l "@$tmp/b.key" -k "$pub_a"
+    wait_for "the client's $device" ip -n "$ns_b" link show dev "$device"
+    if [[ $layer == tap ]]; then
+        in_a ip addr add "$tunnel_a/24" dev "$device"
+        in_b ip addr add "$tunnel_b/24" dev "$device"
+    else
+        in_a ip addr add "$tunnel_a" peer "$tunnel_b" dev "$device"
+        in_b ip addr add "$tunnel_b" peer "$tunnel_a" dev "$device"
+    fi
+    first_ping
+    measure "$name" taptun "$tunnel_a"
+    stop_tunnel
+}
+
+openvpn_pki() {
+    local dir="$tmp/pki" end
+    [[ -d $dir ]] && return # made in an earlier round
+    mkdir -m 700 "$dir"
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout "$dir/ca.key" -out "$dir/ca.crt" -days 2 \
+        -subj /CN=taptun-bench-ca -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    for end in server client; do
+        openssl req "${ec[@]}" -keyout "$dir/$end.key" -out "$dir/$end.csr" \
+            -subj "/CN=taptun-bench-$end" 2>/dev/null
+        printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=%s\n' \
+            "$([[ $end == server ]] && echo serverAuth || echo clientAuth)" >"$dir/$end.ext"
+        openssl x509 -req -in "$dir/$end.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+            -set_serial "$RANDOM$RANDOM" -days 2 -extfile "$dir/$end.ext" -out "$dir/$end.crt" 2>/dev/null
+    done
+}
+
+run_openvpn() {
+    say "OpenVPN $(openvpn --version | awk 'NR == 1 { print $2 }'): TAP over TCP, AES-256-GCM, TLS p2p"
+    openvpn_pki
+    local pki="$tmp/pki"
+    local common=(--dev "$device" --dev-type tap --tun-mtu 1500 --disable-dco
+        --data-ciphers AES-256-GCM --data-ciphers-fallback AES-256-GCM
+        --socket-flags TCP_NODELAY --ca "$pki/ca.crt" --verb 3)
+    start "openvpn (server)" "$tmp/openvpn-server.log" "$ns_a" \
+        openvpn "${common[@]}" --proto tcp-server --local "$underlay_a" --lport "$openvpn_port" \
+        --tls-server --dh none --cert "$pki/server.crt" --key "$pki/server.key" \
+        --ifconfig "$tunnel_a" 255.255.255.0
+    wait_for "openvpn to listen" listening "$ns_a" "$openvpn_port"
+    start "openvpn (client)" "$tmp/openvpn-client.log" "$ns_b" \
+        openvpn "${common[@]}" --proto tcp-client --remote "$underlay_a" "$openvpn_port" --nobind \
+        --tls-client --remote-cert-tls server --cert "$pki/client.crt" --key "$pki/client.key" \
+        --ifconfig "$tunnel_b" 255.255.255.0
+    wait_for "OpenVPN's initialisation" grep -q "Initialization Sequence Completed" "$tmp/openvpn-client.log"
+    first_ping
+    grep -h "Data Channel: cipher" "$tmp/openvpn-client.log" | sed 's/^/bench:   openvpn: /' | head -n 1 || true
+    measure openvpn openvpn "$tunnel_a"
+    stop_tunnel
+}
+
+for ((round = 1; round <= rounds; round++)); do
+    ((rounds == 1)) || say "round $round of $rounds (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+    for c in "${configs[@]}"; do
+        case $c in
+            "") ;;
+            veth) run_veth ;;
+            openvpn) run_openvpn ;;
+            *) run_taptun "${c%%-*}" "${c#*-}" ;;
+        esac
+    done
+done
+machine_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- the table ---------------------------------------------------------------------
+
+order=()
+for c in "${configs[@]}"; do [[ -n $c ]] && order+=("$c"); done
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+taptun_version=""
+[[ -x $taptun ]] && taptun_version=$("$taptun" --version 2>/dev/null || true)
+openvpn_version=""
+command -v openvpn >/dev/null && openvpn_version=$(openvpn --version 2>/dev/null | head -n 1 || true)
+
+BENCH_ORDER="${order[*]}" BENCH_CPU=$cpu_model BENCH_LOAD_BEFORE=$machine_load_before \
+    BENCH_LOAD_AFTER=$machine_load_after BENCH_SECONDS=$duration BENCH_PINGS=$pings BENCH_ROUNDS=$rounds \
+    BENCH_TAPTUN=$taptun_version BENCH_OPENVPN=$openvpn_version \
+    python3 - "$results" "$json_out" "$markdown_out" <<'PYTHON' 3>&- 4>&-
+import json, os, re, statistics, sys
+
+results, json_out, markdown_out = sys.argv[1:4]
+env = os.environ
+order = env["BENCH_ORDER"].split()
+clk_tck = os.sysconf("SC_CLK_TCK")
+meta = {
+    "machine": {
+        "nproc": os.cpu_count(),
+        "cpu": env["BENCH_CPU"],
+        "kernel": os.uname().release,
+        "load_before": env["BENCH_LOAD_BEFORE"],
+        "load_after": env["BENCH_LOAD_AFTER"],
+    },
+    "settings": {"iperf3_seconds": int(env["BENCH_SECONDS"]), "pings": int(env["BENCH_PINGS"]),
+                 "rounds": int(env["BENCH_ROUNDS"]), "ping_interval_ms": 10, "mtu": 1500},
+    "versions": {"taptun": env["BENCH_TAPTUN"], "openvpn": env["BENCH_OPENVPN"]},
+}
+labels = {
+    "veth": "raw veth",
+    "openvpn": "OpenVPN TAP/TCP aesgcm",
+    "tap-chachapoly": "taptun tap chachapoly",
+    "tap-aesgcm": "taptun tap aesgcm",
+    "tun-chachapoly": "taptun tun chachapoly",
+    "tun-aesgcm": "taptun tun aesgcm",
+}
+# (key, column heading, unit, digits)
+columns = [
+    ("up1", "up 1", "Gbit/s", 2),
+    ("down1", "down 1", "Gbit/s", 2),
+    ("up4", "up 4", "Gbit/s", 2),
+    ("down4", "down 4", "Gbit/s", 2),
+    ("idle_p50", "idle p50", "ms", 3),
+    ("idle_p99", "idle p99", "ms", 3),
+    ("load_p50", "load p50", "ms", 3),
+    ("load_p99", "load p99", "ms", 3),
+    ("load_loss", "load loss", "%", 1),
+    ("cpu_s_per_gb", "CPU", "s/GB", 2),
+    ("rss_idle", "RSS idle", "MiB", 1),
+    ("rss_peak", "RSS peak", "MiB", 1),
+]
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def percentile(values, p):
+    """Nearest-rank percentile."""
+    if not values:
+        return None
+    values = sorted(values)
+    rank = max(1, -(-len(values) * p // 100))
+    return values[int(rank) - 1]
+
+
+def ping_stats(path):
+    text = read(path)
+    rtts = [float(m) for m in re.findall(r"time=([0-9.]+) ms", text)]
+    sent = re.search(r"(\d+) packets transmitted", text)
+    sent = int(sent.group(1)) if sent else 0
+    loss = 100.0 * (sent - len(rtts)) / sent if sent else None
+    return {"sent": sent, "received": len(rtts), "loss_pct": loss,
+            "p50_ms": percentile(rtts, 50), "p99_ms": percentile(rtts, 99),
+            "mean_ms": statistics.fmean(rtts) if rtts else None}
+
+
+def iperf_stats(path):
+    data = json.loads(read(path))
+    if "error" in data:
+        raise SystemExit(f"bench: {path}: iperf3 error: {data['error']}")
+    end = data["end"]
+    received = end["sum_received"]
+    sent = end.get("sum_sent", {})
+    return {"bits_per_second": received["bits_per_second"], "bytes": received["bytes"],
+            "seconds": received["seconds"], "retransmits": sent.get("retransmits")}
+
+
+def measure_round(d):
+    runs = {}
+    m = {}
+    cpu_ticks = 0
+    moved = 0
+    for run in ("up1", "down1", "up4", "down4"):
+        r = iperf_stats(os.path.join(d, f"iperf-{run}.json"))
+        before, after = map(int, read(os.path.join(d, f"cpu-{run}")).split())
+        r["cpu_seconds"] = (after - before) / clk_tck
+        runs[run] = r
+        m[run] = r["bits_per_second"] / 1e9
+        cpu_ticks += after - before
+        moved += r["bytes"]
+    runs["load"] = iperf_stats(os.path.join(d, "iperf-load.json"))
+    idle = ping_stats(os.path.join(d, "ping-idle.txt"))
+    load = ping_stats(os.path.join(d, "ping-load.txt"))
+    runs["ping_idle"], runs["ping_load"] = idle, load
+    m["idle_p50"], m["idle_p99"] = idle["p50_ms"], idle["p99_ms"]
+    m["load_p50"], m["load_p99"], m["load_loss"] = load["p50_ms"], load["p99_ms"], load["loss_pct"]
+    has_process = os.path.exists(os.path.join(d, "rss-idle"))
+    if has_process:
+        m["cpu_s_per_gb"] = (cpu_ticks / clk_tck) / (moved / 1e9)
+        idle_kib = [int(x) for x in read(os.path.join(d, "rss-idle")).split()]
+        peak_kib = [int(x) for x in read(os.path.join(d, "rss-peak")).split()]
+        m["rss_idle"] = max(idle_kib) / 1024
+        m["rss_peak"] = max(peak_kib) / 1024
+        runs["rss_kib"] = {"idle_per_end": idle_kib, "peak_per_end": peak_kib}
+    else:
+        m["cpu_s_per_gb"] = m["rss_idle"] = m["rss_peak"] = None
+    runs["load_average"] = read(os.path.join(d, "load")).strip()
+    return m, runs
+
+
+rows = []
+for name in order:
+    base = os.path.join(results, name)
+    rounds = [measure_round(os.path.join(base, r))
+              for r in sorted(os.listdir(base), key=int)]
+    m = {}
+    for key, *_ in columns:
+        values = [rm[key] for rm, _ in rounds if rm.get(key) is not None]
+        m[key] = statistics.median(values) if values else None
+    rows.append({"name": name, "label": labels.get(name, name), "metrics": m,
+                 "rounds": [{"metrics": rm, "runs": runs} for rm, runs in rounds]})
+
+
+def ratios(m, ref):
+    out = {}
+    for key, *_ in columns:
+        a, b = m.get(key), (ref or {}).get(key)
+        out[key] = a / b if a is not None and b else None
+    return out
+
+
+by_name = {r["name"]: r for r in rows}
+ref_ovpn = by_name.get("openvpn", {}).get("metrics")
+ref_veth = by_name.get("veth", {}).get("metrics")
+for r in rows:
+    r["ratio_to_openvpn"] = ratios(r["metrics"], ref_ovpn) if r["name"] != "openvpn" and ref_ovpn else None
+    r["ratio_to_veth"] = ratios(r["metrics"], ref_veth) if r["name"] != "veth" and ref_veth else None
+
+
+def fmt(v, digits):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_ratio(v):
+    if v is None:
+        return "-"
+    if v == 0 or v >= 100:
+        return f"{v:.0f}x"
+    return f"{v:.1f}x" if v >= 10 else f"{v:.2f}x" if v >= 0.1 else f"{v:.2g}x"
+
+
+lines = []  # (first cell, [cells])
+for r in rows:
+    lines.append((r["label"], [fmt(r["metrics"][k], dg) for k, _, _, dg in columns]))
+    for key, ref in (("ratio_to_openvpn", "  vs OpenVPN"), ("ratio_to_veth", "  vs raw veth")):
+        if r[key]:
+            lines.append((ref, [fmt_ratio(r[key][k]) for k, *_ in columns]))
+heading = ["", *[f"{h}" for _, h, _, _ in columns]]
+units = ["", *[u for _, _, u, _ in columns]]
+table = [heading, units, *[[first, *cells] for first, cells in lines]]
+widths = [max(len(row[i]) for row in table) for i in range(len(heading))]
+text = []
+for i, row in enumerate(table):
+    cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+    text.append("  ".join(cells).rstrip())
+    if i == 1:
+        text.append("-" * len(text[0]))
+mach = meta["machine"]
+legend = [
+    f"machine: {mach['nproc']} CPUs, {mach['cpu']}, Linux {mach['kernel']}; "
+    f"load average {mach['load_before']} before, {mach['load_after']} after",
+    f"iperf3 {meta['settings']['iperf3_seconds']} s per run; up = client to server, down = -R; 1 or 4 streams; "
+    f"ping: {meta['settings']['pings']} pings 10 ms apart, idle and under one up stream",
+    "CPU s/GB: both ends' utime+stime over the four throughput runs, per 10^9 payload bytes; "
+    "RSS: the larger end, idle (VmRSS) and peak (VmHWM)",
+    "vs: the figure above divided by the reference's, from this run"
+    + (f"; each figure the median of {meta['settings']['rounds']} rounds" if meta["settings"]["rounds"] > 1 else ""),
+]
+print()
+print("\n".join(text))
+print()
+print("\n".join(legend))
+
+if markdown_out:
+    md = ["| | " + " | ".join(f"{h} ({u})" for _, h, u, _ in columns) + " |",
+          "|---|" + "---:|" * len(columns)]
+    for first, cells in lines:
+        first = first.strip()
+        first = f"*{first}*" if first.startswith("vs ") else f"**{first}**"
+        md.append(f"| {first} | " + " | ".join(cells) + " |")
+    with open(markdown_out, "w") as f:
+        f.write("\n".join(md) + "\n\n" + "\n".join(f"- {l}" for l in legend) + "\n")
+    print(f"bench: Markdown table written to {markdown_out}")
+
+if json_out:
+    meta["units"] = {k: u for k, _, u, _ in columns}
+    meta["results"] = rows
+    with open(json_out, "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    print(f"bench: JSON written to {json_out}")
+PYTHON

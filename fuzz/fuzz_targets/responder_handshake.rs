@@ -1,0 +1,8 @@
+//! The handshake fed hostile messages: a mode byte picks which message the rest replaces.
+//! The checks live in `taptun::fuzz::responder_handshake`, which `tests/fuzz_corpus.rs`
+//! also runs over this target's corpus.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| taptun::fuzz::responder_handshake(data));
