@@ -144,7 +144,11 @@ pub fn run<'scope>(
         }
         let delay = backoff.next_delay();
         log::info!("reconnecting in {:.1} s", delay.as_secs_f64());
-        match sys::wait_readable(tunnel.shutdown.raw_fd(), &[], Some(Instant::now() + delay)) {
+        match sys::wait_readable(
+            tunnel.shutdown.raw_fd(),
+            sys::NO_STOPS,
+            Some(Instant::now() + delay),
+        ) {
             Ok(Wait::TimedOut) => {}
             Ok(_) => return Ok(()),
             Err(e) => return Err(Error::io("waiting to reconnect", e)),

@@ -523,7 +523,7 @@ impl<'scope> Drain<'scope> {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         log::warn!("device read failed while no session is up: {e}");
-                        let _ = sys::wait_readable(thread_stop.raw_fd(), &[], None);
+                        let _ = sys::wait_readable(thread_stop.raw_fd(), sys::NO_STOPS, None);
                         return;
                     }
                 }

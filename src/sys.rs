@@ -11,6 +11,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// For a wait that no stop interrupts.
+pub const NO_STOPS: &[&Stop] = &[];
+
+impl AsRef<Stop> for Stop {
+    fn as_ref(&self) -> &Stop {
+        self
+    }
+}
+
 /// Something threads can wait on to learn they must stop: an eventfd that
 /// [`Stop::trigger`] makes readable for good, or a signalfd that becomes
 /// readable when SIGINT or SIGTERM arrives.
@@ -70,7 +79,7 @@ impl Stop {
     pub fn is_set(&self) -> bool {
         self.triggered.load(Ordering::SeqCst)
             || matches!(
-                wait_readable(self.fd.as_raw_fd(), &[], Some(Instant::now())),
+                wait_readable(self.fd.as_raw_fd(), NO_STOPS, Some(Instant::now())),
                 Ok(Wait::Ready)
             )
     }
@@ -155,7 +164,11 @@ pub enum Wait {
 ///
 /// # Errors
 /// poll(2)'s errors other than EINTR.
-pub fn wait_readable(fd: RawFd, stops: &[&Stop], deadline: Option<Instant>) -> io::Result<Wait> {
+pub fn wait_readable<S: AsRef<Stop>>(
+    fd: RawFd,
+    stops: &[S],
+    deadline: Option<Instant>,
+) -> io::Result<Wait> {
     wait_any(&[(fd, Interest::Read)], stops, deadline).map(Wait::from)
 }
 
@@ -163,7 +176,11 @@ pub fn wait_readable(fd: RawFd, stops: &[&Stop], deadline: Option<Instant>) -> i
 ///
 /// # Errors
 /// poll(2)'s errors other than EINTR.
-pub fn wait_writable(fd: RawFd, stops: &[&Stop], deadline: Option<Instant>) -> io::Result<Wait> {
+pub fn wait_writable<S: AsRef<Stop>>(
+    fd: RawFd,
+    stops: &[S],
+    deadline: Option<Instant>,
+) -> io::Result<Wait> {
     wait_any(&[(fd, Interest::Write)], stops, deadline).map(Wait::from)
 }
 
@@ -198,9 +215,9 @@ impl From<WaitAny> for Wait {
 ///
 /// # Errors
 /// poll(2)'s errors other than EINTR.
-pub fn wait_any(
+pub fn wait_any<S: AsRef<Stop>>(
     watch: &[(RawFd, Interest)],
-    stops: &[&Stop],
+    stops: &[S],
     deadline: Option<Instant>,
 ) -> io::Result<WaitAny> {
     const MAX_WATCH: usize = 2;
@@ -226,13 +243,16 @@ pub fn wait_any(
     let count = watched + stops.len().min(MAX_STOPS);
     for (slot, stop) in fds[watched..count].iter_mut().zip(stops) {
         *slot = libc::pollfd {
-            fd: stop.raw_fd(),
+            fd: stop.as_ref().raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
     }
     loop {
-        if stops.iter().any(|s| s.triggered.load(Ordering::SeqCst)) {
+        if stops
+            .iter()
+            .any(|s| s.as_ref().triggered.load(Ordering::SeqCst))
+        {
             return Ok(WaitAny::Stopped);
         }
         let timeout = match deadline {

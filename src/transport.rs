@@ -59,11 +59,10 @@ impl StreamReader {
 
 impl Read for StreamReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let stops: Vec<&Stop> = self.stops.iter().map(|s| &**s).collect();
         let idle_deadline = self.idle.map(|idle| Instant::now() + idle);
         let deadline = earliest(self.deadline, idle_deadline);
         loop {
-            match sys::wait_readable(self.file.as_raw_fd(), &stops, deadline)? {
+            match sys::wait_readable(self.file.as_raw_fd(), &self.stops, deadline)? {
                 Wait::Ready => match (&self.file).read(buf) {
                     // The descriptor may be shared with the non-blocking writer.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -163,8 +162,7 @@ impl Write for StreamWriter {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other,
             }
-            let stops: Vec<&Stop> = self.stops.iter().map(|s| &**s).collect();
-            match sys::wait_writable(self.file.as_raw_fd(), &stops, deadline)? {
+            match sys::wait_writable(self.file.as_raw_fd(), &self.stops, deadline)? {
                 Wait::Ready => {}
                 Wait::Stopped => {
                     return Err(io::Error::new(io::ErrorKind::ConnectionAborted, Stopped));
