@@ -86,6 +86,8 @@ pub struct Config {
     pub mtu: Option<u32>,
     /// -o: -c runs one session and exits with its status.
     pub once: bool,
+    /// Offer GSO super-frames (hello flag bit 0); -n turns it off.
+    pub gso: bool,
     /// Seconds without sending before a keepalive; 0 = none. Announced in hello byte 3.
     pub keepalive: u8,
     /// Hook run when a session is established.
@@ -131,6 +133,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "k", long: "peer-key", hint: "PUBKEY", help: "the other end's public key, instead of -r (see `taptun pubkey`)" },
     OptionSpec { short: "e", long: "cipher", hint: "CIPHER", help: "chachapoly (default) or aesgcm; both ends must agree" },
     OptionSpec { short: "M", long: "mtu", hint: "N", help: "set the device MTU (tap: 68-65491, tun: 68-65509)" },
+    OptionSpec { short: "n", long: "no-gso", hint: "", help: "carry plain frames only: no IFF_VNET_HDR, no GSO super-frames (default: on where the kernel has it)" },
     OptionSpec { short: "o", long: "once", hint: "", help: "with -c: one session, no reconnecting; exit with its status" },
     OptionSpec { short: "K", long: "keepalive", hint: "SECS", help: "send a keepalive after SECS idle; peer dead after 3 x its interval (default 10, 0 = off)" },
     OptionSpec { short: "u", long: "up", hint: "CMD", help: "run CMD (/bin/sh -c) when a session is established; if it fails the session ends" },
@@ -361,6 +364,7 @@ impl Config {
             cipher,
             mtu,
             once,
+            gso: !m.opt_present("n"),
             keepalive,
             up,
             down,
@@ -531,6 +535,7 @@ mod tests {
                 cipher: Cipher::ChaChaPoly,
                 mtu: None,
                 once: false,
+                gso: true,
                 keepalive: DEFAULT_KEEPALIVE,
                 up: None,
                 down: None,
@@ -567,6 +572,7 @@ mod tests {
             "-k",
             PUB,
             "-o",
+            "--no-gso",
             "-K",
             "0",
             "-u",
@@ -590,6 +596,7 @@ mod tests {
                 cipher: Cipher::AesGcm,
                 mtu: Some(9000),
                 once: true,
+                gso: false,
                 keepalive: 0,
                 up: Some("up.sh".into()),
                 down: Some("down.sh".into()),

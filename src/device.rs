@@ -17,6 +17,7 @@ use tun::AbstractDevice;
 
 use crate::error::Error;
 use crate::sys;
+use crate::vnet;
 
 /// Largest tap MTU: frame = MTU + 14 (Ethernet) + 4 (VLAN tag), which with
 /// the 10-byte GSO header and the 16-byte tag must fit 65535.
@@ -93,6 +94,18 @@ pub trait PacketDevice: Sync {
     /// # Errors
     /// The descriptor's write errors (the relay counts and drops).
     fn send(&self, packet: &[u8]) -> io::Result<usize>;
+    /// Whether every packet read or written starts with a virtio_net_hdr.
+    fn vnet_hdr(&self) -> bool {
+        false
+    }
+    /// Lets the kernel hand over super-frames with partial checksums (on)
+    /// or only complete frames (off); only for a `vnet_hdr` device.
+    ///
+    /// # Errors
+    /// The kernel's refusal.
+    fn set_offloads(&self, _on: bool) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// An open TAP or TUN device.
@@ -101,6 +114,8 @@ pub struct Device {
     name: String,
     layer: Layer,
     mtu: u32,
+    /// Opened with IFF_VNET_HDR: every packet has a virtio_net_hdr.
+    vnet: bool,
 }
 
 fn device_error(name: &str, what: &'static str, err: tun::Error) -> Error {
@@ -119,27 +134,38 @@ impl Device {
     /// Opens (or attaches to a persistent) device, sets its MTU when given,
     /// and sets its link up. Addresses and routes are left alone.
     ///
+    /// With `gso`, the device is opened with IFF_VNET_HDR, its GSO size is
+    /// capped at [`vnet::MAX_GSO_SIZE`] and the kernel is asked whether it
+    /// has the offloads; when any of that fails (an old kernel, or an
+    /// unprivileged owner of a persistent device, who may not change the GSO
+    /// size), the device is reopened without, and says why at info level.
+    ///
     /// # Errors
     /// `Error::Device`, naming the device and the likely cause.
-    pub fn open(name: Option<&str>, layer: Layer, mtu: Option<u32>) -> Result<Device, Error> {
+    pub fn open(
+        name: Option<&str>,
+        layer: Layer,
+        mtu: Option<u32>,
+        gso: bool,
+    ) -> Result<Device, Error> {
         let requested = name.unwrap_or(layer.default_name());
-        let mut config = tun::Configuration::default();
-        config
-            .tun_name(requested)
-            .layer(match layer {
-                Layer::Tap => tun::Layer::L2,
-                Layer::Tun => tun::Layer::L3,
-            })
-            // Only TUNSETIFF here: the MTU and link state are set below, each
-            // with its own error message.
-            .platform_config(|p| {
-                p.ensure_root_privileges(false);
-            });
-        let mut inner = tun::create(&config)
-            .map_err(|e| device_error(requested, "cannot open /dev/net/tun and attach", e))?;
-        let name = inner
+        let mut inner = attach(requested, layer, gso)?;
+        let mut name = inner
             .tun_name()
             .map_err(|e| device_error(requested, "cannot read the device name", e))?;
+        let mut vnet = gso;
+        if gso {
+            if let Err(why) = enable_gso(&inner, &name) {
+                log::info!("{name}: no GSO super-frames ({why}); plain frames only");
+                drop(inner);
+                // The kernel may give a freed tap%d name to the new device.
+                inner = attach(requested, layer, false)?;
+                name = inner
+                    .tun_name()
+                    .map_err(|e| device_error(requested, "cannot read the device name", e))?;
+                vnet = false;
+            }
+        }
         if let Some(mtu) = mtu {
             // MTU bounds were checked with the configuration.
             let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
@@ -172,6 +198,7 @@ impl Device {
             name,
             layer,
             mtu,
+            vnet,
         })
     }
 
@@ -186,6 +213,42 @@ impl Device {
     pub fn mtu(&self) -> u32 {
         self.mtu
     }
+
+    /// Whether this end can take and give GSO super-frames (hello flag).
+    pub fn gso(&self) -> bool {
+        self.vnet
+    }
+}
+
+/// TUNSETIFF on a new descriptor: the device, attached, without IFF_PI.
+fn attach(requested: &str, layer: Layer, vnet: bool) -> Result<tun::Device, Error> {
+    let mut config = tun::Configuration::default();
+    config
+        .tun_name(requested)
+        .layer(match layer {
+            Layer::Tap => tun::Layer::L2,
+            Layer::Tun => tun::Layer::L3,
+        })
+        // Only TUNSETIFF here: the MTU and link state are set by the caller,
+        // each with its own error message.
+        .platform_config(|p| {
+            p.ensure_root_privileges(false);
+            p.vnet_hdr(vnet);
+        });
+    tun::create(&config)
+        .map_err(|e| device_error(requested, "cannot open /dev/net/tun and attach", e))
+}
+
+/// Little-endian virtio headers, the GSO size capped, and the offloads
+/// known to work (tried on, then left off until a session wants them).
+fn enable_gso(device: &tun::Device, name: &str) -> Result<(), String> {
+    let fd = device.as_raw_fd();
+    sys::tun_set_vnet_le(fd).map_err(|e| format!("TUNSETVNETLE: {e}"))?;
+    sys::set_gso_max_size(name, vnet::MAX_GSO_SIZE)
+        .map_err(|e| format!("cannot set gso_max_size {}: {e}", vnet::MAX_GSO_SIZE))?;
+    sys::tun_set_offload(fd, sys::TUN_OFFLOADS)
+        .and_then(|()| sys::tun_set_offload(fd, 0))
+        .map_err(|e| format!("TUNSETOFFLOAD: {e}"))
 }
 
 /// Whether the interface's IFF_UP flag is set, from sysfs; false when that
@@ -208,6 +271,17 @@ impl PacketDevice for Device {
 
     fn send(&self, packet: &[u8]) -> io::Result<usize> {
         self.inner.send(packet)
+    }
+
+    fn vnet_hdr(&self) -> bool {
+        self.vnet
+    }
+
+    fn set_offloads(&self, on: bool) -> io::Result<()> {
+        sys::tun_set_offload(
+            self.inner.as_raw_fd(),
+            if on { sys::TUN_OFFLOADS } else { 0 },
+        )
     }
 }
 

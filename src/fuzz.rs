@@ -688,6 +688,7 @@ pub fn session_transport(data: &[u8]) {
                 send_nonce: 1,
                 recv_nonce: 0,
                 keepalive: None,
+                framing: relay::Framing::Plain,
             },
             &stop,
             &counters,

@@ -20,7 +20,8 @@
 //! different cipher both fail right there.
 //!
 //! Hello (messages 2 and 3): byte 0 version (1), byte 1 layer (0 tap, 1 tun),
-//! byte 2 flags (unknown bits ignored), byte 3 keepalive seconds (0 = none),
+//! byte 2 flags (bit 0: takes GSO super-frames; unknown bits ignored), byte 3
+//! keepalive seconds (0 = none),
 //! bytes 4-5 MTU big-endian. At least 2 bytes; absent bytes read as 0; extra
 //! bytes are ignored.
 //!
@@ -50,6 +51,8 @@ pub const PROLOGUE: &[u8] = b"taptun/1";
 pub const VERSION: u8 = 1;
 /// The hello we send.
 pub const HELLO_LEN: usize = 6;
+/// Hello flags bit 0: this end takes GSO super-frames with virtio headers.
+pub const FLAG_GSO: u8 = 1;
 /// The shortest hello we accept.
 pub const MIN_HELLO_LEN: usize = 2;
 /// AEAD tag length.

@@ -33,6 +33,7 @@ pub mod server;
 pub mod session;
 pub mod sys;
 pub mod transport;
+pub mod vnet;
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use std::time::Instant;
 use crate::config::{Config, Mode, Remote};
 use crate::device::Device;
 use crate::error::Error;
-use crate::handshake::{Hello, Identity, ReplayCache};
+use crate::handshake::{FLAG_GSO, Hello, Identity, ReplayCache};
 use crate::keys::{PrivateKey, SHORT_PASSPHRASE, SecretSpec, SecretText};
 use crate::session::Tunnel;
 use crate::sys::Stop;
@@ -87,7 +88,12 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let identity = load_identity(&config)?;
     let ids = resolve_ids(&config)?;
-    let device = Device::open(config.device.as_deref(), config.layer, config.mtu)?;
+    let device = Device::open(
+        config.device.as_deref(),
+        config.layer,
+        config.mtu,
+        config.gso,
+    )?;
     let listener = match &config.mode {
         Mode::Server { bind, port } => Some(match transport::inherited_listener(&env)? {
             Some(listener) => {
@@ -105,6 +111,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let mut hello = Hello::new(config.layer, device.mtu());
     hello.keepalive = config.keepalive;
+    if device.gso() {
+        hello.flags |= FLAG_GSO;
+    }
     let tunnel = Tunnel {
         device,
         identity,

@@ -34,6 +34,7 @@ use crate::frame::{self, FrameReader};
 use crate::handshake::{TAG_LEN, Transport, is_disconnect};
 use crate::sys::{self, Interest, Stop, Wait, WaitAny};
 use crate::transport::{Closer, Framed, StreamReader, StreamWriter, is_stopped};
+use crate::vnet::{self, Reject};
 
 /// The output buffer holds this many full-size messages; a batch is written
 /// once no further full-size message is certain to fit.
@@ -66,6 +67,11 @@ pub struct Counters {
     pub dropped_oversize: AtomicU64,
     /// Frames the device refused to take.
     pub dropped_device: AtomicU64,
+    /// Super-frames from the device (queued before the offloads were turned
+    /// off) that a peer without GSO cannot take.
+    pub dropped_offload: AtomicU64,
+    /// Frames from the peer whose virtio header failed the checks.
+    pub dropped_invalid: AtomicU64,
 }
 
 impl Counters {
@@ -83,7 +89,9 @@ impl Counters {
             bytes_out: get(&self.bytes_out),
             dropped: get(&self.dropped_oversize)
                 + get(&self.dropped_device)
-                + get(&self.dropped_backlog),
+                + get(&self.dropped_backlog)
+                + get(&self.dropped_offload)
+                + get(&self.dropped_invalid),
         }
     }
 
@@ -92,7 +100,8 @@ impl Counters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "counters: sessions {}, handshake failures {}, in {} frames/{} bytes, out {} frames/{} bytes, \
-             dropped {} (oversize {}, refused by the device {}, stream backed up {}, no session {}), \
+             dropped {} (oversize {}, refused by the device {}, stream backed up {}, no session {}, \
+             super-frames for a peer without GSO {}, invalid virtio header {}), \
              keepalives sent {} received {}, uptime {} s",
             get(&self.sessions),
             get(&self.handshake_failures),
@@ -103,11 +112,15 @@ impl Counters {
             get(&self.dropped_oversize)
                 + get(&self.dropped_device)
                 + get(&self.dropped_backlog)
-                + get(&self.dropped_no_session),
+                + get(&self.dropped_no_session)
+                + get(&self.dropped_offload)
+                + get(&self.dropped_invalid),
             get(&self.dropped_oversize),
             get(&self.dropped_device),
             get(&self.dropped_backlog),
             get(&self.dropped_no_session),
+            get(&self.dropped_offload),
+            get(&self.dropped_invalid),
             get(&self.keepalives_out),
             get(&self.keepalives_in),
             uptime.as_secs(),
@@ -172,6 +185,30 @@ impl std::fmt::Display for End {
     }
 }
 
+/// How frames and the device's virtio headers cross the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// The device has no virtio headers: frames cross as they are.
+    Plain,
+    /// The device has them but the peer takes no GSO: the header is
+    /// stripped on the way out (a partial checksum completed, a super-frame
+    /// dropped) and a zero header added on the way in.
+    Strip,
+    /// Both ends announced GSO: the header crosses with the frame, and is
+    /// checked before the device sees it.
+    Gso,
+}
+
+impl Framing {
+    /// Header bytes in a plaintext (not counted as frame bytes).
+    fn overhead(self) -> usize {
+        match self {
+            Framing::Gso => vnet::HDR_LEN,
+            Framing::Plain | Framing::Strip => 0,
+        }
+    }
+}
+
 /// Where the relay starts, and its keepalive rules.
 #[derive(Clone, Copy, Debug)]
 pub struct Link {
@@ -181,6 +218,7 @@ pub struct Link {
     pub recv_nonce: u64,
     /// Send a keepalive after this long without sending anything.
     pub keepalive: Option<Duration>,
+    pub framing: Framing,
 }
 
 /// Relays until either direction ends; returns why.
@@ -204,15 +242,8 @@ pub fn relay<D: PacketDevice>(
     };
     let Framed { reader, writer, .. } = framed;
     let (to_device, to_stream) = std::thread::scope(|scope| {
-        let to_device = scope.spawn(|| {
-            finish(stream_to_device(
-                device,
-                reader,
-                transport,
-                link.recv_nonce,
-                counters,
-            ))
-        });
+        let to_device =
+            scope.spawn(|| finish(stream_to_device(device, reader, transport, link, counters)));
         let to_stream = scope.spawn(|| {
             finish(device_to_stream(
                 device, writer, transport, link, stop, counters,
@@ -235,10 +266,18 @@ fn stream_to_device<D: PacketDevice>(
     device: &D,
     mut reader: FrameReader<StreamReader>,
     transport: &Transport,
-    mut nonce: u64,
+    link: Link,
     counters: &Counters,
 ) -> End {
-    let mut plain = vec![0u8; frame::MAX_MESSAGE];
+    let mut nonce = link.recv_nonce;
+    // With Strip, the plaintext goes behind a zero virtio header (a complete
+    // frame): written once here, never overwritten.
+    let header = if link.framing == Framing::Strip {
+        vnet::HDR_LEN
+    } else {
+        0
+    };
+    let mut plain = vec![0u8; header + frame::MAX_MESSAGE];
     loop {
         let msg = match reader.next_message() {
             Ok(Some(msg)) => msg,
@@ -257,7 +296,7 @@ fn stream_to_device<D: PacketDevice>(
                 msg.len()
             ));
         }
-        let n = match transport.open(nonce, msg, &mut plain) {
+        let n = match transport.open(nonce, msg, &mut plain[header..]) {
             Ok(n) => n,
             Err(_) => return End::Protocol(format!("transport message {nonce} did not decrypt")),
         };
@@ -269,10 +308,18 @@ fn stream_to_device<D: PacketDevice>(
         if log::log_enabled!(log::Level::Trace) {
             log::trace!("stream -> device: {n} bytes");
         }
-        match device.send(&plain[..n]) {
+        if link.framing == Framing::Gso {
+            if let Err(why) = vnet::check(&plain[..n]) {
+                Counters::add(&counters.dropped_invalid, 1);
+                log::debug!("dropped a frame of {n} bytes from the peer: {why}");
+                continue;
+            }
+        }
+        match device.send(&plain[..header + n]) {
             Ok(_) => {
                 Counters::add(&counters.frames_in, 1);
-                Counters::add(&counters.bytes_in, n as u64);
+                let bytes = n.saturating_sub(link.framing.overhead());
+                Counters::add(&counters.bytes_in, bytes as u64);
             }
             Err(e) => {
                 Counters::add(&counters.dropped_device, 1);
@@ -294,6 +341,7 @@ fn device_to_stream<D: PacketDevice>(
         transport,
         nonce: link.send_nonce,
         counters,
+        framing: link.framing,
     };
     // One more byte than the largest frame, to tell an oversize frame apart.
     let mut packet = vec![0u8; frame::MAX_MESSAGE + 1];
@@ -364,9 +412,29 @@ struct Sealer<'a> {
     transport: &'a Transport,
     nonce: u64,
     counters: &'a Counters,
+    framing: Framing,
 }
 
 impl Sealer<'_> {
+    /// Seals a packet read from the device as this session's framing wants
+    /// it; returns the bytes used, 0 when the frame was dropped (counted).
+    fn seal_frame(&mut self, packet: &mut [u8], out: &mut [u8]) -> Result<usize, End> {
+        let plaintext = match self.framing {
+            Framing::Plain | Framing::Gso => &*packet,
+            Framing::Strip => match vnet::strip(packet) {
+                Ok(frame) => frame,
+                Err(why) => {
+                    Counters::add(&self.counters.dropped_offload, 1);
+                    if why != Reject::SuperFrame {
+                        log::debug!("dropped a frame from the device: {why}");
+                    }
+                    return Ok(0);
+                }
+            },
+        };
+        self.seal(plaintext, out)
+    }
+
     /// Seals `plaintext` into `out` (room for a full message) behind its
     /// prefix; returns the bytes used.
     fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, End> {
@@ -377,27 +445,28 @@ impl Sealer<'_> {
             Counters::add(&self.counters.keepalives_out, 1);
         } else {
             Counters::add(&self.counters.frames_out, 1);
-            Counters::add(&self.counters.bytes_out, plaintext.len() as u64);
+            let bytes = plaintext.len().saturating_sub(self.framing.overhead());
+            Counters::add(&self.counters.bytes_out, bytes as u64);
         }
         Ok(used)
     }
 }
 
-/// Reads one frame from the device: `Ok(None)` when none is queued, and
-/// frames too large to carry are dropped (counted) and skipped.
+/// Reads one frame from the device (with its virtio header, if it has
+/// them): `Ok(None)` when none is queued, and frames too large to carry are
+/// dropped (counted) and skipped.
 fn read_frame<D: PacketDevice>(
     device: &D,
     packet: &mut [u8],
     counters: &Counters,
 ) -> Result<Option<usize>, End> {
+    let limit = MAX_FRAME + if device.vnet_hdr() { vnet::HDR_LEN } else { 0 };
     loop {
         match device.recv(packet) {
             Ok(0) => continue,
-            Ok(n) if n > MAX_FRAME => {
+            Ok(n) if n > limit => {
                 Counters::add(&counters.dropped_oversize, 1);
-                log::debug!(
-                    "dropped a frame of {n} bytes from the device (the limit is {MAX_FRAME})"
-                );
+                log::debug!("dropped a frame of {n} bytes from the device (the limit is {limit})");
             }
             Ok(n) => return Ok(Some(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -420,7 +489,7 @@ fn gather<D: PacketDevice>(
     let mut used = 0;
     while out.len() - used >= frame::MAX_WIRE {
         match read_frame(device, packet, sealer.counters)? {
-            Some(n) => used += sealer.seal(&packet[..n], &mut out[used..])?,
+            Some(n) => used += sealer.seal_frame(&mut packet[..n], &mut out[used..])?,
             None if used > 0 => break,
             None => match sys::wait_readable(device.raw_fd(), &[stop], keepalive_due) {
                 Ok(Wait::Ready) => {}
@@ -450,7 +519,7 @@ fn backlog<D: PacketDevice>(
 ) -> Result<usize, End> {
     while let Some(n) = read_frame(device, packet, sealer.counters)? {
         if out.len() - used >= frame::MAX_WIRE {
-            used += sealer.seal(&packet[..n], &mut out[used..])?;
+            used += sealer.seal_frame(&mut packet[..n], &mut out[used..])?;
         } else {
             Counters::add(&sealer.counters.dropped_backlog, 1);
         }
@@ -586,26 +655,56 @@ mod tests {
         )
     }
 
+    /// A datagram socket as a device, with or without virtio headers.
+    struct FakeDevice {
+        socket: UnixDatagram,
+        vnet: bool,
+    }
+
+    impl PacketDevice for FakeDevice {
+        fn raw_fd(&self) -> std::os::fd::RawFd {
+            self.socket.raw_fd()
+        }
+        fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+            self.socket.recv(buf)
+        }
+        fn send(&self, packet: &[u8]) -> io::Result<usize> {
+            self.socket.send(packet)
+        }
+        fn vnet_hdr(&self) -> bool {
+            self.vnet
+        }
+    }
+
     /// One end: a fake device (a datagram pair: `outside` is the kernel's
     /// side) relaying over `stream`.
     struct Side {
-        device: UnixDatagram,
+        device: FakeDevice,
         outside: UnixDatagram,
         stop: Arc<Stop>,
         counters: Counters,
+        framing: Framing,
     }
 
     fn end() -> Side {
+        end_with(Framing::Plain)
+    }
+
+    fn end_with(framing: Framing) -> Side {
         let (device, outside) = UnixDatagram::pair().unwrap();
         device.set_nonblocking(true).unwrap();
         outside
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         Side {
-            device,
+            device: FakeDevice {
+                socket: device,
+                vnet: framing != Framing::Plain,
+            },
             outside,
             stop: Arc::new(Stop::new().unwrap()),
             counters: Counters::default(),
+            framing,
         }
     }
 
@@ -616,6 +715,7 @@ mod tests {
             send_nonce: 0,
             recv_nonce: 0,
             keepalive: None,
+            framing: end.framing,
         };
         relay(
             &end.device,
@@ -767,6 +867,94 @@ mod tests {
             }
             a.stop.trigger();
             assert!(matches!(ra.join().unwrap(), End::Stopped));
+        });
+    }
+
+    /// A GSO super-frame as the kernel hands it over: header, then frame.
+    fn super_frame(len: usize) -> Vec<u8> {
+        let h = vnet::Header {
+            flags: vnet::F_NEEDS_CSUM,
+            gso_type: vnet::GSO_TCPV4,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut p = h.encode().to_vec();
+        p.extend((0..len).map(|i| i as u8));
+        p
+    }
+
+    #[test]
+    fn gso_framing_carries_headers_whole_and_drops_invalid_ones_from_the_peer() {
+        let (ti, tr) = transports();
+        let (sa, sb) = UnixStream::pair().unwrap();
+        let (a, b) = (end_with(Framing::Gso), end_with(Framing::Gso));
+        std::thread::scope(|s| {
+            let ra = s.spawn(|| run(&a, sa, &ti));
+            let rb = s.spawn(|| run(&b, sb, &tr));
+            let mut got = vec![0u8; 70000];
+            let big = super_frame(MAX_FRAME);
+            a.outside.send(&big).unwrap();
+            let n = b.outside.recv(&mut got).unwrap();
+            assert_eq!(&got[..n], &big[..], "a super-frame of the largest size");
+            // An unknown GSO type is sealed as it is, and refused by the
+            // receiver before its device sees it; the next frame still
+            // arrives (the nonces stayed in step).
+            let mut bad = super_frame(3000);
+            bad[1] = 3;
+            a.outside.send(&bad).unwrap();
+            let plain = [vnet::Header::default().encode().to_vec(), b"after".to_vec()].concat();
+            a.outside.send(&plain).unwrap();
+            let n = b.outside.recv(&mut got).unwrap();
+            assert_eq!(&got[..n], &plain[..]);
+            assert_eq!(b.counters.dropped_invalid.load(Ordering::Relaxed), 1);
+            assert_eq!(
+                b.counters.bytes_in.load(Ordering::Relaxed),
+                MAX_FRAME as u64 + 5
+            );
+            a.stop.trigger();
+            assert!(matches!(ra.join().unwrap(), End::Stopped));
+            assert!(matches!(rb.join().unwrap(), End::PeerClosed));
+        });
+    }
+
+    #[test]
+    fn strip_framing_completes_checksums_drops_super_frames_and_adds_zero_headers() {
+        let (ti, tr) = transports();
+        let (sa, sb) = UnixStream::pair().unwrap();
+        // `a` has virtio headers, its peer `b` none.
+        let (a, b) = (end_with(Framing::Strip), end());
+        std::thread::scope(|s| {
+            let ra = s.spawn(|| run(&a, sa, &ti));
+            let rb = s.spawn(|| run(&b, sb, &tr));
+            let mut got = vec![0u8; 70000];
+            // A super-frame queued before the offloads went off: dropped.
+            a.outside.send(&super_frame(20000)).unwrap();
+            let (partial, full) = vnet::udp_frame_for_tests(b"checksum me");
+            let h = vnet::Header {
+                flags: vnet::F_NEEDS_CSUM,
+                csum_start: 34,
+                csum_offset: 6,
+                ..vnet::Header::default()
+            };
+            a.outside
+                .send(&[h.encode().to_vec(), partial].concat())
+                .unwrap();
+            let n = b.outside.recv(&mut got).unwrap();
+            assert_eq!(
+                &got[..n],
+                &full[..],
+                "the checksum completed, the header gone"
+            );
+            assert_eq!(a.counters.dropped_offload.load(Ordering::Relaxed), 1);
+            b.outside.send(b"plain frame").unwrap();
+            let n = a.outside.recv(&mut got).unwrap();
+            assert_eq!(&got[..vnet::HDR_LEN], &[0u8; vnet::HDR_LEN]);
+            assert_eq!(&got[vnet::HDR_LEN..n], b"plain frame");
+            b.stop.trigger();
+            assert!(matches!(rb.join().unwrap(), End::Stopped));
+            assert!(matches!(ra.join().unwrap(), End::PeerClosed));
         });
     }
 }

@@ -14,10 +14,11 @@ use std::thread::Scope;
 use std::time::{Duration, Instant};
 
 use crate::device::Device;
+use crate::device::PacketDevice;
 use crate::error::Error;
-use crate::handshake::{self, Established, HandshakeError, Hello, Identity, ReplayCache};
+use crate::handshake::{self, Established, FLAG_GSO, HandshakeError, Hello, Identity, ReplayCache};
 use crate::hooks::{self, HookEnv};
-use crate::relay::{self, Counters, Drain, End, Link};
+use crate::relay::{self, Counters, Drain, End, Framing, Link};
 use crate::sys::Stop;
 use crate::transport::{Closer, Framed, Stream};
 
@@ -183,12 +184,17 @@ impl Tunnel {
             stop,
         } = ready;
         let peer_hello = established.peer_hello;
+        let framing = self.framing(&peer, &peer_hello);
         Counters::add(&self.counters.sessions, 1);
         log::info!(
-            "session with {peer} established on {} (peer key {}, peer keepalive {} s)",
+            "session with {peer} established on {} (peer key {}, peer keepalive {} s, {})",
             self.device.name(),
             established.peer_key,
-            peer_hello.keepalive
+            peer_hello.keepalive,
+            match framing {
+                Framing::Gso => "GSO super-frames",
+                Framing::Plain | Framing::Strip => "plain frames",
+            }
         );
         if peer_hello.mtu != 0 && u32::from(peer_hello.mtu) != self.device.mtu() {
             log::warn!(
@@ -213,6 +219,7 @@ impl Tunnel {
             send_nonce: established.send_nonce,
             recv_nonce: established.recv_nonce,
             keepalive: ours,
+            framing,
         };
         let before = self.counters.snapshot();
         let end = relay::relay(
@@ -233,6 +240,26 @@ impl Tunnel {
             _ => log::info!("session with {peer} ended: {end} ({traffic})"),
         }
         end
+    }
+
+    /// GSO super-frames when both hellos offer them; the device's offloads
+    /// follow, so that a peer without GSO only gets complete frames (the few
+    /// queued before the switch are handled by [`Framing::Strip`]).
+    fn framing(&self, peer: &str, peer_hello: &Hello) -> Framing {
+        if !self.device.gso() {
+            return Framing::Plain;
+        }
+        let gso = self.hello.flags & peer_hello.flags & FLAG_GSO != 0;
+        if let Err(e) = self.device.set_offloads(gso) {
+            // Super-frames from the peer still work; ours stay plain (or, when
+            // the offloads stay on, Strip drops the super-frames, counted).
+            log::warn!(
+                "{peer}: cannot turn the offloads of {} {}: {e}",
+                self.device.name(),
+                if gso { "on" } else { "off" }
+            );
+        }
+        if gso { Framing::Gso } else { Framing::Strip }
     }
 
     /// Sessions established so far.

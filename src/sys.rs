@@ -535,3 +535,114 @@ pub fn real_uid() -> libc::uid_t {
     // SAFETY: getuid takes nothing and cannot fail.
     unsafe { libc::getuid() }
 }
+
+/// The offloads taptun asks of a device whose peer takes GSO super-frames:
+/// partial checksums and TCP segmentation for IPv4 and IPv6, with ECN.
+pub const TUN_OFFLOADS: libc::c_uint =
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+
+/// TUNSETOFFLOAD: which offloads the kernel may leave to us in the frames it
+/// hands over (0: complete, segmented frames only).
+///
+/// # Errors
+/// ioctl(2)'s errors (EINVAL: the kernel lacks one of them).
+pub fn tun_set_offload(fd: RawFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value, not by pointer.
+    let rc = unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// TUNSETVNETLE: the virtio headers are little-endian whatever the host's
+/// byte order (the wire format says so; on little-endian hosts it already is).
+///
+/// # Errors
+/// ioctl(2)'s errors.
+pub fn tun_set_vnet_le(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: TUNSETVNETLE reads one c_int through the pointer, which is live.
+    let rc = unsafe { libc::ioctl(fd, libc::TUNSETVNETLE, &on as *const libc::c_int) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sets an interface's GSO size limit through rtnetlink (what
+/// `ip link set NAME gso_max_size SIZE` does).
+///
+/// # Errors
+/// No such interface, no CAP_NET_ADMIN (EPERM), or a kernel that cannot
+/// change it (EOPNOTSUPP and the like).
+pub fn set_gso_max_size(ifname: &str, size: u32) -> io::Result<()> {
+    const IFLA_GSO_MAX_SIZE: u16 = 41;
+    let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
+    // SAFETY: reads a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // nlmsghdr (16) + ifinfomsg (16) + one u32 attribute (8), native order.
+    let mut msg = Vec::with_capacity(40);
+    msg.extend_from_slice(&40u32.to_ne_bytes());
+    msg.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]); // family, pad, type
+    msg.extend_from_slice(&(index as i32).to_ne_bytes());
+    msg.extend_from_slice(&[0; 8]); // flags, change mask: leave them alone
+    msg.extend_from_slice(&8u16.to_ne_bytes());
+    msg.extend_from_slice(&IFLA_GSO_MAX_SIZE.to_ne_bytes());
+    msg.extend_from_slice(&size.to_ne_bytes());
+
+    // SAFETY: socket takes plain integers; the result is checked by `owned`.
+    let sock = owned(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    })?;
+    // SAFETY: sockaddr_nl is plain integers (zero is valid: the kernel).
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `msg` and `kernel` are live for the call and their lengths are exact.
+    let sent = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The kernel answers at once with NLMSG_ERROR: error 0 is the ack.
+    let mut reply = [0u8; 1024];
+    // SAFETY: writes at most `reply.len()` bytes into the live array.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let reply = &reply[..n as usize];
+    let msg_type = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let error = reply
+        .get(16..20)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    match (msg_type, error) {
+        (Some(t), Some(0)) if t == libc::NLMSG_ERROR as u16 => Ok(()),
+        (Some(t), Some(e)) if t == libc::NLMSG_ERROR as u16 => {
+            Err(io::Error::from_raw_os_error(-e))
+        }
+        _ => Err(io::Error::other("unexpected rtnetlink reply")),
+    }
+}
