@@ -40,6 +40,15 @@ use crate::vnet::{self, Reject};
 /// once no further full-size message is certain to fit.
 const OUT_BUFFER_MESSAGES: usize = 4;
 
+/// While the stream is backed up, frames up to this size (pings, TCP
+/// acknowledgements, DNS, ARP) still join the backlog while it has room for
+/// them; larger ones only while [`SMALL_FRAME_RESERVE`] stays free. Bulk
+/// flows then see drops (and slow down) while interactive traffic and the
+/// acknowledgements of flows the other way still get through.
+const SMALL_FRAME: usize = 256;
+/// Room in the output buffer kept for small frames.
+const SMALL_FRAME_RESERVE: usize = 16 * 1024;
+
 /// Counters of a process: sessions, handshakes and traffic. The relay adds
 /// to them as it goes; a session's own figures are the difference between
 /// two [`Snapshot`]s.
@@ -508,7 +517,8 @@ fn gather<D: PacketDevice>(
 
 /// While the stream is backed up: takes what the device has queued into the
 /// backlog behind `used` bytes while the output buffer has room (about
-/// 256 KiB: 2 ms at 1 Gbit/s), and drops the rest (counted). Returns the
+/// 256 KiB: 2 ms at 1 Gbit/s; small frames may use the last
+/// [`SMALL_FRAME_RESERVE`] bytes), and drops the rest (counted). Returns the
 /// bytes used.
 fn backlog<D: PacketDevice>(
     device: &D,
@@ -518,7 +528,14 @@ fn backlog<D: PacketDevice>(
     mut used: usize,
 ) -> Result<usize, End> {
     while let Some(n) = read_frame(device, packet, sealer.counters)? {
-        if out.len() - used >= frame::MAX_WIRE {
+        // At most n bytes of plaintext (less once a virtio header is stripped).
+        let need = frame::HEADER_LEN + n + TAG_LEN;
+        let reserve = if n <= SMALL_FRAME + vnet::HDR_LEN {
+            0
+        } else {
+            SMALL_FRAME_RESERVE
+        };
+        if out.len() - used >= need + reserve {
             used += sealer.seal_frame(&mut packet[..n], &mut out[used..])?;
         } else {
             Counters::add(&sealer.counters.dropped_backlog, 1);
@@ -541,19 +558,17 @@ fn write_failed(e: io::Error, stop: &Stop) -> End {
 }
 
 /// Seals `plaintext` with `nonce` into `out` behind its length prefix;
-/// returns the bytes used. `out` has room for a full-size message, and the
-/// plaintext is at most MAX_FRAME, so sealing only fails on a bug.
+/// returns the bytes used. `out` has room for the prefix, the plaintext
+/// (at most MAX_FRAME and a virtio header) and the tag, so sealing only
+/// fails on a bug.
 fn seal_into(
     transport: &Transport,
     nonce: u64,
     plaintext: &[u8],
     out: &mut [u8],
 ) -> Result<usize, snow::Error> {
-    let sealed = transport.seal(
-        nonce,
-        plaintext,
-        &mut out[frame::HEADER_LEN..frame::MAX_WIRE],
-    )?;
+    let room = frame::HEADER_LEN + plaintext.len() + TAG_LEN;
+    let sealed = transport.seal(nonce, plaintext, &mut out[frame::HEADER_LEN..room])?;
     out[..frame::HEADER_LEN].copy_from_slice(&frame::header(sealed));
     Ok(frame::HEADER_LEN + sealed)
 }
@@ -841,6 +856,18 @@ mod tests {
         assert_eq!(b.counters.frames_in.load(Ordering::Relaxed), 1);
     }
 
+    /// Polls `done` for up to 5 s.
+    fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
     #[test]
     fn a_stream_that_does_not_read_makes_frames_drop_whole_at_the_ingress() {
         let (ti, tr) = transports();
@@ -856,14 +883,29 @@ mod tests {
                 assert!(std::time::Instant::now() < deadline, "nothing was dropped");
                 a.outside.send(&frame).unwrap();
             }
+            // A small frame (a ping, an acknowledgement) still gets in: the
+            // backlog keeps room for those; a large one after it does not.
+            let sealed = a.counters.frames_out.load(Ordering::Relaxed);
+            a.outside.send(b"small").unwrap();
+            let took_small = wait_until(|| a.counters.frames_out.load(Ordering::Relaxed) > sealed);
+            assert!(took_small, "the small frame was not taken into the backlog");
+            let dropped = a.counters.dropped_backlog.load(Ordering::Relaxed);
+            a.outside.send(&frame).unwrap();
+            assert!(wait_until(|| a
+                .counters
+                .dropped_backlog
+                .load(Ordering::Relaxed)
+                > dropped));
             let sent = a.counters.frames_out.load(Ordering::Relaxed);
+            assert_eq!(sent, sealed + 1);
             // Everything that was sealed arrives whole, in nonce order.
             let mut reader = FrameReader::new(sb);
             let mut plain = vec![0u8; 2048];
             for nonce in 0..sent {
                 let msg = reader.next_message().unwrap().unwrap();
                 let n = tr.open(nonce, msg, &mut plain).unwrap();
-                assert_eq!(&plain[..n], &frame[..], "message {nonce}");
+                let want: &[u8] = if nonce + 1 == sent { b"small" } else { &frame };
+                assert_eq!(&plain[..n], want, "message {nonce}");
             }
             a.stop.trigger();
             assert!(matches!(ra.join().unwrap(), End::Stopped));
