@@ -21,6 +21,10 @@
 //!   genuinely sealed frames followed by the input. The relay ends, the
 //!   genuine prefix reaches the device, and nothing reaches it that was not
 //!   sealed by the peer at its nonce, in order.
+//! - [`virtio_header`]: a frame with its virtio_net_hdr, as a GSO peer or the
+//!   device hands it over. [`vnet::check`] only passes headers whose every
+//!   offset lies inside the frame, and [`vnet::strip`] either refuses or
+//!   returns the frame with a checksum that verifies.
 //!
 //! [`seeds`] makes the meaningful inputs of the committed seed corpus
 //! (valid messages, truncated ones), so that they can be regenerated.
@@ -42,6 +46,7 @@ use crate::keys::{KEY_LEN, PrivateKey};
 use crate::relay::{self, Counters, End, Link};
 use crate::sys::Stop;
 use crate::transport::Stream;
+use crate::vnet;
 
 // ---------------------------------------------------------------------------
 // Target 1: the frame codec.
@@ -738,6 +743,64 @@ pub fn session_transport(data: &[u8]) {
 // ---------------------------------------------------------------------------
 // Seed corpus.
 
+// ---------------------------------------------------------------------------
+// Target 4: virtio headers.
+
+/// Fuzz target: [`vnet::check`] and [`vnet::strip`] on one header and frame.
+pub fn virtio_header(data: &[u8]) {
+    let checked = vnet::check(data);
+    if let Some(h) = vnet::Header::parse(data) {
+        let frame_len = data.len() - vnet::HDR_LEN;
+        if checked.is_ok() {
+            assert!(usize::from(h.hdr_len) <= frame_len);
+            if h.flags & vnet::F_NEEDS_CSUM != 0 {
+                let field = usize::from(h.csum_start) + usize::from(h.csum_offset);
+                assert!(field + 2 <= frame_len, "checksum field outside the frame");
+            }
+            if h.is_gso() {
+                assert!(h.gso_size >= 1 && usize::from(h.gso_size) <= frame_len);
+                assert!(h.flags & vnet::F_NEEDS_CSUM != 0);
+            }
+        }
+    } else {
+        assert!(checked.is_err(), "a packet shorter than its header passed");
+    }
+    let mut copy = data.to_vec();
+    if let Ok(frame) = vnet::strip(&mut copy) {
+        assert_eq!(frame.len(), data.len() - vnet::HDR_LEN);
+        let h = vnet::Header::parse(data).expect("strip passed a short packet");
+        assert!(!h.is_gso(), "strip passed a super-frame");
+        let start = usize::from(h.csum_start);
+        let field = start + usize::from(h.csum_offset);
+        if h.flags & vnet::F_NEEDS_CSUM == 0 {
+            assert_eq!(
+                frame,
+                &data[vnet::HDR_LEN..],
+                "a complete frame was changed"
+            );
+        } else if (field - start) % 2 == 0 {
+            // The completed checksum verifies: the sum from csum_start on,
+            // plus the pseudo-header sum the field held before (which the
+            // receiver adds from the IP header), is all ones. (At an odd
+            // offset a 16-bit field cannot be summed as one word: garbage in.)
+            let sum_of = |bytes: &[u8]| {
+                let mut sum = 0u64;
+                for chunk in bytes.chunks(2) {
+                    let word = [chunk[0], chunk.get(1).copied().unwrap_or(0)];
+                    sum += u64::from(u16::from_be_bytes(word));
+                }
+                sum
+            };
+            let before = &data[vnet::HDR_LEN + field..vnet::HDR_LEN + field + 2];
+            let mut sum = sum_of(&frame[start..]) + sum_of(before);
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            assert_eq!(sum, 0xffff, "the completed checksum does not verify");
+        }
+    }
+}
+
 /// The meaningful seed inputs of each target, by target name and file name:
 /// valid messages, truncated and altered ones. `tests/fuzz_corpus.rs` writes
 /// them to `fuzz/corpus/TARGET/` on request and replays them always.
@@ -776,6 +839,38 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "zero-after-message",
         [framed(&[b"ok"]), vec![0, 0]].concat(),
     );
+
+    // virtio_header
+    let header = |flags: u8, gso: u8, hdr_len: u16, gso_size: u16, start: u16, offset: u16| {
+        vnet::Header {
+            flags,
+            gso_type: gso,
+            hdr_len,
+            gso_size,
+            csum_start: start,
+            csum_offset: offset,
+        }
+        .encode()
+        .to_vec()
+    };
+    let (partial_udp, _) = vnet::udp_frame(b"odd payload");
+    let tcp4 = header(vnet::F_NEEDS_CSUM, vnet::GSO_TCPV4, 66, 1448, 34, 16);
+    let mut add =
+        |name: &str, bytes: Vec<u8>| seeds.push(("virtio_header", name.to_owned(), bytes));
+    add(
+        "plain",
+        [header(0, 0, 0, 0, 0, 0), b"frame".to_vec()].concat(),
+    );
+    add(
+        "udp-needs-csum",
+        [header(vnet::F_NEEDS_CSUM, 0, 0, 0, 34, 6), partial_udp].concat(),
+    );
+    add("tcp4-super-frame", [tcp4, vec![0x45; 3000]].concat());
+    add(
+        "csum-at-the-end",
+        [header(vnet::F_NEEDS_CSUM, 0, 0, 0, 10, 8), vec![1; 20]].concat(),
+    );
+    add("short", vec![1, 4, 0, 0]);
 
     // responder_handshake
     let byte = handshake_mode_byte;

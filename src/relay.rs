@@ -973,7 +973,7 @@ mod tests {
             let mut got = vec![0u8; 70000];
             // A super-frame queued before the offloads went off: dropped.
             a.outside.send(&super_frame(20000)).unwrap();
-            let (partial, full) = vnet::udp_frame_for_tests(b"checksum me");
+            let (partial, full) = vnet::udp_frame(b"checksum me");
             let h = vnet::Header {
                 flags: vnet::F_NEEDS_CSUM,
                 csum_start: 34,

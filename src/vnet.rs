@@ -195,9 +195,9 @@ fn fold(mut sum: u64) -> u16 {
 }
 
 /// An IPv4 UDP packet in an Ethernet frame with a partial checksum, as the
-/// kernel hands it over, and its fully checksummed twin.
-#[cfg(test)]
-pub(crate) fn udp_frame_for_tests(payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
+/// kernel hands it over, and its fully checksummed twin: for tests and the
+/// fuzz seeds.
+pub fn udp_frame(payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let (src, dst) = ([10u8, 0, 0, 1], [10u8, 0, 0, 2]);
     let udp_len = 8 + payload.len();
     let mut frame = vec![0u8; 14];
@@ -232,8 +232,6 @@ pub(crate) fn udp_frame_for_tests(payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use super::udp_frame_for_tests as udp_frame;
 
     fn with_header(h: Header, frame: &[u8]) -> Vec<u8> {
         let mut p = h.encode().to_vec();

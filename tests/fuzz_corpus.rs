@@ -72,6 +72,11 @@ fn session_transport_corpus() {
     replay("session_transport", taptun::fuzz::session_transport);
 }
 
+#[test]
+fn virtio_header_corpus() {
+    replay("virtio_header", taptun::fuzz::virtio_header);
+}
+
 /// Writes the seed inputs into the corpus directories.
 #[test]
 #[ignore = "writes fuzz/corpus/: run on purpose to regenerate the seeds"]

@@ -1,0 +1,8 @@
+//! A virtio_net_hdr and frame, as a GSO peer or the device hands them over.
+//! The checks live in `taptun::fuzz::virtio_header`, which `tests/fuzz_corpus.rs`
+//! also runs over this target's corpus.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| taptun::fuzz::virtio_header(data));
