@@ -789,8 +789,10 @@ fn a_peer_announcing_no_keepalive_is_not_declared_dead_for_its_silence() {
         return;
     }
     let p = Pair::new();
-    // The client's kernel must stay silent too: no IPv6 chatter on its device.
+    // The client's kernel must stay silent too: no IPv6 chatter on its device. The server's
+    // neither: its keepalives only go out after 2 s in which it sent nothing else.
     disable_ipv6(&p.b);
+    disable_ipv6(&p.a);
     let server = p.server("-K 2");
     let client = p.client("client", &format!("-d tt0 -K 0 {}", p.client_secrets()));
     p.address_tap();
