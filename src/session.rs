@@ -13,8 +13,7 @@ use std::sync::atomic::Ordering;
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
-use crate::device::Device;
-use crate::device::PacketDevice;
+use crate::device::{Device, PacketDevice};
 use crate::error::Error;
 use crate::handshake::{self, Established, FLAG_GSO, HandshakeError, Hello, Identity, ReplayCache};
 use crate::hooks::{self, HookEnv};
