@@ -244,8 +244,18 @@ fn attach(requested: &str, layer: Layer, vnet: bool) -> Result<tun::Device, Erro
 fn enable_gso(device: &tun::Device, name: &str) -> Result<(), String> {
     let fd = device.as_raw_fd();
     sys::tun_set_vnet_le(fd).map_err(|e| format!("TUNSETVNETLE: {e}"))?;
-    sys::set_gso_max_size(name, vnet::MAX_GSO_SIZE)
-        .map_err(|e| format!("cannot set gso_max_size {}: {e}", vnet::MAX_GSO_SIZE))?;
+    // A persistent device may already have a small enough limit (which an
+    // unprivileged owner could not set, and which must not be raised).
+    let current = sys::gso_max_size(name).ok();
+    if current.is_none_or(|size| size > vnet::MAX_GSO_SIZE) {
+        sys::set_gso_max_size(name, vnet::MAX_GSO_SIZE).map_err(|e| {
+            format!(
+                "cannot set gso_max_size {} ({e}): as root, `ip link set {name} gso_max_size {}`",
+                vnet::MAX_GSO_SIZE,
+                vnet::MAX_GSO_SIZE
+            )
+        })?;
+    }
     sys::tun_set_offload(fd, sys::TUN_OFFLOADS)
         .and_then(|()| sys::tun_set_offload(fd, 0))
         .map_err(|e| format!("TUNSETOFFLOAD: {e}"))

@@ -572,6 +572,33 @@ pub fn tun_set_vnet_le(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// rtnetlink's attribute for an interface's GSO size limit.
+const IFLA_GSO_MAX_SIZE: u16 = 41;
+
+/// An interface's GSO size limit, through rtnetlink (what
+/// `ip -d link show NAME` prints as gso_max_size).
+///
+/// # Errors
+/// No such interface, or a kernel that does not report it.
+pub fn gso_max_size(ifname: &str) -> io::Result<u32> {
+    let reply = rtnetlink_link(ifname, libc::RTM_GETLINK, 0, None)?;
+    // The reply: nlmsghdr (16), ifinfomsg (16), then attributes, each a
+    // u16 length (header included), a u16 type and its data, 4-aligned.
+    let mut attrs = reply.get(32..).unwrap_or_default();
+    while let (Some(len), Some(kind)) = (attrs.get(0..2), attrs.get(2..4)) {
+        let len = usize::from(u16::from_ne_bytes([len[0], len[1]]));
+        let kind = u16::from_ne_bytes([kind[0], kind[1]]);
+        if len < 4 || len > attrs.len() {
+            break;
+        }
+        if kind == IFLA_GSO_MAX_SIZE && len == 8 {
+            return Ok(u32::from_ne_bytes([attrs[4], attrs[5], attrs[6], attrs[7]]));
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
+    }
+    Err(io::Error::other("the kernel did not report gso_max_size"))
+}
+
 /// Sets an interface's GSO size limit through rtnetlink (what
 /// `ip link set NAME gso_max_size SIZE` does).
 ///
@@ -579,27 +606,47 @@ pub fn tun_set_vnet_le(fd: RawFd) -> io::Result<()> {
 /// No such interface, no CAP_NET_ADMIN (EPERM), or a kernel that cannot
 /// change it (EOPNOTSUPP and the like).
 pub fn set_gso_max_size(ifname: &str, size: u32) -> io::Result<()> {
-    const IFLA_GSO_MAX_SIZE: u16 = 41;
+    let flags = libc::NLM_F_ACK as u16;
+    rtnetlink_link(
+        ifname,
+        libc::RTM_NEWLINK,
+        flags,
+        Some((IFLA_GSO_MAX_SIZE, size)),
+    )
+    .map(drop)
+}
+
+/// Sends one rtnetlink request about interface `ifname` (an ifinfomsg with
+/// at most one u32 attribute) and returns the kernel's reply, or the error
+/// it answered with.
+fn rtnetlink_link(
+    ifname: &str,
+    msg_type: u16,
+    flags: u16,
+    attr: Option<(u16, u32)>,
+) -> io::Result<Vec<u8>> {
     let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
     // SAFETY: reads a NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
         return Err(io::Error::last_os_error());
     }
-    // nlmsghdr (16) + ifinfomsg (16) + one u32 attribute (8), native order.
+    // nlmsghdr (16) + ifinfomsg (16) + the attribute (8), native order.
+    let len: u32 = if attr.is_some() { 40 } else { 32 };
     let mut msg = Vec::with_capacity(40);
-    msg.extend_from_slice(&40u32.to_ne_bytes());
-    msg.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&len.to_ne_bytes());
+    msg.extend_from_slice(&msg_type.to_ne_bytes());
+    msg.extend_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
     msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]); // family, pad, type
     msg.extend_from_slice(&(index as i32).to_ne_bytes());
     msg.extend_from_slice(&[0; 8]); // flags, change mask: leave them alone
-    msg.extend_from_slice(&8u16.to_ne_bytes());
-    msg.extend_from_slice(&IFLA_GSO_MAX_SIZE.to_ne_bytes());
-    msg.extend_from_slice(&size.to_ne_bytes());
+    if let Some((kind, value)) = attr {
+        msg.extend_from_slice(&8u16.to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&value.to_ne_bytes());
+    }
 
     // SAFETY: socket takes plain integers; the result is checked by `owned`.
     let sock = owned(unsafe {
@@ -626,23 +673,29 @@ pub fn set_gso_max_size(ifname: &str, size: u32) -> io::Result<()> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
-    // The kernel answers at once with NLMSG_ERROR: error 0 is the ack.
-    let mut reply = [0u8; 1024];
-    // SAFETY: writes at most `reply.len()` bytes into the live array.
+    // The kernel answers at once: the link (for a get), or NLMSG_ERROR,
+    // whose error 0 is the ack of a set.
+    let mut reply = vec![0u8; 32 * 1024];
+    // SAFETY: writes at most `reply.len()` bytes into the live buffer.
     let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let reply = &reply[..n as usize];
-    let msg_type = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-    let error = reply
-        .get(16..20)
-        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-    match (msg_type, error) {
-        (Some(t), Some(0)) if t == libc::NLMSG_ERROR as u16 => Ok(()),
-        (Some(t), Some(e)) if t == libc::NLMSG_ERROR as u16 => {
-            Err(io::Error::from_raw_os_error(-e))
-        }
-        _ => Err(io::Error::other("unexpected rtnetlink reply")),
+    reply.truncate(n as usize);
+    let reply_type = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    if reply_type == Some(libc::NLMSG_ERROR as u16) {
+        let error = reply
+            .get(16..20)
+            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        return match error {
+            Some(0) => Ok(reply),
+            Some(e) => Err(io::Error::from_raw_os_error(-e)),
+            None => Err(io::Error::other("a truncated rtnetlink error")),
+        };
+    }
+    if reply_type == Some(msg_type) || reply_type == Some(libc::RTM_NEWLINK) {
+        Ok(reply)
+    } else {
+        Err(io::Error::other("unexpected rtnetlink reply"))
     }
 }

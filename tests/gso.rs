@@ -355,3 +355,27 @@ fn gso_on_the_client_only_falls_back_to_plain_frames() {
     }
     gso_on_one_end_only_falls_back_to_plain_frames("-n", "");
 }
+
+#[test]
+fn a_persistent_device_keeps_a_smaller_gso_max_size_and_still_carries_super_frames() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    // An administrator's persistent device with a smaller limit: taptun must not raise it.
+    p.a.ip("tuntap add dev tt0 mode tap");
+    p.a.ip("link set dev tt0 gso_max_size 32000");
+    let server = p.server("");
+    let client = p.good_client_once("client", "tt0");
+    p.address_tap();
+    p.assert_tap_ping();
+    let details = p.a.ip("-d link show dev tt0");
+    assert!(
+        details.contains(" gso_max_size 32000 "),
+        "the persistent device's gso_max_size changed: {details}"
+    );
+    assert_gso_max_size(&p.b);
+
+    echo_across_the_tunnel(&p, &p.tap_addr(1), 16 * MIB, 0x650_0005);
+    assert_super_frames_crossed(&server, &client, TAP_PLAIN_MAX);
+}
