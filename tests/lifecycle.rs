@@ -1187,31 +1187,20 @@ fn an_unprivileged_user_runs_inetd_mode_on_a_device_it_owns() {
     }
     let p = Pair::new();
     let (_bin_dir, bin) = public_binary();
-
-    // As root, beforehand: a persistent tap device owned by nobody, up and addressed.
     let dev = PersistentDevice {
         ns: &p.a,
         name: "ttu0",
     };
-    p.a.ip(&format!("tuntap add dev {} mode tap user nobody", dev.name));
-    p.a.ip(&format!("link set {} up", dev.name));
-    p.a.ip(&format!("addr add {}/24 dev {}", p.tap_addr(1), dev.name));
-
-    // nobody cannot read the scratch directory: the -i end's key goes on its command line.
-    let as_nobody = as_nobody(&bin);
-    let inetd_args = format!(
-        "-i -v -d {} -l {} -k {}",
-        dev.name,
-        key_text(&p.server_key),
-        pubkey(&p.client_key)
-    );
-    let command = format!("ip netns exec {} {as_nobody} {bin} {inetd_args}", p.a.name);
-    let mut client = p.b.taptun(&format!("-c -v -d tt0 {}", p.client_secrets()));
-    client.args(["-x", &command]);
-    let client = Proc::start("client (stderr of -i as nobody too)", client, &p.scratch);
+    let (client, inetd_args, as_nobody) = inetd_as_nobody_on(&p, &dev, &bin, None);
+    // nobody may not change the device's gso_max_size: plain frames, and it says why (the -i
+    // end's log lines reach the client's stderr too).
     assert!(
-        wait_log(&client, ESTABLISHED, 1, DEADLINE),
-        "no session with taptun -i running as nobody"
+        wait_log(&client, &["plain frames"], 2, DEADLINE),
+        "both ends should carry plain frames"
+    );
+    assert_eq!(
+        log_count(&client, &["no GSO super-frames", "gso_max_size"]),
+        1
     );
     p.address_client_tap("tt0");
     p.assert_tap_ping();
@@ -1234,6 +1223,62 @@ fn an_unprivileged_user_runs_inetd_mode_on_a_device_it_owns() {
     // The session in place was not disturbed.
     p.assert_tap_ping();
     assert_eq!(log_count(&client, &["established on tt0"]), 1);
+}
+
+#[test]
+fn an_unprivileged_owner_gets_gso_super_frames_once_root_has_set_the_gso_max_size() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let (_bin_dir, bin) = public_binary();
+    let dev = PersistentDevice {
+        ns: &p.a,
+        name: "ttu0",
+    };
+    let (client, _, _) = inetd_as_nobody_on(&p, &dev, &bin, Some(65400));
+    assert!(
+        wait_log(&client, &["GSO super-frames"], 2, DEADLINE),
+        "both ends should carry GSO super-frames"
+    );
+    p.address_client_tap("tt0");
+    p.assert_tap_ping();
+}
+
+/// As root, beforehand: the persistent tap device `dev`, owned by nobody, up and addressed,
+/// with `gso_max_size` if given. Then a client in `b` whose `-x` command runs `taptun -i` as
+/// nobody on it in `a`; returns the client once its session is up, the `-i` arguments and the
+/// command prefix that runs as nobody.
+fn inetd_as_nobody_on(
+    p: &Pair,
+    dev: &PersistentDevice,
+    bin: &str,
+    gso_max_size: Option<u32>,
+) -> (Proc, String, String) {
+    p.a.ip(&format!("tuntap add dev {} mode tap user nobody", dev.name));
+    if let Some(size) = gso_max_size {
+        p.a.ip(&format!("link set {} gso_max_size {size}", dev.name));
+    }
+    p.a.ip(&format!("link set {} up", dev.name));
+    p.a.ip(&format!("addr add {}/24 dev {}", p.tap_addr(1), dev.name));
+
+    // nobody cannot read the scratch directory: the -i end's key goes on its command line.
+    let as_nobody = as_nobody(bin);
+    let inetd_args = format!(
+        "-i -v -d {} -l {} -k {}",
+        dev.name,
+        key_text(&p.server_key),
+        pubkey(&p.client_key)
+    );
+    let command = format!("ip netns exec {} {as_nobody} {bin} {inetd_args}", p.a.name);
+    let mut client = p.b.taptun(&format!("-c -v -d tt0 {}", p.client_secrets()));
+    client.args(["-x", &command]);
+    let client = Proc::start("client (stderr of -i as nobody too)", client, &p.scratch);
+    assert!(
+        wait_log(&client, ESTABLISHED, 1, DEADLINE),
+        "no session with taptun -i running as nobody"
+    );
+    (client, inetd_args, as_nobody)
 }
 
 // ---------------------------------------------------------------------------------------------
