@@ -10,13 +10,9 @@
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, accept_within, in_netns, wait_for};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use common::{DEADLINE, Netns, Pair, Proc, wait_for};
+use std::io;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::thread;
-use std::time::Duration;
 
 const MIB: usize = 1 << 20;
 
@@ -24,10 +20,6 @@ const MIB: usize = 1 << 20;
 const TAP_PLAIN_MAX: u64 = 1514;
 /// The largest plain packet on a TUN device at MTU 1500.
 const TUN_PLAIN_MAX: u64 = 1500;
-
-/// How long one read or write of an echo transfer may wait for the other end: generous, since
-/// the machine may be busy, and it bounds only a stall, never the speed of the transfer.
-const STALL: Duration = Duration::from_secs(60);
 
 /// The traffic counters of a `counters:` line that a taptun process logged on SIGUSR1.
 struct Counters {
@@ -114,67 +106,6 @@ fn established_line(proc: &Proc) -> String {
     lines.into_iter().next().unwrap()
 }
 
-/// Echoes `len` pseudo-random bytes over TCP from `p.b` to an echo server in `p.a` listening on
-/// `addr_a` (an address in the tunnel), so that the bytes cross the tunnel in both directions,
-/// and checks every byte that comes back against those sent, as it arrives.
-fn echo_across_the_tunnel(p: &Pair, addr_a: &str, len: usize, seed: u64) {
-    let addr = format!("{addr_a}:{}", p.port + 1000);
-    let bind_addr = addr.clone();
-    let listener = in_netns(&p.a, move || TcpListener::bind(bind_addr).unwrap());
-    let echo = thread::spawn(move || -> io::Result<u64> {
-        let stream = accept_within(&listener);
-        stream.set_read_timeout(Some(STALL))?;
-        stream.set_write_timeout(Some(STALL))?;
-        let copied = io::copy(&mut &stream, &mut &stream)?;
-        stream.shutdown(Shutdown::Write)?;
-        Ok(copied)
-    });
-
-    let stream = in_netns(&p.b, move || TcpStream::connect(addr).unwrap());
-    stream.set_read_timeout(Some(STALL)).unwrap();
-    stream.set_write_timeout(Some(STALL)).unwrap();
-    let sent = Arc::new(common::pseudo_random_bytes(len, seed));
-    let writer = {
-        let (mut stream, sent) = (stream.try_clone().unwrap(), Arc::clone(&sent));
-        thread::spawn(move || -> io::Result<()> {
-            stream.write_all(&sent)?;
-            stream.shutdown(Shutdown::Write)
-        })
-    };
-
-    let mut buf = vec![0u8; 256 << 10];
-    let mut received = 0;
-    loop {
-        let n = match (&stream).read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => panic!("reading the echo after {received} of {len} bytes: {e}"),
-        };
-        let end = received + n;
-        assert!(end <= len, "{end} bytes echoed back, {len} sent");
-        if buf[..n] != sent[received..end] {
-            let at = buf[..n]
-                .iter()
-                .zip(&sent[received..end])
-                .position(|(a, b)| a != b)
-                .unwrap();
-            panic!("echoed byte {} differs from the one sent", received + at);
-        }
-        received = end;
-    }
-    writer
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("sending {len} bytes: {e}"));
-    let copied = echo
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("the echo server: {e}"));
-    assert_eq!(copied, len as u64, "bytes the echo server received");
-    assert_eq!(received, len, "bytes echoed back");
-}
-
 /// The TUN addresses: 10.215.N.1 in `a`, 10.215.N.2 in `b`, point to point on their tt0.
 fn address_tun(p: &Pair) -> (String, String) {
     let (addr_a, addr_b) = (format!("10.215.{}.1", p.n), format!("10.215.{}.2", p.n));
@@ -258,7 +189,7 @@ fn gso_on_both_ends_carries_super_frames_and_64_mib_arrive_intact_both_ways() {
     assert_gso_max_size(&p.a);
     assert_gso_max_size(&p.b);
 
-    echo_across_the_tunnel(&p, &p.tap_addr(1), 64 * MIB, 0x650_0001);
+    common::echo_across_the_tunnel(&p, &p.tap_addr(1), 64 * MIB, 0x650_0001);
     assert_super_frames_crossed(&server, &client, TAP_PLAIN_MAX);
 }
 
@@ -275,7 +206,7 @@ fn gso_on_both_ends_of_a_tun_tunnel_carries_super_frames_and_16_mib_arrive_intac
     assert_gso_max_size(&p.a);
     assert_gso_max_size(&p.b);
 
-    echo_across_the_tunnel(&p, &addr_a, 16 * MIB, 0x650_0002);
+    common::echo_across_the_tunnel(&p, &addr_a, 16 * MIB, 0x650_0002);
     assert_super_frames_crossed(&server, &client, TUN_PLAIN_MAX);
 }
 
@@ -314,7 +245,7 @@ fn gso_on_one_end_only_falls_back_to_plain_frames(server_extra: &str, client_ext
         );
     }
 
-    echo_across_the_tunnel(&p, &p.tap_addr(1), 16 * MIB, 0x650_0003);
+    common::echo_across_the_tunnel(&p, &p.tap_addr(1), 16 * MIB, 0x650_0003);
     for (name, proc) in [("server", &server), ("client", &client)] {
         let line = established_line(proc);
         assert!(
@@ -376,6 +307,6 @@ fn a_persistent_device_keeps_a_smaller_gso_max_size_and_still_carries_super_fram
     );
     assert_gso_max_size(&p.b);
 
-    echo_across_the_tunnel(&p, &p.tap_addr(1), 16 * MIB, 0x650_0005);
+    common::echo_across_the_tunnel(&p, &p.tap_addr(1), 16 * MIB, 0x650_0005);
     assert_super_frames_crossed(&server, &client, TAP_PLAIN_MAX);
 }

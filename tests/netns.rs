@@ -10,11 +10,9 @@
 mod common;
 
 use common::{Pair, Proc, accept_within, closed_without_answer, in_netns, pubkey, wait_for};
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
-use std::thread;
-use std::time::Duration;
 
 #[test]
 fn tap_ping_across_the_tunnel() {
@@ -108,36 +106,7 @@ fn ten_megabytes_over_tcp_across_the_tunnel_arrive_intact_both_ways() {
     p.assert_tap_ping();
 
     // An echo server in `a` on its tunnel address: the bytes cross the tunnel in both directions.
-    let addr = format!("{}:{}", p.tap_addr(1), p.port + 1000);
-    let bind_addr = addr.clone();
-    let listener = in_netns(&p.a, move || TcpListener::bind(bind_addr).unwrap());
-    let echo = thread::spawn(move || {
-        let stream = accept_within(&listener);
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        std::io::copy(&mut &stream, &mut &stream).unwrap();
-        stream.shutdown(Shutdown::Write).unwrap();
-    });
-
-    let stream = in_netns(&p.b, move || TcpStream::connect(addr).unwrap());
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let sent = common::pseudo_random_bytes(10 << 20, 0x7a97_0001);
-    let writer = {
-        let (mut stream, sent) = (stream.try_clone().unwrap(), sent.clone());
-        thread::spawn(move || {
-            stream.write_all(&sent).unwrap();
-            stream.shutdown(Shutdown::Write).unwrap();
-        })
-    };
-    let mut received = Vec::with_capacity(sent.len());
-    (&stream).read_to_end(&mut received).unwrap();
-    writer.join().unwrap();
-    echo.join().unwrap();
-    assert_eq!(received.len(), sent.len(), "bytes echoed back");
-    assert!(received == sent, "the echoed bytes differ from those sent");
+    common::echo_across_the_tunnel(&p, &p.tap_addr(1), 10 << 20, 0x7a97_0001);
 }
 
 #[test]

@@ -12,11 +12,12 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -534,4 +535,69 @@ pub fn closed_without_answer(stream: &mut TcpStream) -> bool {
         Err(_) => true, // reset: the server closed while our garbage was still unread
     });
     closed && !answered
+}
+
+/// How long one read or write of an echo transfer may wait for the other end: generous, since
+/// the machine may be busy, and it bounds only a stall, never the speed of the transfer.
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// Echoes `len` pseudo-random bytes over TCP from `p.b` to an echo server in `p.a` listening on
+/// `addr_a` (an address in the tunnel), so that the bytes cross the tunnel in both directions,
+/// and checks every byte that comes back against those sent, as it arrives.
+pub fn echo_across_the_tunnel(p: &Pair, addr_a: &str, len: usize, seed: u64) {
+    let addr = format!("{addr_a}:{}", p.port + 1000);
+    let bind_addr = addr.clone();
+    let listener = in_netns(&p.a, move || TcpListener::bind(bind_addr).unwrap());
+    let echo = thread::spawn(move || -> io::Result<u64> {
+        let stream = accept_within(&listener);
+        stream.set_read_timeout(Some(STALL))?;
+        stream.set_write_timeout(Some(STALL))?;
+        let copied = io::copy(&mut &stream, &mut &stream)?;
+        stream.shutdown(Shutdown::Write)?;
+        Ok(copied)
+    });
+
+    let stream = in_netns(&p.b, move || TcpStream::connect(addr).unwrap());
+    stream.set_read_timeout(Some(STALL)).unwrap();
+    stream.set_write_timeout(Some(STALL)).unwrap();
+    let sent = Arc::new(pseudo_random_bytes(len, seed));
+    let writer = {
+        let (mut stream, sent) = (stream.try_clone().unwrap(), Arc::clone(&sent));
+        thread::spawn(move || -> io::Result<()> {
+            stream.write_all(&sent)?;
+            stream.shutdown(Shutdown::Write)
+        })
+    };
+
+    let mut buf = vec![0u8; 256 << 10];
+    let mut received = 0;
+    loop {
+        let n = match (&stream).read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("reading the echo after {received} of {len} bytes: {e}"),
+        };
+        let end = received + n;
+        assert!(end <= len, "{end} bytes echoed back, {len} sent");
+        if buf[..n] != sent[received..end] {
+            let at = buf[..n]
+                .iter()
+                .zip(&sent[received..end])
+                .position(|(a, b)| a != b)
+                .unwrap();
+            panic!("echoed byte {} differs from the one sent", received + at);
+        }
+        received = end;
+    }
+    writer
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("sending {len} bytes: {e}"));
+    let copied = echo
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the echo server: {e}"));
+    assert_eq!(copied, len as u64, "bytes the echo server received");
+    assert_eq!(received, len, "bytes echoed back");
 }
