@@ -12,7 +12,9 @@
 #                      figure's median (default 1; 3 on a shared, busy machine)
 #     --only LIST      comma-separated subset of: veth, taptun (all four below),
 #                      tap, tun, tap-chachapoly, tap-aesgcm, tun-chachapoly,
-#                      tun-aesgcm, openvpn (default: all; openvpn when installed)
+#                      tun-aesgcm, any of those four with -plain appended
+#                      (taptun -n: plain frames, no GSO), openvpn (default:
+#                      all, with tap-aesgcm-plain; openvpn when installed)
 #     --json FILE      also write every figure (and the raw runs) as JSON
 #     --markdown FILE  also write the table as Markdown
 #     --no-build       use target/release/taptun as it is
@@ -37,7 +39,10 @@
 #   veth            iperf3 straight over the veth pair: the ceiling.
 #   tap|tun-CIPHER  taptun -s in A, taptun -c -m 10.79.0.1 in B, MTU 1500,
 #                   keys from `taptun genkey` in files (-l @FILE -k PUBKEY),
-#                   tunnel addresses 10.79.1.1 (A) and 10.79.1.2 (B).
+#                   tunnel addresses 10.79.1.1 (A) and 10.79.1.2 (B); GSO
+#                   super-frames on (taptun's default).
+#   ...-plain       the same with -n on both ends: plain frames, no offloads
+#                   (the issue's "MTU 1500 and no offloads" figure).
 #   openvpn         OpenVPN 2.6 in TAP mode over TCP (--proto tcp-server /
 #                   tcp-client), TLS peer-to-peer mode with a throwaway PKI
 #                   (ECDSA P-256, made here with openssl), data channel
@@ -121,12 +126,14 @@ add_config() {
     configs+=("$1")
 }
 if [[ -z $only ]]; then
-    for c in veth $all_taptun openvpn; do add_config "$c"; done
+    for c in veth $all_taptun tap-aesgcm-plain openvpn; do add_config "$c"; done
 else
     IFS=, read -ra wanted <<<"$only"
     for w in "${wanted[@]}"; do
         case $w in
             veth | tap-chachapoly | tap-aesgcm | tun-chachapoly | tun-aesgcm) add_config "$w" ;;
+            tap-chachapoly-plain | tap-aesgcm-plain | tun-chachapoly-plain | tun-aesgcm-plain)
+                add_config "$w" ;;
             taptun) for c in $all_taptun; do add_config "$c"; done ;;
             tap | tun) add_config "$w-chachapoly"; add_config "$w-aesgcm" ;;
             openvpn) add_config openvpn; openvpn_asked=1 ;;
@@ -471,11 +478,14 @@ taptun_keys() {
     pub_b=$("$taptun" pubkey <"$tmp/b.key")
 }
 
-run_taptun() { # run_taptun tap|tun CIPHER
-    local layer=$1 cipher=$2 name="$1-$2"
+run_taptun() { # run_taptun tap|tun CIPHER [-n]
+    local layer=$1 cipher=$2 name="$1-$2" common=(-d "$device" -t "$1" -e "$2" -M 1500)
+    if [[ ${3:-} == -n ]]; then
+        name+=-plain
+        common+=(-n)
+    fi
     taptun_keys
-    say "taptun $layer $cipher: -s in $ns_a, -c -m $underlay_a in $ns_b"
-    local common=(-d "$device" -t "$layer" -e "$cipher" -M 1500)
+    say "taptun $layer $cipher ${3:-}: -s in $ns_a, -c -m $underlay_a in $ns_b"
     start "taptun -s" "$tmp/$name-server.log" "$ns_a" \
         "$taptun" -s -p "$taptun_port" "${common[@]}" -l "@$tmp/a.key" -k "$pub_b"
     wait_for "taptun -s to listen" listening "$ns_a" "$taptun_port"
@@ -542,6 +552,7 @@ for ((round = 1; round <= rounds; round++)); do
             "") ;;
             veth) run_veth ;;
             openvpn) run_openvpn ;;
+            *-plain) base=${c%-plain} && run_taptun "${base%%-*}" "${base#*-}" -n ;;
             *) run_taptun "${c%%-*}" "${c#*-}" ;;
         esac
     done
@@ -588,6 +599,9 @@ labels = {
     "tun-chachapoly": "taptun tun chachapoly",
     "tun-aesgcm": "taptun tun aesgcm",
 }
+for key in list(labels):
+    if key.startswith(("tap-", "tun-")):
+        labels[key + "-plain"] = labels[key] + " -n"
 # (key, column heading, unit, digits)
 columns = [
     ("up1", "up 1", "Gbit/s", 2),
