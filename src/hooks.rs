@@ -3,7 +3,7 @@
 //!
 //! A hook sees TAPTUN_DEVICE, TAPTUN_TYPE, TAPTUN_MTU, TAPTUN_PEER and
 //! TAPTUN_PEER_KEY, and never the secrets or systemd's hand-over variables
-//! (see [`crate::transport::SCRUBBED_ENV`]). Its stdin is /dev/null; its
+//! (see [`crate::transport::is_scrubbed`]). Its stdin is /dev/null; its
 //! stdout and stderr are ours (in -i mode stdout is /dev/null). A hook that
 //! runs past [`HOOK_LIMIT`] is killed; either way the failure is logged, and
 //! a failed up hook ends the session.
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::Layer;
 use crate::keys::PublicKey;
-use crate::transport::SCRUBBED_ENV;
+use crate::transport::scrub_env;
 
 /// How long a hook may run.
 pub const HOOK_LIMIT: Duration = Duration::from_secs(30);
@@ -51,9 +51,7 @@ impl HookEnv {
 pub fn run(name: &str, command: &str, env: &HookEnv) -> Result<(), String> {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c").arg(command).stdin(Stdio::null());
-    for var in SCRUBBED_ENV {
-        cmd.env_remove(var);
-    }
+    scrub_env(&mut cmd);
     cmd.envs(env.vars());
     let started = Instant::now();
     let mut child = cmd

@@ -69,6 +69,10 @@ fn env(var: &str) -> Option<String> {
 /// Every failure, as an [`Error`] whose `exit_code` is the process status.
 pub fn run(config: Config) -> Result<(), Error> {
     let started = Instant::now();
+    // First of all, before taptun opens a descriptor of its own that could
+    // take a number systemd's hand-over names.
+    let serve = matches!(config.mode, Mode::Server { .. });
+    let inherited = transport::inherited_listener(&env, serve, config.fwmark)?;
     if let Err(e) = sys::forbid_core_dumps() {
         ::log::warn!("cannot forbid core dumps (keys could leak into one): {e}");
     }
@@ -95,7 +99,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         config.gso,
     )?;
     let listener = match &config.mode {
-        Mode::Server { bind, port } => Some(match transport::inherited_listener(&env)? {
+        Mode::Server { bind, port } => Some(match inherited {
             Some(listener) => {
                 ::log::info!("using the listening socket passed by systemd (fd 3)");
                 listener

@@ -488,10 +488,12 @@ pub fn forbid_core_dumps() -> io::Result<()> {
 }
 
 /// Takes ownership of descriptor `fd`, inherited from our parent (systemd's
-/// socket activation passes listening sockets from fd 3 on).
+/// socket activation passes listening sockets from fd 3 on), and makes it
+/// close-on-exec. Call it before the process opens a descriptor of its own,
+/// which could otherwise have that number.
 ///
 /// # Errors
-/// When `fd` is not open.
+/// When `fd` is not open (EBADF).
 pub fn inherit_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_GETFD only reads the descriptor's flags.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -499,10 +501,13 @@ pub fn inherit_fd(fd: RawFd) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: setting FD_CLOEXEC on an open descriptor; our children must
-    // not inherit the listening socket.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    // not inherit what systemd passed us.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: the descriptor is open and was handed to this process alone
-    // (LISTEN_PID names us); nothing else in the process owns it.
+    // (LISTEN_PID names us); it is claimed before the process opens any of
+    // its own, so nothing else in the process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

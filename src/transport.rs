@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -21,16 +21,63 @@ use crate::frame::{self, FrameReader};
 use crate::handshake::MessageIo;
 use crate::sys::{self, Stop, Wait};
 
-/// Environment variables a child must never see: secrets and the
-/// systemd hand-over that belongs to us.
-pub const SCRUBBED_ENV: &[&str] = &[
-    "TAPTUN_LOCAL",
-    "TAPTUN_REMOTE",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-];
+/// Environment variables a child (-x command, hook) must never see: the
+/// secrets and systemd's hand-over to us. A variable added later that holds
+/// a secret (a proxy's credentials, say) belongs here.
+pub const SCRUBBED_ENV: &[&str] = &["TAPTUN_LOCAL", "TAPTUN_REMOTE", "NOTIFY_SOCKET"];
+/// Prefixes of more such variables: systemd's socket activation sets
+/// LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, LISTEN_PIDFDID, and may add more.
+pub const SCRUBBED_ENV_PREFIXES: &[&str] = &["LISTEN_"];
+
+/// Whether environment variable `name` must be kept from a child.
+pub fn is_scrubbed(name: &std::ffi::OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    SCRUBBED_ENV.iter().any(|var| name == var.as_bytes())
+        || SCRUBBED_ENV_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix.as_bytes()))
+}
+
+/// Removes from `cmd`'s environment (ours, inherited) every variable
+/// [`is_scrubbed`] names.
+pub fn scrub_env(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if is_scrubbed(&name) {
+            cmd.env_remove(name);
+        }
+    }
+}
+#[cfg(test)]
+mod scrub_tests {
+    use super::is_scrubbed;
+    use crate::config::{ENV_LOCAL, ENV_REMOTE};
+
+    #[test]
+    fn secrets_and_every_listen_variable_are_scrubbed() {
+        for name in [
+            ENV_LOCAL,
+            ENV_REMOTE,
+            "NOTIFY_SOCKET",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "LISTEN_PIDFDID",
+            "LISTEN_ANYTHING_NEW",
+        ] {
+            assert!(is_scrubbed(name.as_ref()), "{name}");
+        }
+        for name in [
+            "PATH",
+            "TAPTUN_DEVICE",
+            "TAPTUN_PEER_KEY",
+            "XLISTEN_FDS",
+            "LISTEN",
+        ] {
+            assert!(!is_scrubbed(name.as_ref()), "{name}");
+        }
+    }
+}
+
 /// How long a -x command may take to exit once its stdin is closed.
 const COMMAND_GRACE: Duration = Duration::from_secs(2);
 /// Backlog of the listening socket.
@@ -313,9 +360,7 @@ impl Stream {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        for var in SCRUBBED_ENV {
-            cmd.env_remove(var);
-        }
+        scrub_env(&mut cmd);
         let cmd_err = |source| Error::Command {
             command: command.to_owned(),
             source,
@@ -408,39 +453,141 @@ impl MessageIo for Framed {
     }
 }
 
-/// The listening socket systemd passed (socket activation), if LISTEN_PID
-/// names this process and LISTEN_FDS is at least 1: fd 3.
+/// The first descriptor systemd passes (socket activation).
+const LISTEN_FDS_START: RawFd = 3;
+
+/// Claims what systemd passed (socket activation) and returns the listening
+/// socket -s serves on, if any. Call it before taptun opens a descriptor of
+/// its own: otherwise fd 3 may be one of ours, which would get two owners.
+///
+/// When LISTEN_PID names this process, each of the LISTEN_FDS descriptors
+/// from fd 3 on is taken and made close-on-exec, so that no hook or -x
+/// command inherits one. With `serve` (-s) all must be open and fd 3 must be
+/// a listening TCP socket: it is returned, with `fwmark` set on it; the
+/// others are closed with a warning. Without (-c, -i) all are closed: none
+/// is used (under systemd's Accept=yes, fd 3 is the connection -i already
+/// has as fds 0 and 1).
 ///
 /// # Errors
-/// When fd 3 is announced but is not a listening TCP socket.
+/// `Error::Usage`, naming the descriptor: LISTEN_FDS is not a number, a
+/// descriptor is not open or fd 3 is not a listening TCP socket (-s), or
+/// the mark cannot be set.
 pub fn inherited_listener(
     env: &dyn Fn(&str) -> Option<String>,
+    serve: bool,
+    fwmark: Option<u32>,
 ) -> Result<Option<TcpListener>, Error> {
     let ours = env("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let count = env("LISTEN_FDS")
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(0);
-    if !ours || count == 0 {
+    if !ours {
         return Ok(None);
     }
-    if count > 1 {
-        log::warn!("systemd passed {count} sockets; using the first (fd 3)");
-    }
-    let bad = |source| Error::Listen {
-        addr: "fd 3 (LISTEN_FDS)".into(),
-        source,
+    let count = match env("LISTEN_FDS") {
+        None => 0,
+        Some(text) => text.parse::<u16>().map_err(|_| {
+            Error::Usage(format!(
+                "LISTEN_FDS=`{text}` is not a number of descriptors, and LISTEN_PID names \
+                 taptun: start it from its .socket unit, or unset LISTEN_PID and LISTEN_FDS"
+            ))
+        })?,
     };
-    let fd = sys::inherit_fd(3).map_err(bad)?;
-    let socket = socket2::Socket::from(fd);
-    let listening = socket.is_listener().map_err(bad)?;
-    let stream = socket.r#type().map_err(bad)? == socket2::Type::STREAM;
-    if !listening || !stream {
-        return Err(bad(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a listening stream socket",
+    // Every one is claimed before anything is logged: a first log line may
+    // open the syslog socket, which must not land on a passed number.
+    let mut passed = Vec::with_capacity(usize::from(count));
+    let mut missing = None;
+    for fd in (0..count).map(|i| LISTEN_FDS_START + RawFd::from(i)) {
+        match sys::inherit_fd(fd) {
+            Ok(owned) => passed.push(owned),
+            Err(e) => {
+                missing.get_or_insert((fd, e));
+            }
+        }
+    }
+    if !serve {
+        if count > 0 {
+            log::debug!(
+                "closing the {} descriptors systemd passed (LISTEN_FDS={count}): only -s uses one",
+                passed.len()
+            );
+        }
+        return Ok(None);
+    }
+    if let Some((fd, e)) = missing {
+        return Err(Error::Usage(format!(
+            "fd {fd} from LISTEN_FDS is not open ({e}): LISTEN_PID and LISTEN_FDS={count} say \
+             that systemd passed sockets from fd 3 on; start taptun from its .socket unit, \
+             or unset LISTEN_PID and LISTEN_FDS to let it bind -p itself"
         )));
     }
-    Ok(Some(socket.into()))
+    let mut passed = passed.into_iter();
+    let Some(first) = passed.next() else {
+        return Ok(None);
+    };
+    let listener = passed_listener(first)?;
+    let extra = passed.len();
+    drop(passed);
+    if extra > 0 {
+        log::warn!(
+            "systemd passed {count} sockets (LISTEN_FDS); taptun serves on fd 3 and has closed \
+             fds 4-{}: give the .socket unit one ListenStream=",
+            LISTEN_FDS_START + RawFd::from(count) - 1
+        );
+    }
+    if let Some(mark) = fwmark {
+        mark_passed_listener(&listener, mark)?;
+    }
+    Ok(Some(listener))
+}
+
+/// Fd 3 as the listening TCP socket it must be.
+fn passed_listener(fd: OwnedFd) -> Result<TcpListener, Error> {
+    let refuse = |why: String| {
+        Error::Usage(format!(
+            "fd 3 from LISTEN_FDS is not a listening TCP socket: {why}; give taptun -s a \
+             .socket unit with ListenStream=PORT and without Accept=yes, or unset LISTEN_PID \
+             and LISTEN_FDS to let it bind -p itself"
+        ))
+    };
+    if !sys::is_socket(fd.as_raw_fd()) {
+        return Err(refuse("it is not a socket".into()));
+    }
+    let socket = socket2::Socket::from(fd);
+    let query = |e: io::Error| refuse(format!("cannot query it: {e}"));
+    let domain = socket.domain().map_err(query)?;
+    if domain != socket2::Domain::IPV4 && domain != socket2::Domain::IPV6 {
+        return Err(refuse(format!("it is an {domain:?} socket")));
+    }
+    if socket.r#type().map_err(query)? != socket2::Type::STREAM {
+        return Err(refuse("it is not a stream socket".into()));
+    }
+    if !socket.is_listener().map_err(query)? {
+        return Err(refuse(
+            "it is not listening (with Accept=yes systemd passes connections: run taptun -i for those)"
+                .into(),
+        ));
+    }
+    Ok(socket.into())
+}
+
+/// -F on the socket systemd passed: accepted connections inherit the mark.
+fn mark_passed_listener(listener: &TcpListener, mark: u32) -> Result<(), Error> {
+    let socket = socket2::SockRef::from(listener);
+    if socket.mark().is_ok_and(|old| old == mark) {
+        return Ok(());
+    }
+    socket.set_mark(mark).map_err(|e| {
+        Error::Usage(format!(
+            "-F: cannot set mark {mark} on the socket systemd passed (fd 3): {e}; setting a mark \
+             needs CAP_NET_ADMIN (or CAP_NET_RAW from Linux 5.17): give the service \
+             AmbientCapabilities=CAP_NET_ADMIN, or drop -F and set Mark={mark} in the .socket unit"
+        ))
+    })?;
+    // The connection that made systemd start us may already be queued, and
+    // the kernel marked it when it arrived.
+    log::warn!(
+        "-F: mark {mark} set on the socket systemd passed; connections queued before taptun \
+         started are unmarked: set Mark={mark} in the .socket unit too"
+    );
+    Ok(())
 }
 
 /// Tells systemd (NOTIFY_SOCKET) that we are ready; nothing when unset.
