@@ -216,9 +216,9 @@ fn accept_loop<'scope>(
         scope.spawn(move || {
             let _live = live;
             let peer = addr.to_string();
-            let progress = Progress { pending, id };
+            let slot = Slot { pending, id };
             let outcome = Stream::tcp(conn, peer.clone())
-                .and_then(|stream| tunnel.respond(stream, accepted, replays, &progress));
+                .and_then(|stream| tunnel.respond(stream, accepted, replays, &slot));
             pending.claim(id);
             match outcome {
                 Ok(Some(ready)) => {
@@ -231,13 +231,13 @@ fn accept_loop<'scope>(
     }
 }
 
-/// A handshake's entry in the pending list, told how the handshake goes.
-struct Progress<'a> {
+/// A handshake's place in the pending list, told how the handshake goes.
+struct Slot<'a> {
     pending: &'a Pending,
     id: u64,
 }
 
-impl handshake::Progress for Progress<'_> {
+impl handshake::Progress for Slot<'_> {
     fn authentic(&self) {
         self.pending.authentic(self.id);
     }
