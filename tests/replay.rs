@@ -55,8 +55,8 @@ fn captured_message1(p: &Pair) -> Vec<u8> {
 
 /// Sends `message1` on a new connection served by a new `taptun -i` in `p.a` (with
 /// `RUNTIME_DIRECTORY=run_dir`), reads until the server closes or message 2 has come whole,
-/// then closes and waits for the process to end. Returns the bytes received.
-fn one_inetd_connection(p: &Pair, run_dir: &Path, message1: &[u8], name: &str) -> usize {
+/// then closes and waits for the process to end. Returns the bytes received and the log.
+fn one_inetd_connection(p: &Pair, run_dir: &Path, message1: &[u8], name: &str) -> (usize, String) {
     let listener = in_netns(&p.a, || TcpListener::bind("127.0.0.1:0").unwrap());
     let addr = listener.local_addr().unwrap();
     let mut client = in_netns(&p.a, move || TcpStream::connect(addr).unwrap());
@@ -93,7 +93,7 @@ fn one_inetd_connection(p: &Pair, run_dir: &Path, message1: &[u8], name: &str) -
     // Frees the device for the next connection's process.
     server.wait();
     eprintln!("{name}: {} bytes back", got.len());
-    got.len()
+    (got.len(), server.stderr())
 }
 
 #[test]
@@ -106,15 +106,19 @@ fn a_message_1_replayed_on_a_second_inetd_connection_gets_no_answer() {
     DirBuilder::new().mode(0o700).create(&run_dir).unwrap();
     let message1 = captured_message1(&p);
 
-    let first = one_inetd_connection(&p, &run_dir, &message1, "taptun -i (first)");
+    let (first, _) = one_inetd_connection(&p, &run_dir, &message1, "taptun -i (first)");
     assert_eq!(
         first, MESSAGE2_FRAMED,
         "the genuine first connection gets message 2"
     );
-    let second = one_inetd_connection(&p, &run_dir, &message1, "taptun -i (replay)");
+    let (second, log) = one_inetd_connection(&p, &run_dir, &message1, "taptun -i (replay)");
     assert_eq!(
         second, 0,
         "the replay on a new connection got {second} bytes back"
+    );
+    assert!(
+        log.contains("is a replay"),
+        "the replay is not logged as one: {log}"
     );
 
     // The cache is the file of our uid in RUNTIME_DIRECTORY, private to us.
