@@ -98,6 +98,10 @@ pub trait PacketDevice: Sync {
     fn vnet_hdr(&self) -> bool {
         false
     }
+    /// What follows a virtio header: an Ethernet frame or an IP packet.
+    fn vnet_kind(&self) -> vnet::Kind {
+        vnet::Kind::Ethernet
+    }
     /// Lets the kernel hand over super-frames with partial checksums (on)
     /// or only complete frames (off); only for a `vnet_hdr` device.
     ///
@@ -285,6 +289,13 @@ impl PacketDevice for Device {
 
     fn vnet_hdr(&self) -> bool {
         self.vnet
+    }
+
+    fn vnet_kind(&self) -> vnet::Kind {
+        match self.layer {
+            Layer::Tap => vnet::Kind::Ethernet,
+            Layer::Tun => vnet::Kind::Ip,
+        }
     }
 
     fn set_offloads(&self, on: bool) -> io::Result<()> {
