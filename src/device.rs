@@ -8,6 +8,10 @@
 //! module), EPERM (root, CAP_NET_ADMIN, or a persistent device owned by the
 //! user), EBUSY (another process is attached), EINVAL (a persistent device of
 //! the other type).
+//!
+//! The offloads (TUNSETOFFLOAD) are on only while a GSO session relays: the
+//! kernel keeps them on a persistent device after it is closed, so they are
+//! turned off on opening without GSO, at a GSO session's end and on drop.
 
 use std::fmt;
 use std::io;
@@ -170,6 +174,18 @@ impl Device {
                 vnet = false;
             }
         }
+        if !vnet {
+            // A GSO session before us (a killed taptun) may have left the
+            // offloads of a persistent device on: the kernel keeps them, and
+            // without virtio headers its super-frames and partial checksums
+            // would cross as they are and break TCP for the peer.
+            if let Err(e) = sys::tun_set_offload(inner.as_raw_fd(), 0) {
+                log::warn!(
+                    "{name}: cannot turn the offloads off ({e}): TCP through the tunnel may break; \
+                     check `ethtool -k {name}`"
+                );
+            }
+        }
         if let Some(mtu) = mtu {
             // MTU bounds were checked with the configuration.
             let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
@@ -272,6 +288,19 @@ fn link_is_up(name: &str) -> bool {
         .ok()
         .and_then(|flags| u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok())
         .is_some_and(|flags| flags & libc::IFF_UP as u32 != 0)
+}
+
+impl Drop for Device {
+    /// Turns the offloads off: the kernel keeps them on a persistent device
+    /// after we close it, and the next program on it (`taptun -n`, OpenVPN)
+    /// takes no super-frames. Runs on every exit of `run`, signals included.
+    fn drop(&mut self) {
+        if self.vnet {
+            if let Err(e) = sys::tun_set_offload(self.inner.as_raw_fd(), 0) {
+                log::warn!("{}: cannot turn the offloads off: {e}", self.name);
+            }
+        }
+    }
 }
 
 impl PacketDevice for Device {

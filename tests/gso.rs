@@ -5,7 +5,12 @@
 //! intact. With GSO refused by one end (`-n`/`--no-gso`), the other end turns its offloads off,
 //! both ends carry plain frames and the bytes still arrive intact.
 //!
-//! These tests need root, iproute2, iputils-ping and ethtool; without root or `ip netns` they say
+//! A GSO session leaves no offloads behind on a persistent device: they go off when the session
+//! ends, when taptun exits, and when `taptun -n` opens a device a killed GSO session left them on;
+//! `-n` then carries TCP (an iperf3 transfer) on it. A GSO peer's invalid virtio headers are
+//! dropped, counted, and never reach the device.
+//!
+//! These tests need root, iproute2, iputils-ping, ethtool and iperf3; without root or `ip netns` they say
 //! they are skipped and pass, unless TAPTUN_REQUIRE_NETNS=1.
 
 mod common;
@@ -578,4 +583,93 @@ fn a_gso_peer_s_invalid_virtio_headers_are_dropped_counted_and_never_reach_the_d
         wait_for(DEADLINE, || rx_packets(&p.a, "tt0") == rx_before + 1),
         "the valid super-frame after the invalid ones did not reach the device"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offloads left on a persistent device.
+
+/// The session-ended line count of `proc`'s log.
+fn sessions_ended(proc: &Proc) -> usize {
+    log_lines(proc, &["session with", " ended: "]).len()
+}
+
+/// With a `taptun -n` server on `a`'s persistent tt0 (addressed 10.214.N.1 already) and a new
+/// client: ping, then an iperf3 transfer from b to a that must complete. Returns its rate.
+fn plain_session_carries_tcp(p: &Pair) -> f64 {
+    let server = p.server("-n");
+    let _client = p.good_client_once("client plain", "tt0");
+    p.address_client_tap("tt0");
+    p.assert_tap_ping();
+    assert!(
+        !tso_on(&p.a),
+        "TSO is on for the -n server's tt0: its peer gets super-frames"
+    );
+    let rate = common::iperf3(
+        &p.a,
+        &p.b,
+        &p.tap_addr(1),
+        p.port + 3000,
+        "16M",
+        Duration::from_secs(20),
+        &p.scratch,
+    )
+    .unwrap_or_else(|why| panic!("iperf3 through taptun -n on the persistent tap: {why}"));
+    println!("iperf3 through taptun -n on the persistent tap: {rate} Mbit/s");
+    drop(server);
+    rate
+}
+
+#[test]
+fn a_gso_session_on_a_persistent_tap_turns_its_offloads_off_when_it_ends_and_when_taptun_exits() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    p.a.ip("tuntap add dev tt0 mode tap");
+    let mut server = p.server("");
+    let mut client = p.good_client_once("client", "tt0");
+    p.address_tap();
+    p.assert_tap_ping();
+    assert!(tso_on(&p.a), "the GSO session did not turn TSO on");
+
+    // The session ends, the server stays: its device must not keep the offloads meanwhile.
+    client.terminate();
+    assert!(
+        wait_for(DEADLINE, || sessions_ended(&server) == 1),
+        "the server did not see the session end"
+    );
+    assert!(!tso_on(&p.a), "TSO still on after the GSO session ended");
+
+    // A second GSO session, then the server exits on SIGTERM.
+    let _client = p.good_client_once("client again", "tt0");
+    p.address_client_tap("tt0");
+    p.assert_tap_ping();
+    assert!(tso_on(&p.a), "the second GSO session did not turn TSO on");
+    assert!(server.terminate().success());
+    assert!(!tso_on(&p.a), "TSO still on after taptun exited");
+
+    plain_session_carries_tcp(&p);
+}
+
+#[test]
+fn taptun_n_turns_off_the_offloads_a_killed_gso_session_left_on_a_persistent_tap() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    p.a.ip("tuntap add dev tt0 mode tap");
+    let mut server = p.server("");
+    let mut client = p.good_client_once("client", "tt0");
+    p.address_tap();
+    p.assert_tap_ping();
+    // Killed, nothing of taptun runs: the kernel keeps the offloads on the device.
+    server.signal(libc::SIGKILL);
+    server.wait();
+    client.wait();
+    assert!(
+        tso_on(&p.a),
+        "TSO went off with the killed server: nothing to test"
+    );
+
+    plain_session_carries_tcp(&p);
 }
