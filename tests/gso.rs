@@ -610,6 +610,7 @@ fn plain_session_carries_tcp(p: &Pair) -> f64 {
         &p.tap_addr(1),
         p.port + 3000,
         "16M",
+        &[],
         Duration::from_secs(20),
         &p.scratch,
     )

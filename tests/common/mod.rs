@@ -602,15 +602,18 @@ pub fn echo_across_the_tunnel(p: &Pair, addr_a: &str, len: usize, seed: u64) {
     assert_eq!(received, len, "bytes echoed back");
 }
 
-/// An iperf3 transfer of `bytes` (iperf3's -n syntax: "16M") from a client in `from` to a one-off
-/// server in `to` listening on `addr:port`. Returns the receiver's rate in Mbit/s, or why it
-/// failed; a transfer without a result within `limit` (a stall) is killed and is a failure.
+/// An iperf3 transfer of `bytes` (iperf3's -n syntax: "16M") between a client in `from` and a
+/// one-off server in `to` listening on `addr:port`, client to server unless `extra` has "-R".
+/// Returns the receiver's rate in Mbit/s, or why it failed; a transfer without a result within
+/// `limit` (a stall) is killed and is a failure.
+#[allow(clippy::too_many_arguments)]
 pub fn iperf3(
     to: &Netns,
     from: &Netns,
     addr: &str,
     port: u16,
     bytes: &str,
+    extra: &[&str],
     limit: Duration,
     scratch: &Scratch,
 ) -> Result<f64, String> {
@@ -628,6 +631,7 @@ pub fn iperf3(
         .command("iperf3")
         .args(["-c", addr, "-p", &port_arg, "-n", bytes, "-f", "m"])
         .args(["--connect-timeout", "3000"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
