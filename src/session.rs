@@ -243,6 +243,16 @@ impl Tunnel {
             &self.counters,
         );
         closer.finish();
+        if framing == Framing::Gso {
+            // Until the next session says otherwise: the device is drained
+            // meanwhile, and may outlive us if we are killed.
+            if let Err(e) = self.device.set_offloads(false) {
+                log::warn!(
+                    "cannot turn the offloads of {} off: {e}",
+                    self.device.name()
+                );
+            }
+        }
         let traffic = self.counters.snapshot().since(&before);
         match &end {
             End::Dead(_) | End::StreamError(_) | End::Protocol(_) | End::DeviceError(_) => {
