@@ -76,6 +76,7 @@ pub fn run(
     cmd.envs(env.vars());
     // Its own group, so that a stop reaches the commands it runs too.
     cmd.process_group(0);
+    sys::unblock_signals_on_exec(&mut cmd);
     let started = Instant::now();
     let mut child = cmd
         .spawn()

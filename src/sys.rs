@@ -45,8 +45,8 @@ impl Stop {
 
     /// Blocks `signals` in this thread (and every thread it starts
     /// afterwards) and returns a stop that triggers when one arrives. Call it
-    /// before starting any thread. Children started with `std::process`
-    /// get a clean signal mask.
+    /// before starting any thread. Children inherit the mask: start them
+    /// with [`unblock_signals_on_exec`].
     ///
     /// # Errors
     /// When the kernel refuses a signalfd.
@@ -752,5 +752,26 @@ pub fn kill_group(pgid: u32, signal: i32) {
             // SAFETY: kill takes plain integers; a negative pid names a group.
             unsafe { libc::kill(-pgid, signal) };
         }
+    }
+}
+
+/// Makes the child that `cmd` starts begin with no signal blocked. The mask
+/// that sends SIGINT, SIGTERM, SIGUSR1 and SIGHUP to our signalfds is
+/// inherited across fork and exec (std does not reset it), and would leave
+/// a hook or a -x command deaf to the SIGTERM that asks it to go.
+pub fn unblock_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: sigemptyset and
+    // pthread_sigmask on a set on the stack, no allocation, no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            match libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) {
+                0 => Ok(()),
+                rc => Err(io::Error::from_raw_os_error(rc)),
+            }
+        });
     }
 }

@@ -313,6 +313,8 @@ impl Stream {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // Or the SIGTERM of Closer::abort would wait in its mask.
+        sys::unblock_signals_on_exec(&mut cmd);
         for var in SCRUBBED_ENV {
             cmd.env_remove(var);
         }
