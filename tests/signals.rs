@@ -252,34 +252,41 @@ fn sighup_and_sigusr1_do_not_end_the_process_and_sigterm_ends_a_relay() {
     assert!(wait_log(&client, ESTABLISHED, 1), "no session");
     for proc in [&server, &client] {
         proc.signal(libc::SIGHUP);
-        proc.signal(libc::SIGUSR1);
     }
-    assert!(
-        wait_log(&client, &["counters:"], 1),
-        "SIGUSR1 logs the counters"
-    );
     std::thread::sleep(Duration::from_millis(500));
-    assert!(server.running(), "SIGHUP or SIGUSR1 ended the server");
-    assert!(client.running(), "SIGHUP or SIGUSR1 ended the client");
+    assert!(server.running(), "SIGHUP ended the server");
+    assert!(client.running(), "SIGHUP ended the client");
+    for proc in [&server, &client] {
+        proc.signal(libc::SIGUSR1);
+        assert!(
+            wait_log(proc, &["counters:"], 1),
+            "SIGUSR1 logs the counters"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.running(), "SIGUSR1 ended the server");
+    assert!(client.running(), "SIGUSR1 ended the client");
     assert_eq!(log_count(&client, ENDED), 0, "the session must go on");
     assert_quick_clean_exit(&mut client, "a relay (client)");
     assert_quick_clean_exit(&mut server, "a relay (server)");
 }
 
-#[test]
-fn slow_up_hooks_at_both_ends_do_not_get_the_session_declared_dead() {
-    if !common::require_root() {
-        return;
-    }
+/// An 8 s up hook at one end (`server_hook` or not) with -K 2 at both: each end declares the
+/// other dead after 6 s of silence, so the end running the hook must go on reading and sending
+/// keepalives meanwhile.
+fn slow_up_hook_keeps_the_session(server_hook: bool) {
     let p = Pair::new();
-    // With -K 2 each end declares the other dead after 6 s of silence: the 8 s hooks must not
-    // keep either end from reading and sending keepalives.
+    let hook = |cmd: &mut std::process::Command, on: bool| {
+        if on {
+            cmd.args(["-u", "sleep 8"]);
+        }
+    };
     let mut server = p.a.taptun(&format!(
         "-s -p {} -v -d tt0 -K 2 {}",
         p.port,
         p.server_secrets()
     ));
-    server.args(["-u", "sleep 8"]);
+    hook(&mut server, server_hook);
     let server = Proc::start("server", server, &p.scratch);
     assert!(wait_for(DEADLINE, || p.a.listening(p.port)));
     let mut client = p.b.taptun(&format!(
@@ -288,14 +295,31 @@ fn slow_up_hooks_at_both_ends_do_not_get_the_session_declared_dead() {
         p.port,
         p.client_secrets()
     ));
-    client.args(["-u", "sleep 8"]);
+    hook(&mut client, !server_hook);
     let client = Proc::start("client", client, &p.scratch);
     assert!(wait_log(&client, ESTABLISHED, 1), "no session");
     std::thread::sleep(Duration::from_secs(12));
     let (sessions, ended) = (log_count(&client, ESTABLISHED), log_count(&client, ENDED));
-    eprintln!("12 s with 8 s up hooks and -K 2: {sessions} session(s), {ended} ended");
+    let end = if server_hook { "server" } else { "client" };
+    eprintln!(
+        "12 s with an 8 s up hook at the {end} and -K 2: {sessions} session(s), {ended} ended"
+    );
     assert_eq!((sessions, ended), (1, 0), "one session that stays up");
     assert_eq!(log_count(&server, ENDED), 0);
+}
+
+#[test]
+fn a_slow_up_hook_at_the_server_does_not_get_the_session_declared_dead() {
+    if common::require_root() {
+        slow_up_hook_keeps_the_session(true);
+    }
+}
+
+#[test]
+fn a_slow_up_hook_at_the_client_does_not_get_the_session_declared_dead() {
+    if common::require_root() {
+        slow_up_hook_keeps_the_session(false);
+    }
 }
 
 #[test]
