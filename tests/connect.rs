@@ -2,7 +2,7 @@
 //! of refusing (a firewall, a stale AAAA record): several -m hosts are tried in turn, the next one
 //! after 2 s of silence, and the addresses of one name race as Happy Eyeballs (RFC 8305), so a dead
 //! first address delays a session by 2 s (another host) or 250 ms (another address of the same
-//! name), on every reconnect too.
+//! name), on every reconnect too, and a slow primary that answers within 2 s still wins.
 //!
 //! The dead addresses are real addresses in the server's namespace behind an nftables rule that
 //! drops everything arriving for them: a SYN gets no answer, as behind a firewall.
@@ -171,5 +171,58 @@ fn a_name_whose_ipv6_address_drops_connects_over_ipv4_within_a_second() {
     assert!(
         first.is_some_and(|t| t < Duration::from_secs(1)),
         "no session within 1 s over the name's IPv4 address (after {first:?})"
+    );
+}
+
+/// The hosts are tried in turn, not raced from the start: a primary that answers within 2 s (here
+/// its first SYN is dropped, so it answers the retransmission about 1 s later) wins over a backup
+/// that would answer at once.
+#[test]
+fn a_slow_primary_that_answers_within_2_s_wins_over_the_backup() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let primary = p.server_addr();
+    let backup = format!("10.213.{}.3", p.n);
+    p.a.ip(&format!("addr add {backup}/24 dev {}", p.a.name));
+    let server = |name: &str, addr: &str, dev: &str| {
+        let args = format!(
+            "-s -b {addr} -p {} -v -d {dev} {}",
+            p.port,
+            p.server_secrets()
+        );
+        Proc::start(name, p.a.taptun(&args), &p.scratch)
+    };
+    let servers = [
+        server("primary", &primary, "tt0"),
+        server("backup", &backup, "tt1"),
+    ];
+    for server in &servers {
+        assert!(
+            wait_for(DEADLINE, || log_count(server, &["listening on"]) > 0),
+            "a server did not start listening"
+        );
+    }
+
+    blackhole(&p.a, &[&primary]);
+    let args = format!(
+        "-c -m {primary} -m {backup} -p {} -v -d tt0 {}",
+        p.port,
+        p.client_secrets()
+    );
+    let started = Instant::now();
+    let client = Proc::start("client", p.b.taptun(&args), &p.scratch);
+    std::thread::sleep(Duration::from_millis(700));
+    run(p
+        .a
+        .command("nft")
+        .args(["delete", "table", "inet", "taptunblackhole"]));
+    let first = session_within(&client, 1, started, DEADLINE);
+    eprintln!("a primary answering after about 1 s: session after {first:?}");
+    let log = client.stderr();
+    assert!(
+        log.contains(&format!("session with {primary}:{} established", p.port)),
+        "the primary must win: {log}"
     );
 }
