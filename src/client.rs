@@ -70,7 +70,8 @@ pub struct Dialer<'a> {
 
 impl Dialer<'_> {
     /// One attempt: connect (the -m hosts and their addresses raced) or
-    /// start the command, then run the handshake. `Ok(None)` when a signal stopped it.
+    /// start the command, then run the handshake. `Ok(None)` when a signal
+    /// stopped it.
     fn attempt(&self, tunnel: &Tunnel) -> Result<Option<Ready>, Error> {
         match self.mode {
             Mode::Client { hosts, port } => {

@@ -139,3 +139,77 @@ fn terminate(child: &mut Child) {
     sys::kill_group(child.id(), libc::SIGKILL);
     let _ = child.wait();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> HookEnv {
+        HookEnv {
+            device: "tt0".into(),
+            layer: Layer::Tap,
+            mtu: 1500,
+            peer: "exec".into(),
+            peer_key: PublicKey([0; crate::keys::KEY_LEN]),
+        }
+    }
+
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')))
+    }
+
+    #[test]
+    fn a_stop_ends_a_running_up_hook_with_what_it_started() {
+        let dir = std::env::temp_dir().join(format!("taptun-hook-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("sleep.pid");
+        let command = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let stop = Stop::new().unwrap();
+        let started = Instant::now();
+        let result = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !std::fs::read_to_string(&pidfile).is_ok_and(|t| t.ends_with('\n')) {
+                    std::thread::sleep(POLL);
+                }
+                stop.trigger();
+            });
+            run("up", &command, &env(), HOOK_LIMIT, &stop, Duration::ZERO)
+        });
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(result.is_err_and(|why| why.contains("was stopped")));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!alive(pid.trim()), "the hook's child outlived it");
+    }
+
+    #[test]
+    fn after_a_stop_a_down_hook_keeps_its_grace() {
+        let stop = Stop::new().unwrap();
+        stop.trigger();
+        assert_eq!(
+            run(
+                "down",
+                "sleep 0.2",
+                &env(),
+                HOOK_LIMIT,
+                &stop,
+                DOWN_LIMIT_ON_STOP
+            ),
+            Ok(())
+        );
+        let result = run(
+            "down",
+            "sleep 30",
+            &env(),
+            HOOK_LIMIT,
+            &stop,
+            Duration::from_millis(100),
+        );
+        assert!(result.is_err());
+    }
+}

@@ -1,7 +1,7 @@
 //! One tunnel session from stream to end: the handshake in our role, the
 //! relay with its keepalive rules and the up hook running alongside it, the
-//! down hook, and the log lines. Used by the client loop, by -i, and by the server for each
-//! authenticated connection.
+//! down hook, and the log lines. Used by the client loop, by -i, and by the
+//! server for each authenticated connection.
 //!
 //! While no session relays, a [`Drain`] reads and drops (counting) what the
 //! device sends, so nothing queues up for a peer that is not there; the

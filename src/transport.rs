@@ -93,7 +93,8 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// The error a [`StreamReader`] returns when one of its stops is set.
+/// The error a [`StreamReader`] or [`StreamWriter`] returns when one of its
+/// stops is set.
 #[derive(Debug)]
 pub struct Stopped;
 
