@@ -549,7 +549,7 @@ fn respond_stream(t: &Transcript, stream: &[u8]) {
             reader: FrameReader::with_capacity(stream, frame::MAX_WIRE),
             sent: Vec::new(),
         };
-        let result = handshake::respond(&mut io, &t.server, hello(), Instant::now(), &replays);
+        let result = handshake::respond(&mut io, &t.server, hello(), Instant::now(), &replays, &());
         let first_message = frame::decode(stream)
             .ok()
             .flatten()

@@ -6,7 +6,8 @@
 //! - [`config`]: the command line, validated into a `Config` before anything is opened.
 //! - [`keys`]: secret forms, Argon2id, public keys, the psk.
 //! - [`handshake`]: the Noise handshake as state machines, key confirmation, the replay cache;
-//!   [`resolver`]: its crypto, with X25519 keys zeroed on drop.
+//!   [`resolver`]: its crypto, with X25519 keys zeroed on drop; [`replay`]: the replay cache
+//!   that -i processes share.
 //! - [`frame`]: the u16 big-endian length-prefix codec.
 //! - [`device`]: opening TAP and TUN devices; the `PacketDevice` trait.
 //! - [`transport`]: the streams: TCP listen and dial, stdio, a command's pipes.
@@ -28,6 +29,7 @@ pub mod hooks;
 pub mod keys;
 pub mod log;
 pub mod relay;
+pub mod replay;
 pub mod resolver;
 pub mod server;
 pub mod session;
@@ -42,7 +44,7 @@ use std::time::Instant;
 use crate::config::{Config, Mode, Remote};
 use crate::device::Device;
 use crate::error::Error;
-use crate::handshake::{FLAG_GSO, Hello, Identity, ReplayCache};
+use crate::handshake::{FLAG_GSO, Hello, Identity};
 use crate::keys::{PrivateKey, SHORT_PASSPHRASE, SecretSpec, SecretText};
 use crate::session::Tunnel;
 use crate::sys::Stop;
@@ -133,10 +135,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         let result = match (&config.mode, listener, stdio) {
             (Mode::Server { .. }, Some(listener), _) => server::serve(&tunnel, listener),
             (Mode::Inetd, _, Some(stream)) => {
-                // One connection per process: the cache only guards this one.
-                let replays = ReplayCache::default();
+                // One connection per process: only a cache shared with the
+                // other -i processes can see a replay from an earlier one.
+                let replays = replay::InetdReplays::open(&env);
                 let mut drain = tunnel.drain(scope);
-                let result = match tunnel.respond(stream, Instant::now(), &replays) {
+                let result = match tunnel.respond(stream, Instant::now(), &replays, &()) {
                     Ok(Some(ready)) => {
                         let peer = ready.peer.clone();
                         session::outcome(

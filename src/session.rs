@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::device::{Device, PacketDevice};
 use crate::error::Error;
-use crate::handshake::{self, Established, FLAG_GSO, HandshakeError, Hello, Identity, ReplayCache};
+use crate::handshake::{
+    self, Established, FLAG_GSO, HandshakeError, Hello, Identity, Progress, Replays,
+};
 use crate::hooks::{self, HOOK_LIMIT, HookEnv};
 use crate::relay::{self, Counters, Drain, End, Framing, Link};
 use crate::sys::Stop;
@@ -88,18 +90,28 @@ impl Tunnel {
         self.ready(result, peer, framed, closer, stop)
     }
 
-    /// Runs the responder's handshake on `stream`, accepted at `accepted`.
+    /// Runs the responder's handshake on `stream`, accepted at `accepted`;
+    /// `progress` as in [`handshake::respond`].
     ///
     /// # Errors
-    /// `Error::Handshake` (exit 3). `Ok(None)` when a signal stopped it.
+    /// `Error::Handshake` (exit 3). `Ok(None)` when a signal stopped it, or
+    /// `progress` declined to confirm.
     pub fn respond(
         &self,
         stream: Stream,
         accepted: Instant,
-        replays: &ReplayCache,
+        replays: &dyn Replays,
+        progress: &dyn Progress,
     ) -> Result<Option<Ready>, Error> {
         let (peer, mut framed, closer, stop) = self.split(stream)?;
-        let result = handshake::respond(&mut framed, &self.identity, self.hello, accepted, replays);
+        let result = handshake::respond(
+            &mut framed,
+            &self.identity,
+            self.hello,
+            accepted,
+            replays,
+            progress,
+        );
         self.ready(result, peer, framed, closer, stop)
     }
 

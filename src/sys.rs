@@ -700,6 +700,55 @@ fn rtnetlink_link(
     }
 }
 
+/// The effective user id: the owner of the files this process creates.
+pub fn effective_uid() -> libc::uid_t {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Time since boot, suspend included (CLOCK_BOOTTIME): one clock for every
+/// process, unlike `Instant`, so processes can compare their records.
+pub fn boottime() -> std::time::Duration {
+    // SAFETY: timespec is plain integers (zero is valid) and clock_gettime
+    // fills it in; CLOCK_BOOTTIME exists on every Linux taptun runs on.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts);
+        ts
+    };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    std::time::Duration::new(secs, nanos)
+}
+
+/// Tries to take an exclusive flock(2) on `fd` without waiting: Ok(false)
+/// while another open file holds it. Released by [`unlock`] or when the
+/// last descriptor of this open file closes.
+///
+/// # Errors
+/// flock(2)'s errors other than EWOULDBLOCK.
+pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock takes plain integers and touches no memory.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Releases a flock(2) taken with [`try_lock_exclusive`].
+pub fn unlock(fd: RawFd) {
+    // SAFETY: flock takes plain integers and touches no memory; unlocking
+    // cannot fail on a valid descriptor.
+    unsafe { libc::flock(fd, libc::LOCK_UN) };
+}
+
 /// Waits until one of `watch` is ready (or at EOF, or in error) or
 /// `deadline` passes, and says which are: all false when the deadline
 /// passed. For the few descriptors a connect races (Happy Eyeballs);
