@@ -625,7 +625,10 @@ pub fn is_disconnect(e: &io::Error) -> bool {
 
 fn send<M: MessageIo>(io: &mut M, role: Role, msg: &[u8]) -> Result<(), HandshakeError> {
     io.send(msg).map_err(|e| {
-        if is_disconnect(&e) {
+        // A stop while the write waited for room is not the peer's doing.
+        if crate::transport::is_stopped(&e) {
+            HandshakeError::Stopped
+        } else if is_disconnect(&e) {
             HandshakeError::Closed(role)
         } else {
             HandshakeError::Io(e)

@@ -78,6 +78,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     let signal_err = |e| Error::io("cannot set up signal handling", e);
     let shutdown = Arc::new(Stop::on_signals(&[libc::SIGINT, libc::SIGTERM]).map_err(signal_err)?);
     let usr1 = Stop::on_signals(&[libc::SIGUSR1]).map_err(signal_err)?;
+    // SIGHUP has no meaning yet: blocked and never read, it cannot end the
+    // process (children still start with it unblocked).
+    let _hangup = Stop::on_signals(&[libc::SIGHUP]).map_err(signal_err)?;
     // -i: take the stream first, so that nothing else can reach fd 1.
     let stdio = if config.mode == Mode::Inetd {
         std::panic::set_hook(Box::new(|info| ::log::error!("internal error: {info}")));

@@ -16,7 +16,9 @@
 //! - A connection that fails its handshake never disturbs the current
 //!   session; it logs one line with its address and the reason.
 //! - A newly authenticated peer replaces the current session: the old one is
-//!   stopped and joined before the new one starts reading the device.
+//!   stopped and joined before the new one starts reading the device. The
+//!   new one relays at once; the old one's down hook and then the new one's
+//!   up hook run alongside it.
 //! - SIGINT or SIGTERM stops the accept loop and the current session.
 
 use std::collections::VecDeque;
@@ -29,7 +31,7 @@ use std::time::Instant;
 use crate::error::Error;
 use crate::handshake::{self, ReplayCache};
 use crate::relay::Drain;
-use crate::session::{Ready, Tunnel};
+use crate::session::{Ready, SessionHooks, Tunnel};
 use crate::transport::{self, Stream};
 
 /// Handshakes in progress at most.
@@ -263,45 +265,57 @@ fn is_transient(e: &std::io::Error) -> bool {
 }
 
 /// The current session, run in its own thread, which hands the device's
-/// drain back when it ends.
+/// drain and the session's hooks back when it ends.
 struct Current<'scope> {
     id: u64,
     peer: String,
     stop: Arc<crate::sys::Stop>,
-    thread: thread::ScopedJoinHandle<'scope, Option<Drain<'scope>>>,
+    thread: thread::ScopedJoinHandle<'scope, Ended<'scope>>,
 }
+
+/// What a session thread hands back.
+type Ended<'scope> = (Option<Drain<'scope>>, Option<SessionHooks<'scope>>);
 
 impl<'scope> Current<'scope> {
     /// Triggering the stop ends the reader and the writer; the relay joins
-    /// both, and the session's down hook runs.
-    fn stop_and_join(self) -> Option<Drain<'scope>> {
+    /// both. The session's hooks are left to the caller.
+    fn stop_and_join(self) -> Ended<'scope> {
         self.stop.trigger();
-        self.thread.join().unwrap_or(None)
+        self.thread.join().unwrap_or((None, None))
     }
 }
 
 /// Keeps one session at a time: a new one replaces the current one. While
-/// none is up, the device is drained.
+/// none is up, the device is drained. The hooks run on threads of their own,
+/// in order (a session's down hook before the next one's up hook), while
+/// the sessions relay.
 fn manage(tunnel: &Tunnel, inbox: mpsc::Receiver<Event>, events: mpsc::Sender<Event>) {
     thread::scope(|scope| {
         let mut drain = tunnel.drain(scope);
         let mut current: Option<Current> = None;
+        // The hooks of the latest session that ended, until the next one
+        // takes them to wait for.
+        let mut finishing: Option<thread::ScopedJoinHandle<()>> = None;
         let mut next_id: u64 = 0;
         for event in inbox.iter() {
             match event {
                 Event::Ready(ready) => {
                     if let Some(old) = current.take() {
                         log::info!("{} replaces {} as the peer", ready.peer, old.peer);
-                        drain = old.stop_and_join();
+                        let (old_drain, hooks) = old.stop_and_join();
+                        drain = old_drain;
+                        finishing = finish(tunnel, scope, hooks);
                     }
                     next_id += 1;
                     let (id, peer, stop) = (next_id, ready.peer.clone(), ready.stop.clone());
                     let events = events.clone();
                     let mut session_drain = drain.take();
+                    let before = finishing.take();
                     let thread = scope.spawn(move || {
-                        tunnel.run(*ready, &mut session_drain, scope);
+                        let (_, hooks) =
+                            tunnel.run_session(*ready, &mut session_drain, scope, before);
                         let _ = events.send(Event::Ended(id));
-                        session_drain
+                        (session_drain, Some(hooks))
                     });
                     current = Some(Current {
                         id,
@@ -313,7 +327,9 @@ fn manage(tunnel: &Tunnel, inbox: mpsc::Receiver<Event>, events: mpsc::Sender<Ev
                 Event::Ended(id) => {
                     if current.as_ref().is_some_and(|c| c.id == id) {
                         if let Some(done) = current.take() {
-                            drain = done.thread.join().unwrap_or(None);
+                            let (done_drain, hooks) = done.thread.join().unwrap_or((None, None));
+                            drain = done_drain;
+                            finishing = finish(tunnel, scope, hooks);
                         }
                     }
                 }
@@ -321,12 +337,26 @@ fn manage(tunnel: &Tunnel, inbox: mpsc::Receiver<Event>, events: mpsc::Sender<Ev
             }
         }
         if let Some(old) = current.take() {
-            drain = old.stop_and_join();
+            let (old_drain, hooks) = old.stop_and_join();
+            drain = old_drain;
+            finishing = finish(tunnel, scope, hooks);
+        }
+        if let Some(finishing) = finishing {
+            let _ = finishing.join();
         }
         if let Some(drain) = drain {
             drain.finish();
         }
     });
+}
+
+/// Runs a session's remaining hooks on a thread of their own.
+fn finish<'scope>(
+    tunnel: &'scope Tunnel,
+    scope: &'scope thread::Scope<'scope, '_>,
+    hooks: Option<SessionHooks<'scope>>,
+) -> Option<thread::ScopedJoinHandle<'scope, ()>> {
+    hooks.map(|hooks| scope.spawn(move || tunnel.finish_hooks(hooks)))
 }
 
 #[cfg(test)]
