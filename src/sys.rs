@@ -45,8 +45,8 @@ impl Stop {
 
     /// Blocks `signals` in this thread (and every thread it starts
     /// afterwards) and returns a stop that triggers when one arrives. Call it
-    /// before starting any thread. Children started with `std::process`
-    /// get a clean signal mask.
+    /// before starting any thread. Children inherit the mask: start them
+    /// with [`unblock_signals_on_exec`].
     ///
     /// # Errors
     /// When the kernel refuses a signalfd.
@@ -702,5 +702,130 @@ fn rtnetlink_link(
         Ok(reply)
     } else {
         Err(io::Error::other("unexpected rtnetlink reply"))
+    }
+}
+
+/// The effective user id: the owner of the files this process creates.
+pub fn effective_uid() -> libc::uid_t {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Time since boot, suspend included (CLOCK_BOOTTIME): one clock for every
+/// process, unlike `Instant`, so processes can compare their records.
+pub fn boottime() -> std::time::Duration {
+    // SAFETY: timespec is plain integers (zero is valid) and clock_gettime
+    // fills it in; CLOCK_BOOTTIME exists on every Linux taptun runs on.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts);
+        ts
+    };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    std::time::Duration::new(secs, nanos)
+}
+
+/// Tries to take an exclusive flock(2) on `fd` without waiting: Ok(false)
+/// while another open file holds it. Released by [`unlock`] or when the
+/// last descriptor of this open file closes.
+///
+/// # Errors
+/// flock(2)'s errors other than EWOULDBLOCK.
+pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock takes plain integers and touches no memory.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Releases a flock(2) taken with [`try_lock_exclusive`].
+pub fn unlock(fd: RawFd) {
+    // SAFETY: flock takes plain integers and touches no memory; unlocking
+    // cannot fail on a valid descriptor.
+    unsafe { libc::flock(fd, libc::LOCK_UN) };
+}
+
+/// Waits until one of `watch` is ready (or at EOF, or in error) or
+/// `deadline` passes, and says which are: all false when the deadline
+/// passed. For the few descriptors a connect races (Happy Eyeballs);
+/// the caller puts its stops among them.
+///
+/// # Errors
+/// poll(2)'s errors other than EINTR.
+pub fn poll_ready(watch: &[(RawFd, Interest)], deadline: Option<Instant>) -> io::Result<Vec<bool>> {
+    let mut fds: Vec<libc::pollfd> = watch
+        .iter()
+        .map(|&(fd, interest)| libc::pollfd {
+            fd,
+            events: match interest {
+                Interest::Read => libc::POLLIN,
+                Interest::Write => libc::POLLOUT,
+            },
+            revents: 0,
+        })
+        .collect();
+    loop {
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
+            }
+        };
+        // SAFETY: `fds` is a live vector and its length is passed with it.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if rc > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(fds.iter().map(|p| p.revents != 0).collect());
+        }
+    }
+}
+
+/// Sends `signal` to the process group `pgid`: a hook started as the
+/// leader of its own group, with whatever it started itself. The leader
+/// must be our child and not yet reaped, so the group id cannot have been
+/// reused.
+pub fn kill_group(pgid: u32, signal: i32) {
+    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
+        if pgid > 0 {
+            // SAFETY: kill takes plain integers; a negative pid names a group.
+            unsafe { libc::kill(-pgid, signal) };
+        }
+    }
+}
+
+/// Makes the child that `cmd` starts begin with no signal blocked. The mask
+/// that sends SIGINT, SIGTERM, SIGUSR1 and SIGHUP to our signalfds is
+/// inherited across fork and exec (std does not reset it), and would leave
+/// a hook or a -x command deaf to the SIGTERM that asks it to go.
+pub fn unblock_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: sigemptyset and
+    // pthread_sigmask on a set on the stack, no allocation, no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            match libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) {
+                0 => Ok(()),
+                rc => Err(io::Error::from_raw_os_error(rc)),
+            }
+        });
     }
 }
