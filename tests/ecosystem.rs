@@ -630,6 +630,44 @@ mod systemd {
     }
 
     #[test]
+    fn a_passed_fd_3_that_is_not_a_listening_tcp_socket_is_refused() {
+        if !common::require_root() {
+            return;
+        }
+        let p = Pair::new();
+        let unix_path = p.scratch.path.join("unix.sock");
+        let listen_addr = format!("{}:{}", p.server_addr(), p.port);
+        let (udp, tcp, connected) = in_netns(&p.a, move || {
+            let tcp = TcpListener::bind(listen_addr).unwrap();
+            let connected = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+            (
+                std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+                tcp,
+                connected,
+            )
+        });
+        let file = fs::File::open("/dev/null").unwrap();
+        let unix = std::os::unix::net::UnixListener::bind(&unix_path).unwrap();
+        let cases: [(&dyn AsRawFd, &str); 4] = [
+            (&file, "it is not a socket"),
+            (&udp, "it is not a stream socket"),
+            (&unix, "it is an AF_UNIX socket"),
+            (&connected, "it is not listening"),
+        ];
+        let args = ["-s", "-d", "tt0", "-l", &p.server_key, "-r", &p.client_key];
+        for (fd, says) in cases {
+            let cmd = as_systemd_would_pass(&p.a, 1, &[fd.as_raw_fd()], TAPTUN, &args);
+            let mut server = Proc::start("server", cmd, &p.scratch);
+            let status = server.wait();
+            let stderr = server.stderr();
+            assert_eq!(status.code(), Some(2), "{says}: {status}: {stderr}");
+            let expected = format!("fd 3 from LISTEN_FDS is not a listening TCP socket: {says}");
+            assert!(stderr.contains(&expected), "{stderr}");
+        }
+        drop(tcp);
+    }
+
+    #[test]
     fn every_passed_descriptor_is_claimed_and_no_hook_inherits_one() {
         if !common::require_root() {
             return;
