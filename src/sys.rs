@@ -699,3 +699,73 @@ fn rtnetlink_link(
         Err(io::Error::other("unexpected rtnetlink reply"))
     }
 }
+
+/// The work area of one Argon2id derivation, in an anonymous mapping of its
+/// own: dropping it zeroes the blocks (they held material derived from the
+/// passphrase) and unmaps them, so the memory goes back to the system. From
+/// the heap it would stay: glibc raises its mmap threshold to the size of the
+/// first large chunk freed, so the next one comes from the heap, which never
+/// shrinks below the raised trim threshold.
+pub struct Argon2Blocks {
+    ptr: std::ptr::NonNull<argon2::Block>,
+    len: usize,
+}
+
+impl Argon2Blocks {
+    /// `count` zeroed blocks (1 KiB each).
+    ///
+    /// # Errors
+    /// When the kernel refuses the mapping (out of memory or address space).
+    pub fn new(count: usize) -> io::Result<Argon2Blocks> {
+        let bytes = count
+            .checked_mul(std::mem::size_of::<argon2::Block>())
+            .filter(|&bytes| bytes > 0)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a new private anonymous mapping, overlapping nothing; the
+        // result is checked for MAP_FAILED before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: advice about our own mapping; it changes no contents.
+        unsafe { libc::madvise(ptr, bytes, libc::MADV_HUGEPAGE) };
+        // A mapping is page-aligned, which satisfies Block's 64-byte alignment.
+        let ptr = std::ptr::NonNull::new(ptr.cast::<argon2::Block>())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(Argon2Blocks { ptr, len: count })
+    }
+}
+
+impl AsMut<[argon2::Block]> for Argon2Blocks {
+    fn as_mut(&mut self) -> &mut [argon2::Block] {
+        // SAFETY: the mapping holds `len` blocks, is aligned for them, lives
+        // as long as `self` and is reached only through it; a fresh mapping
+        // is zero-filled, and all zeros is a valid Block (plain u64s).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Argon2Blocks {
+    fn drop(&mut self) {
+        for block in self.as_mut() {
+            zeroize::Zeroize::zeroize(block);
+        }
+        // SAFETY: unmaps exactly the mapping made in `new`, which nothing
+        // refers to any more. It cannot fail for a mapping we own.
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().cast(),
+                self.len * std::mem::size_of::<argon2::Block>(),
+            )
+        };
+    }
+}
