@@ -209,8 +209,8 @@ impl fmt::Debug for SecretText {
 
 /// Argon2id v0x13, m = 19456 KiB, t = 2, p = 1, fixed salt, 32-byte output.
 ///
-/// The 19 MiB work area is mapped for this derivation alone and unmapped,
-/// zeroed, before returning: from the heap it would stay resident for the
+/// The 19 MiB work area is mapped for this derivation alone, then zeroed and
+/// unmapped before returning: from the heap it would stay resident for the
 /// life of the process.
 ///
 /// # Errors
