@@ -1,10 +1,12 @@
 //! What happens to secrets inside a running taptun (issue 10, items 1 and 8): the Argon2id work
 //! area of a passphrase goes back to the system, so an idle session costs the same memory with
-//! passphrases as with keys, and every command that reads a secret (`pubkey`, `--check`, the
-//! tunnel) is non-dumpable while it holds one.
+//! passphrases as with keys, and every command that handles a secret (`pubkey`, `genkey`,
+//! `--check`, like the tunnel) is non-dumpable while it holds one.
 //!
-//! Real processes in network namespaces (see `common`); without root these tests say they are
-//! skipped and pass, unless TAPTUN_REQUIRE_NETNS=1.
+//! Real processes: idle sessions on TAP devices in network namespaces (see `common`), and
+//! `pubkey`, `genkey` and `--check` run as nobody, held in a read, an open or a write while the
+//! test looks at them in /proc. Without root these tests say they are skipped and pass, unless
+//! TAPTUN_REQUIRE_NETNS=1.
 
 mod common;
 
