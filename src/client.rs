@@ -6,9 +6,12 @@
 //! Retries back off exponentially from 1 s to 30 s, with jitter, and the
 //! backoff is reset only after a session that lasted 60 s, so two clients
 //! that share keys and keep replacing each other slow down instead of
-//! fighting. HOST is resolved again on every attempt, several -m are tried
-//! in turn, and -x runs its command afresh. With -o/--once there is one
-//! attempt and its status is the process's.
+//! fighting. HOST is resolved again on every attempt and -x runs its
+//! command afresh. Several -m are tried in turn, the next one once the
+//! previous one failed or stayed silent for 2 s, and the addresses of one
+//! host race as Happy Eyeballs (see [`transport::connect`]); a signal stops
+//! a lookup or a connect at once. With -o/--once there is one attempt and
+//! its status is the process's.
 
 use std::thread::Scope;
 use std::time::{Duration, Instant};
@@ -66,28 +69,20 @@ pub struct Dialer<'a> {
 }
 
 impl Dialer<'_> {
-    /// One attempt: connect (each -m in turn) or start the command, then
-    /// run the handshake. `Ok(None)` when a signal stopped it.
+    /// One attempt: connect (the -m hosts and their addresses raced) or
+    /// start the command, then run the handshake. `Ok(None)` when a signal
+    /// stopped it.
     fn attempt(&self, tunnel: &Tunnel) -> Result<Option<Ready>, Error> {
         match self.mode {
             Mode::Client { hosts, port } => {
                 let deadline = Instant::now() + INITIATOR_DEADLINE;
-                let mut last = None;
-                for host in hosts {
-                    match transport::connect(host, *port, self.fwmark, deadline) {
-                        Ok((tcp, addr)) => {
-                            let stream = Stream::tcp(tcp, addr.to_string())?;
-                            return tunnel.initiate(stream, Instant::now() + INITIATOR_DEADLINE);
-                        }
-                        Err(e) => {
-                            if hosts.len() > 1 {
-                                log::warn!("{e}");
-                            }
-                            last = Some(e);
-                        }
-                    }
-                }
-                Err(last.unwrap_or_else(|| Error::Usage("-c needs -m HOST".into())))
+                let connected =
+                    transport::connect(hosts, *port, self.fwmark, deadline, &tunnel.shutdown)?;
+                let Some((tcp, addr)) = connected else {
+                    return Ok(None);
+                };
+                let stream = Stream::tcp(tcp, addr.to_string())?;
+                tunnel.initiate(stream, Instant::now() + INITIATOR_DEADLINE)
             }
             Mode::Command { command } => {
                 let stream = Stream::command(command)?;

@@ -197,6 +197,7 @@ impl Command {
     ) -> Result<Command, Error> {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         let m = options().parse(&args).map_err(|e| usage(e.to_string()))?;
+        refuse_values_like_options(&m)?;
         if m.opt_present("h") {
             return Ok(Command::Help);
         }
@@ -236,6 +237,65 @@ impl Command {
             Command::Tunnel(config)
         })
     }
+}
+
+/// Refuses an option value that starts with '-': getopts takes the argument
+/// after an option as its value whatever it is, so `-c -m -p 1980` would
+/// otherwise dial a host named `-p`. No option takes a negative number.
+fn refuse_values_like_options(m: &getopts::Matches) -> Result<(), Error> {
+    for spec in OPTIONS.iter().filter(|o| !o.hint.is_empty()) {
+        let Some(value) = m
+            .opt_strs(spec.short)
+            .into_iter()
+            .find(|v| v.starts_with('-'))
+        else {
+            continue;
+        };
+        let (short, hint) = (spec.short, spec.hint);
+        let mut msg = format!(
+            "-{short}: the value `{value}` looks like an option: \
+             -{short} takes {hint}, give it right after -{short}"
+        );
+        let var = match short {
+            "l" => Some(ENV_LOCAL),
+            "r" => Some(ENV_REMOTE),
+            _ => None,
+        };
+        if let Some(var) = var {
+            msg.push_str(&format!(
+                "; a passphrase that starts with '-' can be given as -{short} @FILE or in {var}"
+            ));
+        }
+        return Err(usage(msg));
+    }
+    Ok(())
+}
+
+/// Whether argv asks for -i (--inetd), read without parsing it fully, so
+/// that even a usage error knows the stream may be fds 0, 1 and 2.
+pub fn mentions_inetd<S: AsRef<str>>(args: &[S]) -> bool {
+    for arg in args.iter().map(AsRef::as_ref) {
+        if arg == "--" {
+            return false;
+        }
+        if arg == "--inetd" {
+            return true;
+        }
+        let Some(cluster) = arg.strip_prefix('-').filter(|c| !c.starts_with('-')) else {
+            continue;
+        };
+        // In `-vi` both are flags; in `-mi` the i is -m's value.
+        for c in cluster.chars() {
+            if c == 'i' {
+                return true;
+            }
+            let takes_value = |o: &OptionSpec| o.short.chars().eq([c]) && !o.hint.is_empty();
+            if OPTIONS.iter().any(takes_value) {
+                break;
+            }
+        }
+    }
+    false
 }
 
 /// The options present, as `-x` strings, for messages.
@@ -731,6 +791,72 @@ mod tests {
         for args in bad {
             let err = parse(args).expect_err(&format!("{args:?} should fail"));
             assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_an_option_as_the_value_of_another() {
+        let err = parse(&["-c", "-m", "-p", "1980", "-l", "@/k", "-k", PUB]).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        assert_eq!(
+            err.to_string(),
+            "-m: the value `-p` looks like an option: -m takes HOST, give it right after -m"
+        );
+        // Without the stray 1980, this used to dial a host named `-p`.
+        let err = parse(&["-c", "-m", "-p", "-l", "@/k", "-k", PUB]).unwrap_err();
+        assert!(err.to_string().starts_with("-m: the value `-p`"), "{err}");
+        for spec in OPTIONS.iter().filter(|o| !o.hint.is_empty()) {
+            let short = format!("-{}", spec.short);
+            let long = format!("--{}=-z", spec.long);
+            let attached = format!("-{}-z", spec.short);
+            for args in [
+                vec!["-s", &short, "-z"],
+                vec!["-s", &long],
+                vec!["-s", &attached],
+            ] {
+                let err = parse(&args).expect_err(&format!("{args:?} should fail"));
+                assert!(
+                    err.to_string()
+                        .starts_with(&format!("{short}: the value `-z`")),
+                    "{args:?}: {err}"
+                );
+            }
+        }
+        let err = parse(&["-s", "-l", "-secret-", "-k", PUB]).unwrap_err();
+        assert!(
+            err.to_string().contains("-l @FILE or in TAPTUN_LOCAL"),
+            "{err}"
+        );
+        let err = parse(&["-s", "-l", "@/k", "-r", "-secret-"]).unwrap_err();
+        assert!(
+            err.to_string().contains("-r @FILE or in TAPTUN_REMOTE"),
+            "{err}"
+        );
+        // A secret that starts with '-' still works from the environment.
+        let env = |var: &str| (var == ENV_LOCAL).then(|| "-a passphrase from env-".to_string());
+        assert!(Command::parse(&["-s", "-k", PUB], &env).is_ok());
+    }
+
+    #[test]
+    fn mentions_inetd_finds_i_in_any_spelling() {
+        for args in [
+            &["-i"][..],
+            &["--inetd", "--bogus"],
+            &["-vi", "-K", "300"],
+            &["-s", "-v", "-ni"],
+            // -d's value to getopts, but the stream may still be fd 0: err on the safe side.
+            &["-d", "-i"],
+        ] {
+            assert!(mentions_inetd(args), "{args:?}");
+        }
+        for args in [
+            &[][..],
+            &["-s", "-m", "i"],
+            &["-c", "-mi"],
+            &["-s", "--", "-i"],
+            &["--inetdx"],
+        ] {
+            assert!(!mentions_inetd(args), "{args:?}");
         }
     }
 

@@ -8,6 +8,10 @@
 //! module), EPERM (root, CAP_NET_ADMIN, or a persistent device owned by the
 //! user), EBUSY (another process is attached), EINVAL (a persistent device of
 //! the other type).
+//!
+//! The offloads (TUNSETOFFLOAD) are on only while a GSO session relays: the
+//! kernel keeps them on a persistent device after it is closed, so they are
+//! turned off on opening without GSO, at a GSO session's end and on drop.
 
 use std::fmt;
 use std::io;
@@ -98,6 +102,10 @@ pub trait PacketDevice: Sync {
     fn vnet_hdr(&self) -> bool {
         false
     }
+    /// What follows a virtio header: an Ethernet frame or an IP packet.
+    fn vnet_kind(&self) -> vnet::Kind {
+        vnet::Kind::Ethernet
+    }
     /// Lets the kernel hand over super-frames with partial checksums (on)
     /// or only complete frames (off); only for a `vnet_hdr` device.
     ///
@@ -164,6 +172,18 @@ impl Device {
                     .tun_name()
                     .map_err(|e| device_error(requested, "cannot read the device name", e))?;
                 vnet = false;
+            }
+        }
+        if !vnet {
+            // A GSO session before us (a killed taptun) may have left the
+            // offloads of a persistent device on: the kernel keeps them, and
+            // without virtio headers its super-frames and partial checksums
+            // would cross as they are and break TCP for the peer.
+            if let Err(e) = sys::tun_set_offload(inner.as_raw_fd(), 0) {
+                log::warn!(
+                    "{name}: cannot turn the offloads off ({e}): TCP through the tunnel may break; \
+                     check `ethtool -k {name}`"
+                );
             }
         }
         if let Some(mtu) = mtu {
@@ -270,6 +290,19 @@ fn link_is_up(name: &str) -> bool {
         .is_some_and(|flags| flags & libc::IFF_UP as u32 != 0)
 }
 
+impl Drop for Device {
+    /// Turns the offloads off: the kernel keeps them on a persistent device
+    /// after we close it, and the next program on it (`taptun -n`, OpenVPN)
+    /// takes no super-frames. Runs on every exit of `run`, signals included.
+    fn drop(&mut self) {
+        if self.vnet {
+            if let Err(e) = sys::tun_set_offload(self.inner.as_raw_fd(), 0) {
+                log::warn!("{}: cannot turn the offloads off: {e}", self.name);
+            }
+        }
+    }
+}
+
 impl PacketDevice for Device {
     fn raw_fd(&self) -> RawFd {
         self.inner.as_raw_fd()
@@ -285,6 +318,13 @@ impl PacketDevice for Device {
 
     fn vnet_hdr(&self) -> bool {
         self.vnet
+    }
+
+    fn vnet_kind(&self) -> vnet::Kind {
+        match self.layer {
+            Layer::Tap => vnet::Kind::Ethernet,
+            Layer::Tun => vnet::Kind::Ip,
+        }
     }
 
     fn set_offloads(&self, on: bool) -> io::Result<()> {

@@ -22,9 +22,12 @@
 //!   genuine prefix reaches the device, and nothing reaches it that was not
 //!   sealed by the peer at its nonce, in order.
 //! - [`virtio_header`]: a frame with its virtio_net_hdr, as a GSO peer or the
-//!   device hands it over. [`vnet::check`] only passes headers whose every
-//!   offset lies inside the frame, and [`vnet::strip`] either refuses or
-//!   returns the frame with a checksum that verifies.
+//!   device hands it over, read both as a TAP frame and as a TUN packet.
+//!   [`vnet::check`] only passes headers whose every offset lies inside the
+//!   frame, and super-frames only as TCP that the kernel can segment (the
+//!   GSO type matching the IP version, the checksum at the TCP header's
+//!   checksum field, a segment size of at least 48); [`vnet::strip`] either
+//!   refuses or returns the frame with a checksum that verifies.
 //!
 //! [`seeds`] makes the meaningful inputs of the committed seed corpus
 //! (valid messages, truncated ones), so that they can be regenerated.
@@ -549,7 +552,7 @@ fn respond_stream(t: &Transcript, stream: &[u8]) {
             reader: FrameReader::with_capacity(stream, frame::MAX_WIRE),
             sent: Vec::new(),
         };
-        let result = handshake::respond(&mut io, &t.server, hello(), Instant::now(), &replays);
+        let result = handshake::respond(&mut io, &t.server, hello(), Instant::now(), &replays, &());
         let first_message = frame::decode(stream)
             .ok()
             .flatten()
@@ -746,24 +749,11 @@ pub fn session_transport(data: &[u8]) {
 // ---------------------------------------------------------------------------
 // Target 4: virtio headers.
 
-/// Fuzz target: [`vnet::check`] and [`vnet::strip`] on one header and frame.
+/// Fuzz target: [`vnet::check`] (for a TAP and for a TUN device) and
+/// [`vnet::strip`] on one header and frame.
 pub fn virtio_header(data: &[u8]) {
-    let checked = vnet::check(data);
-    if let Some(h) = vnet::Header::parse(data) {
-        let frame_len = data.len() - vnet::HDR_LEN;
-        if checked.is_ok() {
-            assert!(usize::from(h.hdr_len) <= frame_len);
-            if h.flags & vnet::F_NEEDS_CSUM != 0 {
-                let field = usize::from(h.csum_start) + usize::from(h.csum_offset);
-                assert!(field + 2 <= frame_len, "checksum field outside the frame");
-            }
-            if h.is_gso() {
-                assert!(h.gso_size >= 1 && usize::from(h.gso_size) <= frame_len);
-                assert!(h.flags & vnet::F_NEEDS_CSUM != 0);
-            }
-        }
-    } else {
-        assert!(checked.is_err(), "a packet shorter than its header passed");
+    for kind in [vnet::Kind::Ethernet, vnet::Kind::Ip] {
+        check_virtio_header(data, kind);
     }
     let mut copy = data.to_vec();
     if let Ok(frame) = vnet::strip(&mut copy) {
@@ -798,6 +788,76 @@ pub fn virtio_header(data: &[u8]) {
             }
             assert_eq!(sum, 0xffff, "the completed checksum does not verify");
         }
+    }
+}
+
+/// What [`vnet::check`] promises about a header it passes, checked on its
+/// own: every offset inside the frame, and a super-frame that the kernel
+/// can segment as TCP.
+fn check_virtio_header(data: &[u8], kind: vnet::Kind) {
+    let checked = vnet::check(data, kind);
+    let Some(h) = vnet::Header::parse(data) else {
+        assert!(checked.is_err(), "a packet shorter than its header passed");
+        return;
+    };
+    if checked.is_err() {
+        return;
+    }
+    let frame = &data[vnet::HDR_LEN..];
+    assert!(usize::from(h.hdr_len) <= frame.len());
+    if h.flags & vnet::F_NEEDS_CSUM != 0 {
+        let field = usize::from(h.csum_start) + usize::from(h.csum_offset);
+        assert!(field + 2 <= frame.len(), "checksum field outside the frame");
+    }
+    if h.gso_type & vnet::GSO_ECN != 0 {
+        assert!(h.is_gso(), "ECN without GSO passed");
+    }
+    if h.is_gso() {
+        assert!(h.flags & vnet::F_NEEDS_CSUM != 0);
+        assert!(h.gso_size >= vnet::MIN_GSO_SIZE && usize::from(h.gso_size) <= frame.len());
+        assert_eq!(h.csum_offset, 16, "not TCP's checksum field");
+        let (gso_type, tcp) = tcp_header_of(frame, kind)
+            .unwrap_or_else(|| panic!("a super-frame that is not TCP passed ({kind:?})"));
+        assert_eq!(
+            h.gso_type & !vnet::GSO_ECN,
+            gso_type,
+            "GSO type and IP version"
+        );
+        assert_eq!(
+            usize::from(h.csum_start),
+            tcp,
+            "csum_start is not the TCP header"
+        );
+        assert!(tcp + 20 <= frame.len(), "TCP header beyond the frame");
+    }
+}
+
+/// The fuzz target's own reading of a TCP packet: the GSO type its IP
+/// version needs and the offset of its TCP header, skipping 802.1Q/QinQ
+/// tags after the MAC addresses.
+fn tcp_header_of(frame: &[u8], kind: vnet::Kind) -> Option<(u8, usize)> {
+    let (mut ip, mut version) = (0, None);
+    if kind == vnet::Kind::Ethernet {
+        ip = 12;
+        while version.is_none() {
+            let ethertype = frame.get(ip..ip + 2)?;
+            ip += 2;
+            match ethertype {
+                [0x81, 0x00] | [0x88, 0xa8] => ip += 2,
+                [0x08, 0x00] => version = Some(4),
+                [0x86, 0xdd] => version = Some(6),
+                _ => return None,
+            }
+        }
+    }
+    let first = *frame.get(ip)?;
+    if version.is_some_and(|v| v != first >> 4) {
+        return None;
+    }
+    match (first >> 4, usize::from(first & 0x0f)) {
+        (4, ihl) if ihl >= 5 && *frame.get(ip + 9)? == 6 => Some((vnet::GSO_TCPV4, ip + ihl * 4)),
+        (6, _) if *frame.get(ip + 6)? == 6 => Some((vnet::GSO_TCPV6, ip + 40)),
+        _ => None,
     }
 }
 
@@ -871,6 +931,53 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         [header(vnet::F_NEEDS_CSUM, 0, 0, 0, 10, 8), vec![1; 20]].concat(),
     );
     add("short", vec![1, 4, 0, 0]);
+    // One seed per rule for super-frames: each valid kind, then each way to
+    // break one (see vnet::check). The fuzz target reads every input both as
+    // a TAP frame and as a TUN packet.
+    use vnet::Kind::{Ethernet, Ip};
+    let valid = [
+        ("tcp4-tap", vnet::tcp_super_frame(Ethernet, false, 0, 3000)),
+        ("tcp6-tap", vnet::tcp_super_frame(Ethernet, true, 0, 3000)),
+        ("tcp4-vlan", vnet::tcp_super_frame(Ethernet, false, 1, 3000)),
+        ("tcp6-qinq", vnet::tcp_super_frame(Ethernet, true, 2, 3000)),
+        ("tcp4-tun", vnet::tcp_super_frame(Ip, false, 0, 3000)),
+        ("tcp6-tun", vnet::tcp_super_frame(Ip, true, 0, 3000)),
+    ];
+    let tcp4_tap = valid[0].1.clone();
+    for (name, packet) in valid {
+        add(name, packet);
+    }
+    let altered = |at: usize, bytes: &[u8]| {
+        let mut p = tcp4_tap.clone();
+        p[at..at + bytes.len()].copy_from_slice(bytes);
+        p
+    };
+    let h = vnet::HDR_LEN;
+    add("gso-size-1", altered(4, &1u16.to_le_bytes()));
+    add("gso-size-47", altered(4, &47u16.to_le_bytes()));
+    add("gso-size-max", altered(4, &u16::MAX.to_le_bytes()));
+    add("csum-offset-6", altered(8, &6u16.to_le_bytes()));
+    add("csum-start-ip", altered(6, &14u16.to_le_bytes()));
+    add("tcpv6-on-ipv4", altered(1, &[vnet::GSO_TCPV6]));
+    add("gso-udp", altered(1, &[3]));
+    add("gso-udp-l4", altered(1, &[5]));
+    add("ecn-without-gso", altered(1, &[vnet::GSO_ECN]));
+    add("tcp4-ecn", altered(1, &[vnet::GSO_TCPV4 | vnet::GSO_ECN]));
+    add("hdr-len-hint-0", altered(2, &[0, 0]));
+    add("ip-options", altered(h + 14, &[0x46]));
+    add("udp-super-frame", altered(h + 14 + 9, &[17]));
+    add("arp-ethertype", altered(h + 12, &[0x08, 0x06]));
+    add("ipv6-in-ipv4-ethertype", altered(h + 14, &[0x65]));
+    let mut extension = vnet::tcp_super_frame(Ethernet, true, 0, 3000);
+    extension[h + 14 + 6] = 0;
+    add("ipv6-hop-by-hop", extension);
+    let mut truncated = tcp4_tap.clone();
+    truncated.truncate(h + 14 + 20 + 19);
+    truncated[2..6].copy_from_slice(&[0, 0, 48, 0]);
+    add("tcp-header-cut", truncated);
+    let mut tags = tcp4_tap[..h + 12].to_vec();
+    tags.extend_from_slice(&[0x81, 0, 0, 7].repeat(12));
+    add("vlan-tags-to-the-end", tags);
 
     // responder_handshake
     let byte = handshake_mode_byte;

@@ -180,7 +180,8 @@ pub enum HandshakeError {
     Closed(Role),
     /// A deadline passed.
     Timeout(&'static str),
-    /// We were asked to stop (SIGINT, SIGTERM) before the handshake finished.
+    /// We were asked to stop (SIGINT, SIGTERM, or a server closing the
+    /// connection to make room) before the handshake finished.
     Stopped,
     /// A message of the wrong shape.
     Malformed(String),
@@ -624,7 +625,10 @@ pub fn is_disconnect(e: &io::Error) -> bool {
 
 fn send<M: MessageIo>(io: &mut M, role: Role, msg: &[u8]) -> Result<(), HandshakeError> {
     io.send(msg).map_err(|e| {
-        if is_disconnect(&e) {
+        // A stop while the write waited for room is not the peer's doing.
+        if crate::transport::is_stopped(&e) {
+            HandshakeError::Stopped
+        } else if is_disconnect(&e) {
             HandshakeError::Closed(role)
         } else {
             HandshakeError::Io(e)
@@ -692,16 +696,20 @@ pub fn initiate<M: MessageIo>(
 /// Runs the responder's handshake, including sending key confirmation.
 ///
 /// `accepted` is when the connection was accepted: message 1 must arrive
-/// within 3 s of it and the handshake finish within 10 s.
+/// within 3 s of it and the handshake finish within 10 s. `progress` hears
+/// when message 1 proved authentic and fresh, and decides whether to send
+/// key confirmation once message 3 checked.
 ///
 /// # Errors
-/// Any [`HandshakeError`]; nothing has been relayed.
+/// Any [`HandshakeError`]; `Stopped` when `progress` declined to confirm;
+/// nothing has been relayed.
 pub fn respond<M: MessageIo>(
     io: &mut M,
     identity: &Identity,
     hello: Hello,
     accepted: Instant,
-    replays: &ReplayCache,
+    replays: &dyn Replays,
+    progress: &dyn Progress,
 ) -> Result<Established, HandshakeError> {
     let mut resp = Responder::new(identity, hello)?;
     let mut buf = vec![0u8; crate::frame::MAX_MESSAGE];
@@ -710,9 +718,10 @@ pub fn respond<M: MessageIo>(
     io.set_deadline(Some(accepted + RESPONDER_FIRST_MESSAGE));
     let msg = recv_or(io, Role::Responder, "message 1")?;
     let ephemeral = resp.read_message1(msg)?;
-    if !replays.insert(ephemeral, Instant::now()) {
+    if !replays.first_sight(ephemeral) {
         return Err(HandshakeError::Replay);
     }
+    progress.authentic();
 
     // <- e, ee, s, es
     io.set_deadline(Some(accepted + RESPONDER_DEADLINE));
@@ -723,6 +732,9 @@ pub fn respond<M: MessageIo>(
     let msg = recv_or(io, Role::Responder, "message 3")?;
     let peer_hello = resp.read_message3(msg)?;
     let (transport, peer_key) = resp.into_transport()?;
+    if !progress.confirm() {
+        return Err(HandshakeError::Stopped);
+    }
 
     // <- keepalive (nonce 0): key confirmation.
     let n = transport
@@ -738,6 +750,30 @@ pub fn respond<M: MessageIo>(
         recv_nonce: 0,
     })
 }
+
+/// Where a responder remembers message 1's ephemeral keys: this process's
+/// [`ReplayCache`] (-s), or one shared by the processes of one user
+/// ([`crate::replay::InetdReplays`], -i).
+pub trait Replays: Sync {
+    /// Records `key` as seen now; false when it was seen within the window
+    /// (a replay, to be refused without an answer).
+    fn first_sight(&self, key: [u8; KEY_LEN]) -> bool;
+}
+
+/// What a responder tells its caller on the way, so that a server can rank
+/// its pending handshakes. `()` listens to nothing and always confirms.
+pub trait Progress {
+    /// Message 1 authenticated and is not a replay: the peer holds the psk.
+    fn authentic(&self) {}
+    /// Message 3 authenticated; the handshake succeeds once key
+    /// confirmation is sent. False when the caller has given up on this
+    /// connection (it was closed to make room): then nothing is sent.
+    fn confirm(&self) -> bool {
+        true
+    }
+}
+
+impl Progress for () {}
 
 /// Message-1 ephemeral keys seen in the last 10 minutes.
 ///
@@ -795,6 +831,12 @@ impl ReplayCache {
         inner.seen.insert(key, now);
         inner.order.push_back((key, now));
         true
+    }
+}
+
+impl Replays for ReplayCache {
+    fn first_sight(&self, key: [u8; KEY_LEN]) -> bool {
+        self.insert(key, Instant::now())
     }
 }
 
@@ -866,6 +908,7 @@ mod tests {
                     Hello::new(s_layer, 1500),
                     Instant::now(),
                     &replays,
+                    &(),
                 );
                 drop(sp); // the responder closes on failure
                 r
@@ -990,7 +1033,7 @@ mod tests {
             cp.send(&m1[..n]).unwrap();
             cp.writer.shutdown(std::net::Shutdown::Write).unwrap();
             let hello = Hello::new(Layer::Tap, 1500);
-            let r = respond(&mut sp, &server, hello, Instant::now(), &replays);
+            let r = respond(&mut sp, &server, hello, Instant::now(), &replays, &());
             drop(sp);
             if attempt == 0 {
                 // The first gets message 2, then sees the close.
@@ -1001,6 +1044,62 @@ mod tests {
                 assert!(cp.recv().unwrap().is_none(), "a replay must get no answer");
             }
         }
+    }
+
+    /// Counts what the responder reports, and declines to confirm.
+    #[derive(Default)]
+    struct Evicted {
+        authentic: std::cell::Cell<u32>,
+    }
+
+    impl Progress for Evicted {
+        fn authentic(&self) {
+            self.authentic.set(self.authentic.get() + 1);
+        }
+        fn confirm(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_handshake_closed_to_make_room_sends_no_key_confirmation() {
+        let (server, client) = pair(1, 2);
+        let (mut sp, mut cp) = Pipe::pair();
+        let replays = ReplayCache::default();
+        let progress = Evicted::default();
+        std::thread::scope(|scope| {
+            let c = scope.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                initiate(&mut cp, &client, Hello::new(Layer::Tap, 1500), deadline)
+            });
+            let hello = Hello::new(Layer::Tap, 1500);
+            let r = respond(&mut sp, &server, hello, Instant::now(), &replays, &progress);
+            drop(sp);
+            assert!(matches!(r, Err(HandshakeError::Stopped)));
+            assert_eq!(progress.authentic.get(), 1);
+            assert!(matches!(
+                c.join().unwrap(),
+                Err(HandshakeError::Closed(Role::Initiator))
+            ));
+        });
+    }
+
+    #[test]
+    fn a_replay_is_not_reported_authentic() {
+        let (server, client) = pair(1, 2);
+        let mut init = Initiator::new(&client, Hello::new(Layer::Tap, 1500)).unwrap();
+        let mut m1 = [0u8; 128];
+        let n = init.write_message1(&mut m1).unwrap();
+        let replays = ReplayCache::default();
+        let progress = Evicted::default();
+        for _ in 0..2 {
+            let (mut sp, mut cp) = Pipe::pair();
+            cp.send(&m1[..n]).unwrap();
+            cp.writer.shutdown(std::net::Shutdown::Write).unwrap();
+            let hello = Hello::new(Layer::Tap, 1500);
+            let _ = respond(&mut sp, &server, hello, Instant::now(), &replays, &progress);
+        }
+        assert_eq!(progress.authentic.get(), 1);
     }
 
     #[test]

@@ -187,12 +187,9 @@ impl SecretText {
     }
 
     /// The private key: the key itself, or the Argon2id stretch of the passphrase.
-    ///
-    /// # Errors
-    /// When the memory for Argon2id cannot be had.
-    pub fn private_key(&self) -> Result<PrivateKey, Error> {
+    pub fn private_key(&self) -> PrivateKey {
         match self {
-            SecretText::Key(key) => Ok(key.clone()),
+            SecretText::Key(key) => key.clone(),
             SecretText::Passphrase(pass) => stretch_passphrase(pass),
         }
     }
@@ -212,27 +209,16 @@ impl fmt::Debug for SecretText {
 /// The 19 MiB work area is mapped for this derivation alone, then zeroed and
 /// unmapped before returning: from the heap it would stay resident for the
 /// life of the process.
-///
-/// # Errors
-/// When the kernel refuses the memory.
-pub fn stretch_passphrase(passphrase: &str) -> Result<PrivateKey, Error> {
+pub fn stretch_passphrase(passphrase: &str) -> PrivateKey {
     let params = argon2::Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(KEY_LEN))
         .expect("constant Argon2 parameters are valid");
-    let blocks = crate::sys::Argon2Blocks::new(params.block_count()).map_err(|e| {
-        Error::io(
-            format!(
-                "cannot get the {ARGON2_M_KIB} KiB that Argon2id needs to stretch a passphrase \
-                 (free some memory, or use a key from `taptun genkey`)"
-            ),
-            e,
-        )
-    })?;
+    let blocks = crate::sys::Argon2Blocks::new(params.block_count());
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     argon
         .hash_password_into_with_memory(passphrase.as_bytes(), ARGON2_SALT, &mut key[..], blocks)
         .expect("constant Argon2 parameters and salt, and memory for block_count blocks");
-    Ok(PrivateKey(key))
+    PrivateKey(key)
 }
 
 /// psk = BLAKE2s-256("taptun/1 psk" || X25519(local, remote)).
@@ -619,8 +605,8 @@ mod tests {
     #[test]
     fn a_passphrase_stretches_to_the_same_key_every_time() {
         // Each derivation has fresh memory of its own: nothing left from the last one matters.
-        let first = stretch_passphrase("correct horse battery staple").unwrap();
-        let second = stretch_passphrase("correct horse battery staple").unwrap();
+        let first = stretch_passphrase("correct horse battery staple");
+        let second = stretch_passphrase("correct horse battery staple");
         assert_eq!(first.as_bytes(), second.as_bytes());
         assert_eq!(
             first.to_text().as_str(),

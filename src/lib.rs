@@ -6,7 +6,8 @@
 //! - [`config`]: the command line, validated into a `Config` before anything is opened.
 //! - [`keys`]: secret forms, Argon2id, public keys, the psk.
 //! - [`handshake`]: the Noise handshake as state machines, key confirmation, the replay cache;
-//!   [`resolver`]: its crypto, with X25519 keys zeroed on drop.
+//!   [`resolver`]: its crypto, with X25519 keys zeroed on drop; [`replay`]: the replay cache
+//!   that -i processes share.
 //! - [`frame`]: the u16 big-endian length-prefix codec.
 //! - [`device`]: opening TAP and TUN devices; the `PacketDevice` trait.
 //! - [`transport`]: the streams: TCP listen and dial, stdio, a command's pipes.
@@ -28,6 +29,7 @@ pub mod hooks;
 pub mod keys;
 pub mod log;
 pub mod relay;
+pub mod replay;
 pub mod resolver;
 pub mod server;
 pub mod session;
@@ -42,7 +44,7 @@ use std::time::Instant;
 use crate::config::{Config, Mode, Remote};
 use crate::device::Device;
 use crate::error::Error;
-use crate::handshake::{FLAG_GSO, Hello, Identity, ReplayCache};
+use crate::handshake::{FLAG_GSO, Hello, Identity};
 use crate::keys::{PrivateKey, SHORT_PASSPHRASE, SecretSpec, SecretText};
 use crate::session::Tunnel;
 use crate::sys::Stop;
@@ -69,11 +71,20 @@ fn env(var: &str) -> Option<String> {
 /// Every failure, as an [`Error`] whose `exit_code` is the process status.
 pub fn run(config: Config) -> Result<(), Error> {
     let started = Instant::now();
-    forbid_core_dumps();
+    // First of all, before taptun opens a descriptor of its own that could
+    // take a number systemd's hand-over names.
+    let serve = matches!(config.mode, Mode::Server { .. });
+    let inherited = transport::inherited_listener(&env, serve, config.fwmark)?;
+    if let Err(e) = sys::forbid_core_dumps() {
+        ::log::warn!("cannot forbid core dumps (keys could leak into one): {e}");
+    }
     // Before any thread exists, so that every thread inherits the mask.
     let signal_err = |e| Error::io("cannot set up signal handling", e);
     let shutdown = Arc::new(Stop::on_signals(&[libc::SIGINT, libc::SIGTERM]).map_err(signal_err)?);
     let usr1 = Stop::on_signals(&[libc::SIGUSR1]).map_err(signal_err)?;
+    // SIGHUP has no meaning yet: blocked and never read, it cannot end the
+    // process (children still start with it unblocked).
+    let _hangup = Stop::on_signals(&[libc::SIGHUP]).map_err(signal_err)?;
     // -i: take the stream first, so that nothing else can reach fd 1.
     let stdio = if config.mode == Mode::Inetd {
         std::panic::set_hook(Box::new(|info| ::log::error!("internal error: {info}")));
@@ -93,7 +104,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         config.gso,
     )?;
     let listener = match &config.mode {
-        Mode::Server { bind, port } => Some(match transport::inherited_listener(&env)? {
+        Mode::Server { bind, port } => Some(match inherited {
             Some(listener) => {
                 ::log::info!("using the listening socket passed by systemd (fd 3)");
                 listener
@@ -128,10 +139,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         let result = match (&config.mode, listener, stdio) {
             (Mode::Server { .. }, Some(listener), _) => server::serve(&tunnel, listener),
             (Mode::Inetd, _, Some(stream)) => {
-                // One connection per process: the cache only guards this one.
-                let replays = ReplayCache::default();
+                // One connection per process: only a cache shared with the
+                // other -i processes can see a replay from an earlier one.
+                let replays = replay::InetdReplays::open(&env);
                 let mut drain = tunnel.drain(scope);
-                let result = match tunnel.respond(stream, Instant::now(), &replays) {
+                let result = match tunnel.respond(stream, Instant::now(), &replays, &()) {
                     Ok(Some(ready)) => {
                         let peer = ready.peer.clone();
                         session::outcome(
@@ -252,7 +264,7 @@ fn private_key(spec: &SecretSpec, inetd: bool) -> Result<PrivateKey, Error> {
             );
         }
     }
-    text.private_key()
+    Ok(text.private_key())
 }
 
 /// Makes the process non-dumpable before it reads a secret: keys and
@@ -317,7 +329,7 @@ pub fn pubkey(input: &mut dyn Read, out: &mut dyn Write) -> Result<(), Error> {
         subject: "standard input".into(),
         why,
     })?;
-    writeln!(out, "{}", text.private_key()?.public_key())
+    writeln!(out, "{}", text.private_key().public_key())
         .map_err(|e| Error::io("cannot write the key", e))
 }
 

@@ -28,7 +28,14 @@ fn main() -> ExitCode {
             taptun::log::init(config.verbosity, taptun::log_sink(&config));
             taptun::run(*config).inspect_err(|e| log::debug!("exiting: {e}"))
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            // Logging is not up yet, and under inetd fd 2 is the client's
+            // socket: the client would read the message as a frame length.
+            if config::mentions_inetd(&args) || taptun::sys::is_socket(2) {
+                taptun::log::init(0, taptun::log::Sink::Syslog);
+            }
+            Err(e)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,7 +47,7 @@ fn main() -> ExitCode {
 }
 
 /// Prints the error: through the log once it is up (in -i mode stderr may
-/// be the tunnel's socket), else on stderr.
+/// be the tunnel's socket, and the log syslog), else on stderr.
 fn report(e: &Error) {
     let hint = if e.exit_code() == EXIT_USAGE {
         " (see taptun --help)"

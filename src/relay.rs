@@ -318,7 +318,7 @@ fn stream_to_device<D: PacketDevice>(
             log::trace!("stream -> device: {n} bytes");
         }
         if link.framing == Framing::Gso {
-            if let Err(why) = vnet::check(&plain[..n]) {
+            if let Err(why) = vnet::check(&plain[..n], device.vnet_kind()) {
                 Counters::add(&counters.dropped_invalid, 1);
                 log::debug!("dropped a frame of {n} bytes from the peer: {why}");
                 continue;
@@ -912,19 +912,10 @@ mod tests {
         });
     }
 
-    /// A GSO super-frame as the kernel hands it over: header, then frame.
+    /// A GSO super-frame of `len` bytes (an IPv4 TCP packet in an Ethernet
+    /// frame) as the kernel hands it over: header, then frame.
     fn super_frame(len: usize) -> Vec<u8> {
-        let h = vnet::Header {
-            flags: vnet::F_NEEDS_CSUM,
-            gso_type: vnet::GSO_TCPV4,
-            hdr_len: 66,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-        };
-        let mut p = h.encode().to_vec();
-        p.extend((0..len).map(|i| i as u8));
-        p
+        vnet::tcp_super_frame(vnet::Kind::Ethernet, false, 0, len - 54)
     }
 
     #[test]

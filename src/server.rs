@@ -2,15 +2,23 @@
 //! concurrently, and keeps one session at a time.
 //!
 //! - At most [`MAX_PENDING`] handshakes run at once; when one more arrives,
-//!   the oldest pending one is closed to make room, and the accept loop waits
-//!   until its thread has exited, so there are never more than 64 handshake
-//!   threads. Each is bounded by the handshake deadlines (3 s to message 1,
-//!   10 s in all) and its buffers (a 64 KiB read buffer and a 64 KiB message
-//!   buffer).
+//!   the oldest pending one whose message 1 has not (yet) proved authentic is
+//!   closed to make room, and the accept loop waits until its thread has
+//!   exited, so there are never more than 64 handshake threads. A handshake
+//!   whose message 1 was authentic (and fresh) is never closed to make room:
+//!   keyless connections cannot starve a slow client, and when all 64 are
+//!   authentic the newcomer is closed instead (each of them ends within 10 s).
+//!   Each handshake is bounded by the deadlines (3 s to message 1, 10 s in
+//!   all) and its buffers (a 64 KiB read buffer and a 64 KiB message buffer).
+//! - A handshake leaves the pending list, under its lock, before it sends key
+//!   confirmation: one that succeeded cannot be closed to make room, and one
+//!   closed to make room never sends confirmation nor replaces the session.
 //! - A connection that fails its handshake never disturbs the current
 //!   session; it logs one line with its address and the reason.
 //! - A newly authenticated peer replaces the current session: the old one is
-//!   stopped and joined before the new one starts reading the device.
+//!   stopped and joined before the new one starts reading the device. The
+//!   new one relays at once; the old one's down hook and then the new one's
+//!   up hook run alongside it.
 //! - SIGINT or SIGTERM stops the accept loop and the current session.
 
 use std::collections::VecDeque;
@@ -21,9 +29,9 @@ use std::thread;
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::handshake::ReplayCache;
+use crate::handshake::{self, ReplayCache};
 use crate::relay::Drain;
-use crate::session::{Ready, Tunnel};
+use crate::session::{Ready, SessionHooks, Tunnel};
 use crate::transport::{self, Stream};
 
 /// Handshakes in progress at most.
@@ -42,11 +50,21 @@ enum Event {
 /// Handshakes in progress, oldest first, each with a handle to abort it.
 #[derive(Default)]
 struct Pending {
-    list: Mutex<VecDeque<(u64, SocketAddr, TcpStream)>>,
+    list: Mutex<VecDeque<Entry>>,
     /// Handshake threads alive, the evicted ones that have not yet
     /// noticed included: the accept loop waits while there are too many.
     live: Mutex<usize>,
     freed: Condvar,
+}
+
+/// One handshake in progress.
+struct Entry {
+    id: u64,
+    addr: SocketAddr,
+    /// A clone of the connection, to shut it when it is evicted.
+    abort: TcpStream,
+    /// Its message 1 authenticated and was fresh: only the psk makes one.
+    authentic: bool,
 }
 
 /// Counts a handshake thread while it lives.
@@ -61,26 +79,52 @@ impl Drop for Live<'_> {
 }
 
 impl Pending {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, SocketAddr, TcpStream)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
         self.list
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a handshake; closes the oldest if there are too many.
-    fn add(&self, id: u64, addr: SocketAddr, abort: TcpStream) {
+    /// Registers a handshake. When MAX_PENDING are in progress, closes the
+    /// oldest whose message 1 has not proved authentic; when all have, the
+    /// newcomer is refused instead (false).
+    fn add(&self, id: u64, addr: SocketAddr, abort: TcpStream) -> bool {
         let mut list = self.lock();
         if list.len() >= MAX_PENDING {
-            if let Some((_, old_addr, old)) = list.pop_front() {
-                log::info!("{old_addr}: closed: {MAX_PENDING} handshakes already in progress");
-                let _ = old.shutdown(std::net::Shutdown::Both);
+            let Some(oldest) = list.iter().position(|e| !e.authentic) else {
+                return false;
+            };
+            if let Some(old) = list.remove(oldest) {
+                log::info!(
+                    "{}: closed: {MAX_PENDING} handshakes already in progress",
+                    old.addr
+                );
+                let _ = old.abort.shutdown(std::net::Shutdown::Both);
             }
         }
-        list.push_back((id, addr, abort));
+        list.push_back(Entry {
+            id,
+            addr,
+            abort,
+            authentic: false,
+        });
+        true
     }
 
-    fn remove(&self, id: u64) {
-        self.lock().retain(|(i, _, _)| *i != id);
+    /// Marks a handshake whose message 1 proved authentic.
+    fn authentic(&self, id: u64) {
+        if let Some(entry) = self.lock().iter_mut().find(|e| e.id == id) {
+            entry.authentic = true;
+        }
+    }
+
+    /// Takes a handshake off the list for good, so that nothing can evict it
+    /// any more; false when it was evicted already.
+    fn claim(&self, id: u64) -> bool {
+        let mut list = self.lock();
+        let before = list.len();
+        list.retain(|e| e.id != id);
+        list.len() < before
     }
 
     /// Waits until fewer than MAX_PENDING handshake threads live (evicted
@@ -122,8 +166,8 @@ pub fn serve(tunnel: &Tunnel, listener: TcpListener) -> Result<(), Error> {
         scope.spawn(move || manage(tunnel, inbox, manager_events));
         let result = accept_loop(tunnel, &listener, &replays, &pending, &events, scope);
         // Wake any handshake still waiting; they all end within the deadline anyway.
-        for (_, _, conn) in pending.lock().drain(..) {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
+        for entry in pending.lock().drain(..) {
+            let _ = entry.abort.shutdown(std::net::Shutdown::Both);
         }
         let _ = events.send(Event::Shutdown);
         result
@@ -161,7 +205,12 @@ fn accept_loop<'scope>(
             log::warn!("{addr}: cannot duplicate the connection; closed");
             continue;
         };
-        pending.add(id, addr, abort);
+        if !pending.add(id, addr, abort) {
+            log::info!(
+                "{addr}: closed: {MAX_PENDING} handshakes with an authentic message 1 already in progress"
+            );
+            continue;
+        }
         let Some(live) = pending.room(&tunnel.shutdown) else {
             return Ok(());
         };
@@ -169,9 +218,10 @@ fn accept_loop<'scope>(
         scope.spawn(move || {
             let _live = live;
             let peer = addr.to_string();
+            let slot = Slot { pending, id };
             let outcome = Stream::tcp(conn, peer.clone())
-                .and_then(|stream| tunnel.respond(stream, accepted, replays));
-            pending.remove(id);
+                .and_then(|stream| tunnel.respond(stream, accepted, replays, &slot));
+            pending.claim(id);
             match outcome {
                 Ok(Some(ready)) => {
                     let _ = events.send(Event::Ready(Box::new(ready)));
@@ -180,6 +230,22 @@ fn accept_loop<'scope>(
                 Err(e) => log::info!("{e}"),
             }
         });
+    }
+}
+
+/// A handshake's place in the pending list, told how the handshake goes.
+struct Slot<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl handshake::Progress for Slot<'_> {
+    fn authentic(&self) {
+        self.pending.authentic(self.id);
+    }
+
+    fn confirm(&self) -> bool {
+        self.pending.claim(self.id)
     }
 }
 
@@ -199,45 +265,57 @@ fn is_transient(e: &std::io::Error) -> bool {
 }
 
 /// The current session, run in its own thread, which hands the device's
-/// drain back when it ends.
+/// drain and the session's hooks back when it ends.
 struct Current<'scope> {
     id: u64,
     peer: String,
     stop: Arc<crate::sys::Stop>,
-    thread: thread::ScopedJoinHandle<'scope, Option<Drain<'scope>>>,
+    thread: thread::ScopedJoinHandle<'scope, Ended<'scope>>,
 }
+
+/// What a session thread hands back.
+type Ended<'scope> = (Option<Drain<'scope>>, Option<SessionHooks<'scope>>);
 
 impl<'scope> Current<'scope> {
     /// Triggering the stop ends the reader and the writer; the relay joins
-    /// both, and the session's down hook runs.
-    fn stop_and_join(self) -> Option<Drain<'scope>> {
+    /// both. The session's hooks are left to the caller.
+    fn stop_and_join(self) -> Ended<'scope> {
         self.stop.trigger();
-        self.thread.join().unwrap_or(None)
+        self.thread.join().unwrap_or((None, None))
     }
 }
 
 /// Keeps one session at a time: a new one replaces the current one. While
-/// none is up, the device is drained.
+/// none is up, the device is drained. The hooks run on threads of their own,
+/// in order (a session's down hook before the next one's up hook), while
+/// the sessions relay.
 fn manage(tunnel: &Tunnel, inbox: mpsc::Receiver<Event>, events: mpsc::Sender<Event>) {
     thread::scope(|scope| {
         let mut drain = tunnel.drain(scope);
         let mut current: Option<Current> = None;
+        // The hooks of the latest session that ended, until the next one
+        // takes them to wait for.
+        let mut finishing: Option<thread::ScopedJoinHandle<()>> = None;
         let mut next_id: u64 = 0;
         for event in inbox.iter() {
             match event {
                 Event::Ready(ready) => {
                     if let Some(old) = current.take() {
                         log::info!("{} replaces {} as the peer", ready.peer, old.peer);
-                        drain = old.stop_and_join();
+                        let (old_drain, hooks) = old.stop_and_join();
+                        drain = old_drain;
+                        finishing = finish(tunnel, scope, hooks);
                     }
                     next_id += 1;
                     let (id, peer, stop) = (next_id, ready.peer.clone(), ready.stop.clone());
                     let events = events.clone();
                     let mut session_drain = drain.take();
+                    let before = finishing.take();
                     let thread = scope.spawn(move || {
-                        tunnel.run(*ready, &mut session_drain, scope);
+                        let (_, hooks) =
+                            tunnel.run_session(*ready, &mut session_drain, scope, before);
                         let _ = events.send(Event::Ended(id));
-                        session_drain
+                        (session_drain, Some(hooks))
                     });
                     current = Some(Current {
                         id,
@@ -249,7 +327,9 @@ fn manage(tunnel: &Tunnel, inbox: mpsc::Receiver<Event>, events: mpsc::Sender<Ev
                 Event::Ended(id) => {
                     if current.as_ref().is_some_and(|c| c.id == id) {
                         if let Some(done) = current.take() {
-                            drain = done.thread.join().unwrap_or(None);
+                            let (done_drain, hooks) = done.thread.join().unwrap_or((None, None));
+                            drain = done_drain;
+                            finishing = finish(tunnel, scope, hooks);
                         }
                     }
                 }
@@ -257,10 +337,138 @@ fn manage(tunnel: &Tunnel, inbox: mpsc::Receiver<Event>, events: mpsc::Sender<Ev
             }
         }
         if let Some(old) = current.take() {
-            drain = old.stop_and_join();
+            let (old_drain, hooks) = old.stop_and_join();
+            drain = old_drain;
+            finishing = finish(tunnel, scope, hooks);
+        }
+        if let Some(finishing) = finishing {
+            let _ = finishing.join();
         }
         if let Some(drain) = drain {
             drain.finish();
         }
     });
+}
+
+/// Runs a session's remaining hooks on a thread of their own.
+fn finish<'scope>(
+    tunnel: &'scope Tunnel,
+    scope: &'scope thread::Scope<'scope, '_>,
+    hooks: Option<SessionHooks<'scope>>,
+) -> Option<thread::ScopedJoinHandle<'scope, ()>> {
+    hooks.map(|hooks| scope.spawn(move || tunnel.finish_hooks(hooks)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A loopback connection: the server's end (for the list) and the
+    /// client's end (to see whether the server's was shut).
+    fn connection(listener: &TcpListener) -> (TcpStream, TcpStream, SocketAddr) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, addr) = listener.accept().unwrap();
+        (server, client, addr)
+    }
+
+    /// Whether the server's end of `client` was shut: on loopback the FIN
+    /// is there before shutdown() returns, so a short wait is enough.
+    fn was_shut(client: &mut TcpStream) -> bool {
+        client
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match client.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    /// Fills the list with `count` handshakes numbered from `first`; returns
+    /// the client ends, each with the server's end that its handshake
+    /// thread would hold.
+    fn fill(
+        pending: &Pending,
+        listener: &TcpListener,
+        first: u64,
+        count: usize,
+    ) -> Vec<(TcpStream, TcpStream)> {
+        (0..count)
+            .map(|i| {
+                let (server, client, addr) = connection(listener);
+                let abort = server.try_clone().unwrap();
+                assert!(pending.add(first + i as u64, addr, abort));
+                (client, server)
+            })
+            .collect()
+    }
+
+    fn ids(pending: &Pending) -> Vec<u64> {
+        pending.lock().iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn a_claimed_handshake_cannot_be_evicted() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pending = Pending::default();
+        let mut clients = fill(&pending, &listener, 1, MAX_PENDING);
+        // Handshake 1 succeeded: it claims its entry before confirming.
+        assert!(pending.claim(1));
+        // The flood goes on: every newcomer makes room, never by closing 1.
+        clients.extend(fill(&pending, &listener, 100, MAX_PENDING + 1));
+        assert!(!ids(&pending).contains(&1));
+        assert!(
+            !was_shut(&mut clients[0].0),
+            "the succeeded handshake was shut"
+        );
+        assert!(was_shut(&mut clients[1].0));
+    }
+
+    #[test]
+    fn an_evicted_handshake_cannot_claim_its_success() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pending = Pending::default();
+        let mut clients = fill(&pending, &listener, 1, MAX_PENDING + 1);
+        assert!(was_shut(&mut clients[0].0));
+        // Its message 3 checked just as it was closed: no confirmation, no
+        // session to replace the current one.
+        assert!(!pending.claim(1));
+    }
+
+    #[test]
+    fn eviction_spares_authentic_handshakes() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pending = Pending::default();
+        let mut clients = fill(&pending, &listener, 1, MAX_PENDING);
+        pending.authentic(1);
+        pending.authentic(3);
+        let _more = fill(&pending, &listener, 100, 2 * MAX_PENDING);
+        let left = ids(&pending);
+        assert_eq!(left.len(), MAX_PENDING);
+        assert_eq!(left[..2], [1, 3]);
+        assert!(!was_shut(&mut clients[0].0));
+        assert!(!was_shut(&mut clients[2].0));
+        assert!(was_shut(&mut clients[1].0));
+    }
+
+    #[test]
+    fn a_newcomer_is_refused_when_every_handshake_is_authentic() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pending = Pending::default();
+        let mut clients = fill(&pending, &listener, 1, MAX_PENDING);
+        for id in 1..=MAX_PENDING as u64 {
+            pending.authentic(id);
+        }
+        let (server, _client, addr) = connection(&listener);
+        assert!(!pending.add(999, addr, server));
+        assert_eq!(ids(&pending), (1..=MAX_PENDING as u64).collect::<Vec<_>>());
+        assert!(clients.iter_mut().take(4).all(|(c, _)| !was_shut(c)));
+    }
 }

@@ -1,22 +1,24 @@
-//! One tunnel session from stream to end: the handshake in our role, the up
-//! hook, the relay with its keepalive rules, the down hook, and the log
-//! lines. Used by the client loop, by -i, and by the server for each
-//! authenticated connection.
+//! One tunnel session from stream to end: the handshake in our role, the
+//! relay with its keepalive rules and the up hook running alongside it, the
+//! down hook, and the log lines. Used by the client loop, by -i, and by the
+//! server for each authenticated connection.
 //!
 //! While no session relays, a [`Drain`] reads and drops (counting) what the
 //! device sends, so nothing queues up for a peer that is not there; the
 //! device itself stays open for the life of the process, so addresses and
 //! routes set on it survive a reconnect.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::thread::Scope;
+use std::sync::{Arc, Mutex};
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::device::{Device, PacketDevice};
 use crate::error::Error;
-use crate::handshake::{self, Established, FLAG_GSO, HandshakeError, Hello, Identity, ReplayCache};
-use crate::hooks::{self, HookEnv};
+use crate::handshake::{
+    self, Established, FLAG_GSO, HandshakeError, Hello, Identity, Progress, Replays,
+};
+use crate::hooks::{self, HOOK_LIMIT, HookEnv};
 use crate::relay::{self, Counters, Drain, End, Framing, Link};
 use crate::sys::Stop;
 use crate::transport::{Closer, Framed, Stream};
@@ -38,6 +40,14 @@ pub struct Tunnel {
     pub up: Option<String>,
     /// -D
     pub down: Option<String>,
+}
+
+/// The hooks of a session that no longer relays: its up hook may still be
+/// running and its down hook is still to run ([`Tunnel::finish_hooks`]).
+pub struct SessionHooks<'scope> {
+    env: HookEnv,
+    /// The hook thread; it says whether the down hook is to run.
+    up: Option<ScopedJoinHandle<'scope, bool>>,
 }
 
 /// A session whose handshake succeeded, ready to relay.
@@ -80,18 +90,28 @@ impl Tunnel {
         self.ready(result, peer, framed, closer, stop)
     }
 
-    /// Runs the responder's handshake on `stream`, accepted at `accepted`.
+    /// Runs the responder's handshake on `stream`, accepted at `accepted`;
+    /// `progress` as in [`handshake::respond`].
     ///
     /// # Errors
-    /// `Error::Handshake` (exit 3). `Ok(None)` when a signal stopped it.
+    /// `Error::Handshake` (exit 3). `Ok(None)` when a signal stopped it, or
+    /// `progress` declined to confirm.
     pub fn respond(
         &self,
         stream: Stream,
         accepted: Instant,
-        replays: &ReplayCache,
+        replays: &dyn Replays,
+        progress: &dyn Progress,
     ) -> Result<Option<Ready>, Error> {
         let (peer, mut framed, closer, stop) = self.split(stream)?;
-        let result = handshake::respond(&mut framed, &self.identity, self.hello, accepted, replays);
+        let result = handshake::respond(
+            &mut framed,
+            &self.identity,
+            self.hello,
+            accepted,
+            replays,
+            progress,
+        );
         self.ready(result, peer, framed, closer, stop)
     }
 
@@ -137,15 +157,34 @@ impl Tunnel {
             .ok()
     }
 
-    /// Runs an established session to its end: the up hook (the device is
-    /// still drained meanwhile), the relay, the down hook. `drain` is taken
-    /// while the session relays and restarted afterwards.
+    /// Runs an established session to its end: the relay, with the up hook
+    /// alongside, then the down hook. `drain` is taken while the session
+    /// relays and restarted afterwards.
     pub fn run<'scope>(
         &'scope self,
         ready: Ready,
         drain: &mut Option<Drain<'scope>>,
         scope: &'scope Scope<'scope, '_>,
     ) -> End {
+        let (end, hooks) = self.run_session(ready, drain, scope, None);
+        self.finish_hooks(hooks);
+        end
+    }
+
+    /// Relays an established session until it ends while its hooks run on a
+    /// thread alongside: first `before` is waited for (the down hook of the
+    /// session this one replaced), then the up hook. The relay starts at
+    /// once, so that a slow hook holds up neither the peer's frames nor our
+    /// keepalives (frames may reach the device before the up hook is done);
+    /// an up hook that fails stops the session. The hooks are left running
+    /// or to run: hand them to [`Tunnel::finish_hooks`].
+    pub fn run_session<'scope>(
+        &'scope self,
+        ready: Ready,
+        drain: &mut Option<Drain<'scope>>,
+        scope: &'scope Scope<'scope, '_>,
+        before: Option<ScopedJoinHandle<'scope, ()>>,
+    ) -> (End, SessionHooks<'scope>) {
         let env = HookEnv {
             device: self.device.name().to_owned(),
             layer: self.device.layer(),
@@ -153,24 +192,80 @@ impl Tunnel {
             peer: ready.peer.clone(),
             peer_key: ready.established.peer_key,
         };
-        if let Some(up) = &self.up {
-            if let Err(why) = hooks::run("up", up, &env) {
-                log::error!("{}: {why}; closing the session", ready.peer);
-                ready.close();
-                return End::HookFailed(why);
-            }
-        }
+        let failure = Arc::new(Mutex::new(None));
+        let up = (before.is_some() || self.up.is_some()).then(|| {
+            let (env, stop, failure) = (env.clone(), ready.stop.clone(), failure.clone());
+            scope.spawn(move || self.up_hook(before, &env, &stop, &failure))
+        });
         if let Some(drain) = drain.take() {
             drain.finish();
         }
-        let end = self.relay(ready);
+        let mut end = self.relay(ready);
         *drain = self.drain(scope);
-        if let Some(down) = &self.down {
-            if let Err(why) = hooks::run("down", down, &env) {
+        let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (End::Stopped, Some(why)) = (&end, failed) {
+            end = End::HookFailed(why);
+        }
+        (end, SessionHooks { env, up })
+    }
+
+    /// The hook thread of a session: waits for `before`, runs the up hook,
+    /// and stops the session when it fails. Says whether the down hook is to
+    /// run: not after a failed up hook, nor for a session that was replaced
+    /// before its up hook could start.
+    fn up_hook(
+        &self,
+        before: Option<ScopedJoinHandle<'_, ()>>,
+        env: &HookEnv,
+        stop: &Stop,
+        failure: &Mutex<Option<String>>,
+    ) -> bool {
+        if let Some(before) = before {
+            let _ = before.join();
+        }
+        let Some(up) = &self.up else {
+            return true;
+        };
+        if stop.is_set() {
+            return false;
+        }
+        match hooks::run("up", up, env, HOOK_LIMIT, &self.shutdown, Duration::ZERO) {
+            Ok(()) => true,
+            // SIGINT or SIGTERM: the down hook still runs.
+            Err(why) if self.shutdown.is_set() => {
+                log::info!("{why}");
+                true
+            }
+            Err(why) => {
+                log::error!("{}: {why}; closing the session", env.peer);
+                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                stop.trigger();
+                false
+            }
+        }
+    }
+
+    /// Waits for a session's up hook, then runs its down hook (within
+    /// [`hooks::DOWN_LIMIT_ON_STOP`] once SIGINT or SIGTERM has arrived).
+    pub fn finish_hooks(&self, hooks: SessionHooks<'_>) {
+        let down_due = match hooks.up {
+            Some(up) => up.join().unwrap_or(false),
+            None => true,
+        };
+        if let (true, Some(down)) = (down_due, &self.down) {
+            let after_stop = hooks::DOWN_LIMIT_ON_STOP;
+            let ran = hooks::run(
+                "down",
+                down,
+                &hooks.env,
+                HOOK_LIMIT,
+                &self.shutdown,
+                after_stop,
+            );
+            if let Err(why) = ran {
                 log::error!("{why}");
             }
         }
-        end
     }
 
     /// Relays an established session until it ends, and logs both ends.
@@ -231,6 +326,16 @@ impl Tunnel {
             &self.counters,
         );
         closer.finish();
+        if framing == Framing::Gso {
+            // Until the next session says otherwise: the device is drained
+            // meanwhile, and may outlive us if we are killed.
+            if let Err(e) = self.device.set_offloads(false) {
+                log::warn!(
+                    "cannot turn the offloads of {} off: {e}",
+                    self.device.name()
+                );
+            }
+        }
         let traffic = self.counters.snapshot().since(&before);
         match &end {
             End::Dead(_) | End::StreamError(_) | End::Protocol(_) | End::DeviceError(_) => {

@@ -45,8 +45,8 @@ impl Stop {
 
     /// Blocks `signals` in this thread (and every thread it starts
     /// afterwards) and returns a stop that triggers when one arrives. Call it
-    /// before starting any thread. Children started with `std::process`
-    /// get a clean signal mask.
+    /// before starting any thread. Children inherit the mask: start them
+    /// with [`unblock_signals_on_exec`].
     ///
     /// # Errors
     /// When the kernel refuses a signalfd.
@@ -488,10 +488,12 @@ pub fn forbid_core_dumps() -> io::Result<()> {
 }
 
 /// Takes ownership of descriptor `fd`, inherited from our parent (systemd's
-/// socket activation passes listening sockets from fd 3 on).
+/// socket activation passes listening sockets from fd 3 on), and makes it
+/// close-on-exec. Call it before the process opens a descriptor of its own,
+/// which could otherwise have that number.
 ///
 /// # Errors
-/// When `fd` is not open.
+/// When `fd` is not open (EBADF).
 pub fn inherit_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_GETFD only reads the descriptor's flags.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -499,10 +501,13 @@ pub fn inherit_fd(fd: RawFd) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: setting FD_CLOEXEC on an open descriptor; our children must
-    // not inherit the listening socket.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    // not inherit what systemd passed us.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: the descriptor is open and was handed to this process alone
-    // (LISTEN_PID names us); nothing else in the process owns it.
+    // (LISTEN_PID names us); it is claimed before the process opens any of
+    // its own, so nothing else in the process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -700,6 +705,131 @@ fn rtnetlink_link(
     }
 }
 
+/// The effective user id: the owner of the files this process creates.
+pub fn effective_uid() -> libc::uid_t {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Time since boot, suspend included (CLOCK_BOOTTIME): one clock for every
+/// process, unlike `Instant`, so processes can compare their records.
+pub fn boottime() -> std::time::Duration {
+    // SAFETY: timespec is plain integers (zero is valid) and clock_gettime
+    // fills it in; CLOCK_BOOTTIME exists on every Linux taptun runs on.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts);
+        ts
+    };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    std::time::Duration::new(secs, nanos)
+}
+
+/// Tries to take an exclusive flock(2) on `fd` without waiting: Ok(false)
+/// while another open file holds it. Released by [`unlock`] or when the
+/// last descriptor of this open file closes.
+///
+/// # Errors
+/// flock(2)'s errors other than EWOULDBLOCK.
+pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock takes plain integers and touches no memory.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Releases a flock(2) taken with [`try_lock_exclusive`].
+pub fn unlock(fd: RawFd) {
+    // SAFETY: flock takes plain integers and touches no memory; unlocking
+    // cannot fail on a valid descriptor.
+    unsafe { libc::flock(fd, libc::LOCK_UN) };
+}
+
+/// Waits until one of `watch` is ready (or at EOF, or in error) or
+/// `deadline` passes, and says which are: all false when the deadline
+/// passed. For the few descriptors a connect races (Happy Eyeballs);
+/// the caller puts its stops among them.
+///
+/// # Errors
+/// poll(2)'s errors other than EINTR.
+pub fn poll_ready(watch: &[(RawFd, Interest)], deadline: Option<Instant>) -> io::Result<Vec<bool>> {
+    let mut fds: Vec<libc::pollfd> = watch
+        .iter()
+        .map(|&(fd, interest)| libc::pollfd {
+            fd,
+            events: match interest {
+                Interest::Read => libc::POLLIN,
+                Interest::Write => libc::POLLOUT,
+            },
+            revents: 0,
+        })
+        .collect();
+    loop {
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
+            }
+        };
+        // SAFETY: `fds` is a live vector and its length is passed with it.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if rc > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(fds.iter().map(|p| p.revents != 0).collect());
+        }
+    }
+}
+
+/// Sends `signal` to the process group `pgid`: a hook started as the
+/// leader of its own group, with whatever it started itself. The leader
+/// must be our child and not yet reaped, so the group id cannot have been
+/// reused.
+pub fn kill_group(pgid: u32, signal: i32) {
+    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
+        if pgid > 0 {
+            // SAFETY: kill takes plain integers; a negative pid names a group.
+            unsafe { libc::kill(-pgid, signal) };
+        }
+    }
+}
+
+/// Makes the child that `cmd` starts begin with no signal blocked. The mask
+/// that sends SIGINT, SIGTERM, SIGUSR1 and SIGHUP to our signalfds is
+/// inherited across fork and exec (std does not reset it), and would leave
+/// a hook or a -x command deaf to the SIGTERM that asks it to go.
+pub fn unblock_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: sigemptyset and
+    // pthread_sigmask on a set on the stack, no allocation, no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            match libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) {
+                0 => Ok(()),
+                rc => Err(io::Error::from_raw_os_error(rc)),
+            }
+        });
+    }
+}
+
 /// The work area of one Argon2id derivation, in an anonymous mapping of its
 /// own: dropping it zeroes the blocks (they held material derived from the
 /// passphrase) and unmaps them, so the memory goes back to the system. From
@@ -712,21 +842,18 @@ pub struct Argon2Blocks {
 }
 
 impl Argon2Blocks {
-    /// `count` zeroed blocks (1 KiB each).
-    ///
-    /// # Errors
-    /// When the kernel refuses the mapping (out of memory or address space).
-    pub fn new(count: usize) -> io::Result<Argon2Blocks> {
-        let bytes = count
-            .checked_mul(std::mem::size_of::<argon2::Block>())
-            .filter(|&bytes| bytes > 0)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    /// `count` (more than 0) zeroed blocks of 1 KiB. A refused mapping ends
+    /// the process as a failed allocation does (`handle_alloc_error`): it is
+    /// the same memory the heap would have been asked for.
+    pub fn new(count: usize) -> Argon2Blocks {
+        let layout = std::alloc::Layout::array::<argon2::Block>(count)
+            .expect("Argon2id's block count fits in the address space");
         // SAFETY: a new private anonymous mapping, overlapping nothing; the
         // result is checked for MAP_FAILED before use.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                bytes,
+                layout.size(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -734,17 +861,18 @@ impl Argon2Blocks {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            std::alloc::handle_alloc_error(layout);
         }
         // Huge pages where the kernel allows them: ten page faults instead of
         // almost five thousand, which made a derivation a third faster here
         // (20 ms against 30). Only advice: without them nothing changes.
         // SAFETY: advice about our own mapping; it changes no contents.
-        unsafe { libc::madvise(ptr, bytes, libc::MADV_HUGEPAGE) };
+        unsafe { libc::madvise(ptr, layout.size(), libc::MADV_HUGEPAGE) };
         // A mapping is page-aligned, which satisfies Block's 64-byte alignment.
-        let ptr = std::ptr::NonNull::new(ptr.cast::<argon2::Block>())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        Ok(Argon2Blocks { ptr, len: count })
+        let Some(ptr) = std::ptr::NonNull::new(ptr.cast::<argon2::Block>()) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        Argon2Blocks { ptr, len: count }
     }
 }
 

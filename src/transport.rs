@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -21,16 +21,63 @@ use crate::frame::{self, FrameReader};
 use crate::handshake::MessageIo;
 use crate::sys::{self, Stop, Wait};
 
-/// Environment variables a child must never see: secrets and the
-/// systemd hand-over that belongs to us.
-pub const SCRUBBED_ENV: &[&str] = &[
-    "TAPTUN_LOCAL",
-    "TAPTUN_REMOTE",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-];
+/// Environment variables a child (-x command, hook) must never see: the
+/// secrets and systemd's hand-over to us. A variable added later that holds
+/// a secret (a proxy's credentials, say) belongs here.
+pub const SCRUBBED_ENV: &[&str] = &["TAPTUN_LOCAL", "TAPTUN_REMOTE", "NOTIFY_SOCKET"];
+/// Prefixes of more such variables: systemd's socket activation sets
+/// LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, LISTEN_PIDFDID, and may add more.
+pub const SCRUBBED_ENV_PREFIXES: &[&str] = &["LISTEN_"];
+
+/// Whether environment variable `name` must be kept from a child.
+pub fn is_scrubbed(name: &std::ffi::OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    SCRUBBED_ENV.iter().any(|var| name == var.as_bytes())
+        || SCRUBBED_ENV_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix.as_bytes()))
+}
+
+/// Removes from `cmd`'s environment (ours, inherited) every variable
+/// [`is_scrubbed`] names.
+pub fn scrub_env(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if is_scrubbed(&name) {
+            cmd.env_remove(name);
+        }
+    }
+}
+#[cfg(test)]
+mod scrub_tests {
+    use super::is_scrubbed;
+    use crate::config::{ENV_LOCAL, ENV_REMOTE};
+
+    #[test]
+    fn secrets_and_every_listen_variable_are_scrubbed() {
+        for name in [
+            ENV_LOCAL,
+            ENV_REMOTE,
+            "NOTIFY_SOCKET",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "LISTEN_PIDFDID",
+            "LISTEN_ANYTHING_NEW",
+        ] {
+            assert!(is_scrubbed(name.as_ref()), "{name}");
+        }
+        for name in [
+            "PATH",
+            "TAPTUN_DEVICE",
+            "TAPTUN_PEER_KEY",
+            "XLISTEN_FDS",
+            "LISTEN",
+        ] {
+            assert!(!is_scrubbed(name.as_ref()), "{name}");
+        }
+    }
+}
+
 /// How long a -x command may take to exit once its stdin is closed.
 const COMMAND_GRACE: Duration = Duration::from_secs(2);
 /// Backlog of the listening socket.
@@ -93,7 +140,8 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// The error a [`StreamReader`] returns when one of its stops is set.
+/// The error a [`StreamReader`] or [`StreamWriter`] returns when one of its
+/// stops is set.
 #[derive(Debug)]
 pub struct Stopped;
 
@@ -105,7 +153,7 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
-/// Whether a read failed because a stop was set.
+/// Whether a read or a write failed because a stop was set.
 pub fn is_stopped(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
 }
@@ -313,9 +361,9 @@ impl Stream {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        for var in SCRUBBED_ENV {
-            cmd.env_remove(var);
-        }
+        // Or the SIGTERM of Closer::abort would wait in its mask.
+        sys::unblock_signals_on_exec(&mut cmd);
+        scrub_env(&mut cmd);
         let cmd_err = |source| Error::Command {
             command: command.to_owned(),
             source,
@@ -408,39 +456,141 @@ impl MessageIo for Framed {
     }
 }
 
-/// The listening socket systemd passed (socket activation), if LISTEN_PID
-/// names this process and LISTEN_FDS is at least 1: fd 3.
+/// The first descriptor systemd passes (socket activation).
+const LISTEN_FDS_START: RawFd = 3;
+
+/// Claims what systemd passed (socket activation) and returns the listening
+/// socket -s serves on, if any. Call it before taptun opens a descriptor of
+/// its own: otherwise fd 3 may be one of ours, which would get two owners.
+///
+/// When LISTEN_PID names this process, each of the LISTEN_FDS descriptors
+/// from fd 3 on is taken and made close-on-exec, so that no hook or -x
+/// command inherits one. With `serve` (-s) all must be open and fd 3 must be
+/// a listening TCP socket: it is returned, with `fwmark` set on it; the
+/// others are closed with a warning. Without (-c, -i) all are closed: none
+/// is used (under systemd's Accept=yes, fd 3 is the connection -i already
+/// has as fds 0 and 1).
 ///
 /// # Errors
-/// When fd 3 is announced but is not a listening TCP socket.
+/// `Error::Usage`, naming the descriptor: LISTEN_FDS is not a number, a
+/// descriptor is not open or fd 3 is not a listening TCP socket (-s), or
+/// the mark cannot be set.
 pub fn inherited_listener(
     env: &dyn Fn(&str) -> Option<String>,
+    serve: bool,
+    fwmark: Option<u32>,
 ) -> Result<Option<TcpListener>, Error> {
     let ours = env("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let count = env("LISTEN_FDS")
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(0);
-    if !ours || count == 0 {
+    if !ours {
         return Ok(None);
     }
-    if count > 1 {
-        log::warn!("systemd passed {count} sockets; using the first (fd 3)");
-    }
-    let bad = |source| Error::Listen {
-        addr: "fd 3 (LISTEN_FDS)".into(),
-        source,
+    let count = match env("LISTEN_FDS") {
+        None => 0,
+        Some(text) => text.parse::<u16>().map_err(|_| {
+            Error::Usage(format!(
+                "LISTEN_FDS=`{text}` is not a number of descriptors, and LISTEN_PID names \
+                 taptun: start it from its .socket unit, or unset LISTEN_PID and LISTEN_FDS"
+            ))
+        })?,
     };
-    let fd = sys::inherit_fd(3).map_err(bad)?;
-    let socket = socket2::Socket::from(fd);
-    let listening = socket.is_listener().map_err(bad)?;
-    let stream = socket.r#type().map_err(bad)? == socket2::Type::STREAM;
-    if !listening || !stream {
-        return Err(bad(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a listening stream socket",
+    // Every one is claimed before anything is logged: a first log line may
+    // open the syslog socket, which must not land on a passed number.
+    let mut passed = Vec::with_capacity(usize::from(count));
+    let mut missing = None;
+    for fd in (0..count).map(|i| LISTEN_FDS_START + RawFd::from(i)) {
+        match sys::inherit_fd(fd) {
+            Ok(owned) => passed.push(owned),
+            Err(e) => {
+                missing.get_or_insert((fd, e));
+            }
+        }
+    }
+    if !serve {
+        if count > 0 {
+            log::debug!(
+                "closing the {} descriptors systemd passed (LISTEN_FDS={count}): only -s uses one",
+                passed.len()
+            );
+        }
+        return Ok(None);
+    }
+    if let Some((fd, e)) = missing {
+        return Err(Error::Usage(format!(
+            "fd {fd} from LISTEN_FDS is not open ({e}): LISTEN_PID and LISTEN_FDS={count} say \
+             that systemd passed sockets from fd 3 on; start taptun from its .socket unit, \
+             or unset LISTEN_PID and LISTEN_FDS to let it bind -p itself"
         )));
     }
-    Ok(Some(socket.into()))
+    let mut passed = passed.into_iter();
+    let Some(first) = passed.next() else {
+        return Ok(None);
+    };
+    let listener = passed_listener(first)?;
+    let extra = passed.len();
+    drop(passed);
+    if extra > 0 {
+        log::warn!(
+            "systemd passed {count} sockets (LISTEN_FDS); taptun serves on fd 3 and has closed \
+             fds 4-{}: give the .socket unit one ListenStream=",
+            LISTEN_FDS_START + RawFd::from(count) - 1
+        );
+    }
+    if let Some(mark) = fwmark {
+        mark_passed_listener(&listener, mark)?;
+    }
+    Ok(Some(listener))
+}
+
+/// Fd 3 as the listening TCP socket it must be.
+fn passed_listener(fd: OwnedFd) -> Result<TcpListener, Error> {
+    let refuse = |why: String| {
+        Error::Usage(format!(
+            "fd 3 from LISTEN_FDS is not a listening TCP socket: {why}; give taptun -s a \
+             .socket unit with ListenStream=PORT and without Accept=yes, or unset LISTEN_PID \
+             and LISTEN_FDS to let it bind -p itself"
+        ))
+    };
+    if !sys::is_socket(fd.as_raw_fd()) {
+        return Err(refuse("it is not a socket".into()));
+    }
+    let socket = socket2::Socket::from(fd);
+    let query = |e: io::Error| refuse(format!("cannot query it: {e}"));
+    let domain = socket.domain().map_err(query)?;
+    if domain != socket2::Domain::IPV4 && domain != socket2::Domain::IPV6 {
+        return Err(refuse(format!("it is an {domain:?} socket")));
+    }
+    if socket.r#type().map_err(query)? != socket2::Type::STREAM {
+        return Err(refuse("it is not a stream socket".into()));
+    }
+    if !socket.is_listener().map_err(query)? {
+        return Err(refuse(
+            "it is not listening (with Accept=yes systemd passes connections: run taptun -i for those)"
+                .into(),
+        ));
+    }
+    Ok(socket.into())
+}
+
+/// -F on the socket systemd passed: accepted connections inherit the mark.
+fn mark_passed_listener(listener: &TcpListener, mark: u32) -> Result<(), Error> {
+    let socket = socket2::SockRef::from(listener);
+    if socket.mark().is_ok_and(|old| old == mark) {
+        return Ok(());
+    }
+    socket.set_mark(mark).map_err(|e| {
+        Error::Usage(format!(
+            "-F: cannot set mark {mark} on the socket systemd passed (fd 3): {e}; setting a mark \
+             needs CAP_NET_ADMIN (or CAP_NET_RAW from Linux 5.17): give the service \
+             AmbientCapabilities=CAP_NET_ADMIN, or drop -F and set Mark={mark} in the .socket unit"
+        ))
+    })?;
+    // The connection that made systemd start us may already be queued, and
+    // the kernel marked it when it arrived.
+    log::warn!(
+        "-F: mark {mark} set on the socket systemd passed; connections queued before taptun \
+         started are unmarked: set Mark={mark} in the .socket unit too"
+    );
+    Ok(())
 }
 
 /// Tells systemd (NOTIFY_SOCKET) that we are ready; nothing when unset.
@@ -529,57 +679,432 @@ pub fn accept(
     }
 }
 
-/// Dials `host:port`, trying each address in turn until `deadline`; the
-/// name is resolved afresh on every call.
+/// How long after starting a connect to one address the next address of the
+/// same host is tried alongside it (RFC 8305's connection attempt delay).
+pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+/// How long a -m host may stay silent before the next one is tried
+/// alongside it: a slow but live primary that answers within this wins
+/// over the backup.
+pub const HOST_DELAY: Duration = Duration::from_secs(2);
+
+/// Dials the first of `hosts` that answers on `port`, each name resolved
+/// afresh, until `deadline`.
+///
+/// Within one host, its addresses race as RFC 8305 (Happy Eyeballs) says:
+/// IPv6 and IPv4 interleaved, each started [`ATTEMPT_DELAY`] after the
+/// previous one (at once when the previous one failed). Across hosts, the
+/// next one starts when the previous one failed or stayed silent for
+/// [`HOST_DELAY`]; from then on the earlier hosts' attempts go on too and
+/// whichever connection completes first wins. The losers are closed before
+/// any byte is sent. A name is resolved on a thread of its own that is
+/// abandoned when `stop` is set, so a hanging DNS server cannot hold a
+/// signal up.
 ///
 /// # Errors
-/// `Error::Connect` with the last failure.
+/// `Error::Connect` naming a host with its last failure; `Ok(None)` when
+/// `stop` was set.
 pub fn connect(
-    host: &str,
+    hosts: &[String],
     port: u16,
     fwmark: Option<u32>,
     deadline: Instant,
-) -> Result<(TcpStream, SocketAddr), Error> {
-    let name = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|source| Error::Connect {
-            addr: name.clone(),
-            source,
-        })?
+    stop: &Stop,
+) -> Result<Option<(TcpStream, SocketAddr)>, Error> {
+    let mut race: Vec<Host> = hosts
+        .iter()
+        .map(|host| Host {
+            name: if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            },
+            host: host.clone(),
+            started: None,
+            state: HostState::Waiting,
+            last: None,
+        })
         .collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no addresses");
-    for addr in addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            last = io::Error::new(io::ErrorKind::TimedOut, "timed out");
-            break;
+    loop {
+        if stop.is_set() {
+            return Ok(None);
         }
-        match dial(addr, fwmark, left) {
-            Ok(stream) => return Ok((stream, addr)),
-            Err(e) => {
-                log::debug!("{addr}: {e}");
-                last = e;
+        let now = Instant::now();
+        if now >= deadline {
+            let pending = race.iter().position(|h| !h.failed());
+            let host = pending.or(race.len().checked_sub(1));
+            return Err(match host.and_then(|i| race.get_mut(i)) {
+                Some(h) => h.error(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+                None => Error::Usage("-c needs -m HOST".into()),
+            });
+        }
+        let several = race.len() > 1;
+        for i in 0..race.len() {
+            let due = match i.checked_sub(1).and_then(|p| race.get(p)) {
+                None => Some(now),
+                Some(prev) => host_due(prev.started, prev.failed()),
+            };
+            if race[i].started.is_none() && due.is_some_and(|due| due <= now) {
+                race[i].start(port);
+            }
+            race[i].advance(fwmark, now, several);
+        }
+        if race.iter().all(Host::failed) {
+            let last = race.pop().map(|mut h| {
+                let source = h.last.take().unwrap_or_else(no_addresses);
+                Error::Connect {
+                    addr: h.name,
+                    source,
+                }
+            });
+            return Err(last.unwrap_or_else(|| Error::Usage("-c needs -m HOST".into())));
+        }
+
+        // Wait for a connect to finish, a lookup to answer, the next step
+        // of the schedule, or the stop.
+        let mut watch = vec![(stop.raw_fd(), sys::Interest::Read)];
+        let mut wake = deadline;
+        for (i, host) in race.iter().enumerate() {
+            if host.started.is_none() {
+                let due = i
+                    .checked_sub(1)
+                    .and_then(|p| race.get(p))
+                    .and_then(|prev| host_due(prev.started, prev.failed()));
+                wake = wake.min(due.unwrap_or(deadline));
+            }
+            match &host.state {
+                HostState::Resolving { ready, .. } => {
+                    watch.push((ready.raw_fd(), sys::Interest::Read));
+                }
+                HostState::Dialing {
+                    queue,
+                    attempts,
+                    last_start,
+                } => {
+                    if !queue.is_empty() {
+                        wake = wake.min(attempt_due(*last_start, attempts.len(), now));
+                    }
+                    for attempt in attempts {
+                        watch.push((attempt.socket.as_raw_fd(), sys::Interest::Write));
+                    }
+                }
+                HostState::Waiting | HostState::Failed => {}
+            }
+        }
+        let ready = sys::poll_ready(&watch, Some(wake))
+            .map_err(|source| Error::io("waiting for a connection", source))?;
+        if ready.first() == Some(&true) {
+            continue;
+        }
+        for host in &mut race {
+            if let Some(won) = host.finished_attempt() {
+                return Ok(Some(won));
             }
         }
     }
-    Err(Error::Connect {
-        addr: name,
-        source: last,
+}
+
+/// One -m host in the race.
+struct Host {
+    /// host:port, for the log and errors.
+    name: String,
+    host: String,
+    /// When its lookup (or, for an address, its first connect) started.
+    started: Option<Instant>,
+    state: HostState,
+    /// Its latest failure, for the error when every host failed.
+    last: Option<io::Error>,
+}
+
+enum HostState {
+    Waiting,
+    /// The lookup thread sends its answer and then triggers `ready`.
+    Resolving {
+        answer: std::sync::mpsc::Receiver<io::Result<Vec<SocketAddr>>>,
+        ready: Arc<Stop>,
+    },
+    Dialing {
+        /// Addresses not tried yet, in the order they will be.
+        queue: std::collections::VecDeque<SocketAddr>,
+        /// Connects in progress.
+        attempts: Vec<Attempt>,
+        last_start: Option<Instant>,
+    },
+    Failed,
+}
+
+/// A non-blocking connect in progress.
+struct Attempt {
+    socket: socket2::Socket,
+    addr: SocketAddr,
+}
+
+impl Host {
+    fn failed(&self) -> bool {
+        matches!(self.state, HostState::Failed)
+    }
+
+    fn error(&mut self, source: io::Error) -> Error {
+        Error::Connect {
+            addr: self.name.clone(),
+            source: self.last.take().unwrap_or(source),
+        }
+    }
+
+    /// Starts the lookup (an address needs none).
+    fn start(&mut self, port: u16) {
+        self.started = Some(Instant::now());
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            self.state = HostState::Dialing {
+                queue: [SocketAddr::new(ip, port)].into(),
+                attempts: Vec::new(),
+                last_start: None,
+            };
+            return;
+        }
+        let ready = match Stop::new() {
+            Ok(stop) => Arc::new(stop),
+            Err(e) => return self.fail(e),
+        };
+        let (tx, answer) = std::sync::mpsc::channel();
+        let (host, done) = (self.host.clone(), ready.clone());
+        // Never joined: when the stop comes first, the process exits
+        // without waiting for getaddrinfo.
+        let spawned = std::thread::Builder::new()
+            .name("resolve".into())
+            .spawn(move || {
+                let result = (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|addrs| addrs.collect());
+                let _ = tx.send(result);
+                done.trigger();
+            });
+        match spawned {
+            Ok(_) => self.state = HostState::Resolving { answer, ready },
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) {
+        self.last = Some(e);
+        self.state = HostState::Failed;
+    }
+
+    /// Takes a finished lookup and starts the connects that are due; marks
+    /// the host failed when nothing is left to try.
+    fn advance(&mut self, fwmark: Option<u32>, now: Instant, several: bool) {
+        if let HostState::Resolving { answer, .. } = &self.state {
+            match answer.try_recv() {
+                Ok(Ok(addrs)) => {
+                    self.state = HostState::Dialing {
+                        queue: interleave(addrs),
+                        attempts: Vec::new(),
+                        last_start: None,
+                    };
+                }
+                Ok(Err(e)) => self.fail(e),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.fail(io::Error::other("the lookup thread died"));
+                }
+            }
+        }
+        let HostState::Dialing {
+            queue,
+            attempts,
+            last_start,
+        } = &mut self.state
+        else {
+            return;
+        };
+        while attempt_due(*last_start, attempts.len(), now) <= now {
+            let Some(addr) = queue.pop_front() else {
+                break;
+            };
+            *last_start = Some(now);
+            match dial(addr, fwmark) {
+                Ok(socket) => attempts.push(Attempt { socket, addr }),
+                Err(e) => {
+                    log::debug!("{addr}: {e}");
+                    self.last = Some(e);
+                }
+            }
+        }
+        if queue.is_empty() && attempts.is_empty() {
+            let last = self.last.get_or_insert_with(no_addresses);
+            if several {
+                log::warn!("cannot connect to {}: {last}", self.name);
+            }
+            self.state = HostState::Failed;
+        }
+    }
+
+    /// A connect of this host's that succeeded; failed ones are dropped.
+    fn finished_attempt(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        let HostState::Dialing { attempts, .. } = &mut self.state else {
+            return None;
+        };
+        let mut i = 0;
+        while i < attempts.len() {
+            let attempt = &attempts[i];
+            let outcome = match attempt.socket.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                // Not finished yet: no error and no peer.
+                Ok(None) if attempt.socket.peer_addr().is_err() => {
+                    i += 1;
+                    continue;
+                }
+                Ok(None) => attempt.socket.set_nonblocking(false),
+            };
+            let attempt = attempts.swap_remove(i);
+            match outcome {
+                Ok(()) => return Some((attempt.socket.into(), attempt.addr)),
+                Err(e) => {
+                    log::debug!("{}: {e}", attempt.addr);
+                    self.last = Some(e);
+                }
+            }
+        }
+        None
+    }
+}
+
+fn no_addresses() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "the name has no addresses")
+}
+
+/// The order addresses are tried in: IPv6 and IPv4 alternating, starting
+/// with the family of the first address the resolver gave (RFC 8305 4),
+/// each family in the resolver's order.
+fn interleave(addrs: Vec<SocketAddr>) -> std::collections::VecDeque<SocketAddr> {
+    let first_v6 = addrs.first().is_some_and(SocketAddr::is_ipv6);
+    let (mut v6, mut v4): (std::collections::VecDeque<_>, std::collections::VecDeque<_>) =
+        addrs.into_iter().partition(SocketAddr::is_ipv6);
+    let (first, second) = if first_v6 {
+        (&mut v6, &mut v4)
+    } else {
+        (&mut v4, &mut v6)
+    };
+    let mut order = std::collections::VecDeque::with_capacity(first.len() + second.len());
+    while !first.is_empty() || !second.is_empty() {
+        order.extend(first.pop_front());
+        order.extend(second.pop_front());
+    }
+    order
+}
+
+/// When the next address of a host is due: at once when none is in
+/// progress (the first, or the previous ones failed), otherwise
+/// [`ATTEMPT_DELAY`] after the latest start.
+fn attempt_due(last_start: Option<Instant>, in_progress: usize, now: Instant) -> Instant {
+    match last_start {
+        Some(last) if in_progress > 0 => last + ATTEMPT_DELAY,
+        _ => now,
+    }
+}
+
+/// When the host after one that started at `started` is due: at once when
+/// that one failed, [`HOST_DELAY`] after its start otherwise, never while it
+/// has not started.
+fn host_due(started: Option<Instant>, failed: bool) -> Option<Instant> {
+    started.map(|started| {
+        if failed {
+            started
+        } else {
+            started + HOST_DELAY
+        }
     })
 }
 
-fn dial(addr: SocketAddr, fwmark: Option<u32>, timeout: Duration) -> io::Result<TcpStream> {
+/// Starts a non-blocking connect to `addr`.
+fn dial(addr: SocketAddr, fwmark: Option<u32>) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
     if let Some(mark) = fwmark {
         // Set before connecting, so that even the SYN is routed by the mark.
         socket.set_mark(mark)?;
     }
-    socket.connect_timeout(&addr.into(), timeout)?;
-    Ok(socket.into())
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => Err(e),
+        _ => Ok(socket),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn happy_eyeballs_alternates_families_starting_with_the_resolvers_first() {
+        let order = interleave(addrs(&[
+            "[2001:db8::1]:1",
+            "[2001:db8::2]:1",
+            "[2001:db8::3]:1",
+            "192.0.2.1:1",
+            "192.0.2.2:1",
+        ]));
+        let expected = addrs(&[
+            "[2001:db8::1]:1",
+            "192.0.2.1:1",
+            "[2001:db8::2]:1",
+            "192.0.2.2:1",
+            "[2001:db8::3]:1",
+        ]);
+        assert_eq!(Vec::from(order), expected);
+
+        let order = interleave(addrs(&["192.0.2.1:1", "192.0.2.2:1", "[2001:db8::1]:1"]));
+        let expected = addrs(&["192.0.2.1:1", "[2001:db8::1]:1", "192.0.2.2:1"]);
+        assert_eq!(Vec::from(order), expected);
+        assert!(interleave(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn next_address_starts_250_ms_after_the_previous_or_at_once_when_none_is_in_progress() {
+        let now = Instant::now();
+        let earlier = now - Duration::from_millis(100);
+        assert_eq!(attempt_due(None, 0, now), now, "the first starts at once");
+        assert_eq!(attempt_due(Some(earlier), 1, now), earlier + ATTEMPT_DELAY);
+        assert_eq!(
+            attempt_due(Some(earlier), 0, now),
+            now,
+            "the previous one failed: the next starts at once"
+        );
+    }
+
+    #[test]
+    fn next_host_starts_after_2_s_of_silence_or_when_the_previous_failed() {
+        let started = Instant::now();
+        assert_eq!(
+            host_due(None, false),
+            None,
+            "never before the previous started"
+        );
+        assert_eq!(host_due(Some(started), false), Some(started + HOST_DELAY));
+        assert_eq!(host_due(Some(started), true), Some(started));
+    }
+
+    #[test]
+    fn connect_falls_through_a_refused_host_to_a_listening_one_and_a_stop_ends_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Nothing listens on ::1 at that port (or there is no IPv6): refused.
+        let hosts = ["::1".to_owned(), "127.0.0.1".to_owned()];
+        let stop = Stop::new().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (_, addr) = connect(&hosts, port, None, deadline, &stop)
+            .unwrap()
+            .expect("connected");
+        assert_eq!(addr, SocketAddr::from(([127, 0, 0, 1], port)));
+
+        stop.trigger();
+        assert!(
+            connect(&hosts, port, None, deadline, &stop)
+                .unwrap()
+                .is_none()
+        );
+    }
 }

@@ -99,6 +99,18 @@ fn usage_errors_exit_2_with_a_pointer_to_help() {
 }
 
 #[test]
+fn an_option_is_not_taken_as_the_value_of_the_one_before() {
+    let out = taptun(&["-c", "-m", "-p", "1980", "-l", "@/k", "-k", PUB], "");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("-m: the value `-p` looks like an option"),
+        "{err}"
+    );
+    assert!(err.contains("taptun --help"), "{err}");
+}
+
+#[test]
 fn missing_secret_file_is_a_configuration_error_before_any_device() {
     let out = taptun(
         &[
@@ -159,6 +171,106 @@ fn pubkey_of_a_key_matches_rfc7748() {
         "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=\n",
     );
     assert_eq!(text(&out.stdout), format!("{PUB}\n"));
+}
+
+/// Runs `taptun ARGS` as inetd does, with fds 0, 1 and 2 all one end of a
+/// socket pair, and returns its exit status and every byte it wrote to the
+/// stream. As root, the child gets a private /dev whose `log` is a datagram
+/// socket of the test's, and the syslog lines that reached it are returned
+/// too (`None` when not root).
+fn as_inetd_would(name: &str, args: &[&str]) -> (Option<i32>, Vec<u8>, Option<Vec<String>>) {
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    use std::os::unix::process::CommandExt;
+
+    let (client, server) = UnixStream::pair().unwrap();
+    let end = || Stdio::from(OwnedFd::from(server.try_clone().unwrap()));
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("TAPTUN_LOCAL")
+        .env_remove("TAPTUN_REMOTE")
+        .env_remove("RUST_LOG")
+        .stdin(end())
+        .stdout(end())
+        .stderr(end());
+    drop(server);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dev = TempDir::new(name);
+    let syslog = root.then(|| {
+        let socket = UnixDatagram::bind(dev.0.join("log")).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let dev = std::ffi::CString::new(dev.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: only raw syscalls between fork and exec, on strings made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let none = std::ptr::null::<libc::c_char>();
+                let private = libc::MS_REC | libc::MS_PRIVATE;
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(none, c"/".as_ptr(), none, private, std::ptr::null()) != 0
+                    || libc::mount(
+                        dev.as_ptr(),
+                        c"/dev".as_ptr(),
+                        none,
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        socket
+    });
+    let status = cmd.status().expect("run taptun");
+    // The command holds copies of the stream's descriptors until dropped.
+    drop(cmd);
+    let mut written = Vec::new();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    (&client)
+        .read_to_end(&mut written)
+        .expect("EOF on the stream");
+    let lines = syslog.map(|socket| {
+        let mut lines = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(len) = socket.recv(&mut buf) {
+            lines.push(text(&buf[..len]));
+        }
+        lines
+    });
+    (status.code(), written, lines)
+}
+
+#[test]
+fn usage_errors_under_inetd_go_to_syslog_never_to_the_stream() {
+    for (n, (args, says)) in [
+        (&["-i", "-K", "300", "-l", "@/k", "-k", PUB][..], "-K"),
+        (&["--bogus", "-i"][..], "bogus"),
+        (&["-i", "-b", "::1", "-l", "@/k", "-k", PUB][..], "-b"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, written, syslog) = as_inetd_would(&format!("inetd-dev{n}"), args);
+        assert_eq!(
+            (status, text(&written).as_str()),
+            (Some(2), ""),
+            "{args:?}: exit status, and what reached the client"
+        );
+        if let Some(lines) = syslog {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with("<27>taptun[") && l.contains(says)),
+                "{args:?}: syslog got {lines:?}"
+            );
+        }
+    }
 }
 
 /// A temporary directory removed on drop.

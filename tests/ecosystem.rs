@@ -526,6 +526,318 @@ mod systemd {
         p.assert_tap_ping();
     }
 
+    /// `PROGRAM ARGS` in `ns` started as systemd starts a socket-activated service, with
+    /// LISTEN_FDS=`listen_fds` and `fds` as fds 3, 4...; every other number below
+    /// 3 + `listen_fds` is closed, so that a test can announce descriptors that are not there.
+    fn as_systemd_would_pass(
+        ns: &Netns,
+        listen_fds: u16,
+        fds: &[std::os::fd::RawFd],
+        program: &str,
+        args: &[&str],
+    ) -> Command {
+        const MAX: usize = 8;
+        assert!(fds.len() <= MAX && usize::from(listen_fds) <= MAX);
+        let mut sources = [-1; MAX];
+        sources[..fds.len()].copy_from_slice(fds);
+        let count = fds.len();
+        let announced = 3 + libc::c_int::from(listen_fds);
+        let mut cmd = ns.command("/bin/sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"", program])
+            .args(args)
+            .env_remove("TAPTUN_LOCAL")
+            .env_remove("TAPTUN_REMOTE")
+            .env("LISTEN_FDS", listen_fds.to_string());
+        // SAFETY: only async-signal-safe calls (fcntl, dup2, close) between fork and exec, on
+        // an array copied before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Out of the way first, so that dup2 onto 3, 4... cannot clobber a later source.
+                let mut high = [-1; MAX];
+                for i in 0..count {
+                    high[i] = libc::fcntl(sources[i], libc::F_DUPFD, 100);
+                    if high[i] == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                for fd in 3..announced.max(3 + count as libc::c_int) {
+                    libc::close(fd);
+                }
+                for (i, &fd) in high[..count].iter().enumerate() {
+                    if libc::dup2(fd, 3 + i as libc::c_int) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// What `/proc/self/fd/N` links to, such as `socket:[1234]`.
+    fn fd_target(fd: &impl AsRawFd) -> String {
+        fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap()
+            .display()
+            .to_string()
+    }
+
+    /// A hook (or -x command) that writes `ls -l` of its shell's descriptors to DIR/NAME.fds and
+    /// its environment to DIR/NAME.env, the latter last and atomically (a test polls for it).
+    fn inspecting_hook(dir: &Path, name: &str) -> String {
+        let path = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
+        format!(
+            "ls -l /proc/$$/fd > {fds}; env > {tmp} && mv {tmp} {env}",
+            fds = path("fds"),
+            tmp = path("tmp"),
+            env = path("env")
+        )
+    }
+
+    /// The two files of `inspecting_hook`, once it has run.
+    fn inspected(dir: &Path, name: &str) -> (String, String) {
+        let env = dir.join(format!("{name}.env"));
+        assert!(
+            wait_for(DEADLINE, || env.exists()),
+            "{name} did not run: no {}",
+            env.display()
+        );
+        let fds = fs::read_to_string(dir.join(format!("{name}.fds"))).unwrap();
+        (fds, fs::read_to_string(env).unwrap())
+    }
+
+    fn listen_variables(env: &str) -> Vec<&str> {
+        env.lines().filter(|l| l.starts_with("LISTEN_")).collect()
+    }
+
+    #[test]
+    fn listen_fds_without_fd_3_is_refused_naming_fd_3() {
+        if !common::require_root() {
+            return;
+        }
+        let p = Pair::new();
+        let args = ["-s", "-d", "tt0", "-l", &p.server_key, "-r", &p.client_key];
+        let cmd = as_systemd_would_pass(&p.a, 1, &[], TAPTUN, &args);
+        let mut server = Proc::start("server", cmd, &p.scratch);
+        let status = server.wait();
+        let stderr = server.stderr();
+        assert_eq!(status.code(), Some(2), "{status}: {stderr}");
+        assert!(
+            stderr.contains("fd 3 from LISTEN_FDS is not open"),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn a_passed_fd_3_that_is_not_a_listening_tcp_socket_is_refused() {
+        if !common::require_root() {
+            return;
+        }
+        let p = Pair::new();
+        let unix_path = p.scratch.path.join("unix.sock");
+        let listen_addr = format!("{}:{}", p.server_addr(), p.port);
+        let (udp, tcp, connected) = in_netns(&p.a, move || {
+            let tcp = TcpListener::bind(listen_addr).unwrap();
+            let connected = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+            (
+                std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+                tcp,
+                connected,
+            )
+        });
+        let file = fs::File::open("/dev/null").unwrap();
+        let unix = std::os::unix::net::UnixListener::bind(&unix_path).unwrap();
+        let cases: [(&dyn AsRawFd, &str); 4] = [
+            (&file, "it is not a socket"),
+            (&udp, "it is not a stream socket"),
+            (&unix, "it is an AF_UNIX socket"),
+            (&connected, "it is not listening"),
+        ];
+        let args = ["-s", "-d", "tt0", "-l", &p.server_key, "-r", &p.client_key];
+        for (fd, says) in cases {
+            let cmd = as_systemd_would_pass(&p.a, 1, &[fd.as_raw_fd()], TAPTUN, &args);
+            let mut server = Proc::start("server", cmd, &p.scratch);
+            let status = server.wait();
+            let stderr = server.stderr();
+            assert_eq!(status.code(), Some(2), "{says}: {status}: {stderr}");
+            let expected = format!("fd 3 from LISTEN_FDS is not a listening TCP socket: {says}");
+            assert!(stderr.contains(&expected), "{stderr}");
+        }
+        drop(tcp);
+    }
+
+    #[test]
+    fn every_passed_descriptor_is_claimed_and_no_hook_inherits_one() {
+        if !common::require_root() {
+            return;
+        }
+        let p = Pair::new();
+        let (first, second) = (format!("{}:{}", p.server_addr(), p.port), p.port + 1);
+        let addr = p.server_addr();
+        let listeners = in_netns(&p.a, move || {
+            let second = TcpListener::bind((addr.as_str(), second)).unwrap();
+            (TcpListener::bind(first).unwrap(), second)
+        });
+        let targets = [fd_target(&listeners.0), fd_target(&listeners.1)];
+        let hook = inspecting_hook(&p.scratch.path, "up");
+        let args = [
+            "-s",
+            "-v",
+            "-d",
+            "tt0",
+            "-l",
+            &p.server_key,
+            "-r",
+            &p.client_key,
+            "-u",
+            &hook,
+        ];
+        let fds = [listeners.0.as_raw_fd(), listeners.1.as_raw_fd()];
+        let mut cmd = as_systemd_would_pass(&p.a, 2, &fds, TAPTUN, &args);
+        cmd.env("LISTEN_FDNAMES", "taptun:other")
+            .env("LISTEN_PIDFDID", "4242");
+        let mut server = Proc::start("server", cmd, &p.scratch);
+        drop(listeners);
+
+        let _client = p.good_client("client", "tt0");
+        let (fds, env) = inspected(&p.scratch.path, "up");
+        for target in &targets {
+            assert!(
+                !fds.contains(target.as_str()),
+                "the up hook inherited {target}:\n{fds}"
+            );
+        }
+        assert_eq!(listen_variables(&env), Vec::<&str>::new(), "in the up hook");
+        assert!(
+            wait_for(DEADLINE, || !p.a.listening(p.port + 1)),
+            "fd 4 is still open in taptun: something listens on {}",
+            p.port + 1
+        );
+        assert!(server.running());
+        assert!(
+            server.stderr().contains("systemd passed 2 sockets"),
+            "{}",
+            server.stderr()
+        );
+    }
+
+    #[test]
+    fn an_exec_command_inherits_no_passed_descriptor_and_no_listen_variable() {
+        if !common::require_root() {
+            return;
+        }
+        let p = Pair::new();
+        let listener = in_netns(&p.b, || TcpListener::bind("127.0.0.1:0").unwrap());
+        let target = fd_target(&listener);
+        let command = inspecting_hook(&p.scratch.path, "exec");
+        let args = [
+            "-c",
+            "-o",
+            "-x",
+            &command,
+            "-d",
+            "tt0",
+            "-l",
+            &p.client_key,
+            "-r",
+            &p.server_key,
+        ];
+        let mut cmd = as_systemd_would_pass(&p.b, 1, &[listener.as_raw_fd()], TAPTUN, &args);
+        cmd.env("LISTEN_PIDFDID", "4242");
+        let mut client = Proc::start("client", cmd, &p.scratch);
+        drop(listener);
+        let (fds, env) = inspected(&p.scratch.path, "exec");
+        assert!(!fds.contains(&target), "-x inherited {target}:\n{fds}");
+        assert_eq!(
+            listen_variables(&env),
+            Vec::<&str>::new(),
+            "in the -x command"
+        );
+        client.wait();
+    }
+
+    #[test]
+    fn fwmark_marks_connections_on_the_socket_systemd_passes() {
+        if !common::require_root() {
+            return;
+        }
+        let p = Pair::new();
+        let listen_addr = format!("{}:{}", p.server_addr(), p.port);
+        let listener = in_netns(&p.a, move || TcpListener::bind(listen_addr).unwrap());
+        let args = [
+            "-s",
+            "-v",
+            "-F",
+            "0x2a",
+            "-d",
+            "tt0",
+            "-l",
+            &p.server_key,
+            "-r",
+            &p.client_key,
+        ];
+        let cmd = as_systemd_would(&p.a, &listener, TAPTUN, &args);
+        let mut server = Proc::start("server", cmd, &p.scratch);
+        drop(listener);
+        // A connection made before taptun sets the mark is accepted unmarked (the man page
+        // says to set Mark= in the .socket unit for that one).
+        assert!(
+            wait_for(DEADLINE, || server.stderr().contains("listening on")),
+            "{}",
+            server.stderr()
+        );
+        let _client = p.good_client("client", "tt0");
+        p.address_tap();
+        p.assert_tap_ping();
+        let local = format!("{}:{}", p.server_addr(), p.port);
+        let sockets =
+            run(p
+                .a
+                .command("ss")
+                .args(["-t", "-n", "-e", "state", "established", "src", &local]));
+        assert!(
+            sockets.contains("fwmark:0x2a"),
+            "no fwmark 42 on the accepted carrier socket:\n{sockets}"
+        );
+        assert!(server.running());
+    }
+
+    #[test]
+    fn fwmark_on_the_socket_systemd_passes_without_cap_net_admin_is_refused() {
+        if !common::require_root() || !require_program("/usr/bin/setpriv", "util-linux") {
+            return;
+        }
+        let p = Pair::new();
+        let listen_addr = format!("{}:{}", p.server_addr(), p.port);
+        let listener = in_netns(&p.a, move || TcpListener::bind(listen_addr).unwrap());
+        let args = [
+            "--inh-caps=-all",
+            // Linux 5.17 and later let CAP_NET_RAW set a mark too.
+            "--bounding-set=-net_admin,-net_raw",
+            TAPTUN,
+            "-s",
+            "-F",
+            "42",
+            "-d",
+            "tt0",
+            "-l",
+            &p.server_key,
+            "-r",
+            &p.client_key,
+        ];
+        let cmd = as_systemd_would(&p.a, &listener, "setpriv", &args);
+        let mut server = Proc::start("server", cmd, &p.scratch);
+        drop(listener);
+        let status = server.wait();
+        let stderr = server.stderr();
+        assert_eq!(status.code(), Some(2), "{status}: {stderr}");
+        assert!(
+            stderr.contains("-F: cannot set mark 42") && stderr.contains("CAP_NET_ADMIN"),
+            "{stderr}"
+        );
+    }
+
     /// A unit file: its sections, each a list of (key, value) in file order.
     type Unit = Vec<(String, Vec<(String, String)>)>;
 

@@ -5,14 +5,26 @@
 //! intact. With GSO refused by one end (`-n`/`--no-gso`), the other end turns its offloads off,
 //! both ends carry plain frames and the bytes still arrive intact.
 //!
-//! These tests need root, iproute2, iputils-ping and ethtool; without root or `ip netns` they say
+//! A GSO session leaves no offloads behind on a persistent device: they go off when the session
+//! ends, when taptun exits, and when `taptun -n` opens a device a killed GSO session left them on;
+//! `-n` then carries TCP (an iperf3 transfer) on it. A GSO peer's invalid virtio headers are
+//! dropped, counted, and never reach the device.
+//!
+//! These tests need root, iproute2, iputils-ping, ethtool and iperf3; without root or `ip netns` they say
 //! they are skipped and pass, unless TAPTUN_REQUIRE_NETNS=1.
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, wait_for};
-use std::io;
+use common::{DEADLINE, Netns, Pair, Proc, in_netns, wait_for};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use taptun::device::Layer;
+use taptun::frame::{self, FrameReader};
+use taptun::handshake::{self, Cipher, FLAG_GSO, Hello, Identity, MessageIo};
+use taptun::keys::{PrivateKey, SecretText};
+use taptun::vnet::{self, Header, Kind};
 
 const MIB: usize = 1 << 20;
 
@@ -68,8 +80,8 @@ fn count(line: &str, what: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Sends SIGUSR1 to `proc`, waits for the `counters:` line it logs and parses it.
-fn counters(proc: &Proc) -> Counters {
+/// Sends SIGUSR1 to `proc` and returns the `counters:` line it logs.
+fn counters_line(proc: &Proc) -> String {
     let needles = ["counters: sessions"];
     let before = log_lines(proc, &needles).len();
     proc.signal(libc::SIGUSR1);
@@ -77,7 +89,12 @@ fn counters(proc: &Proc) -> Counters {
         wait_for(DEADLINE, || log_lines(proc, &needles).len() > before),
         "no `counters:` line logged within {DEADLINE:?} after SIGUSR1"
     );
-    let line = log_lines(proc, &needles).pop().unwrap();
+    log_lines(proc, &needles).pop().unwrap()
+}
+
+/// Sends SIGUSR1 to `proc`, waits for the `counters:` line it logs and parses it.
+fn counters(proc: &Proc) -> Counters {
+    let line = counters_line(proc);
     let parse = |dir| {
         frames_bytes(&line, dir)
             .unwrap_or_else(|| panic!("no `{dir} F frames/B bytes` in the counters line: {line}"))
@@ -309,4 +326,351 @@ fn a_persistent_device_keeps_a_smaller_gso_max_size_and_still_carries_super_fram
 
     common::echo_across_the_tunnel(&p, &p.tap_addr(1), 16 * MIB, 0x650_0005);
     assert_super_frames_crossed(&server, &client, TAP_PLAIN_MAX);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A GSO peer driven by the library, sending virtio headers of its choosing.
+
+/// The private key in a SECRET of the form "@PATH".
+fn private_key(secret: &str) -> PrivateKey {
+    let path = secret
+        .strip_prefix('@')
+        .expect("a secret of the form @PATH");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    SecretText::parse(&text)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .private_key()
+}
+
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut out = frame::header(message.len()).to_vec();
+    out.extend_from_slice(message);
+    out
+}
+
+/// A TCP stream as the handshake's message I/O.
+struct TcpMessages {
+    reader: FrameReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl MessageIo for TcpMessages {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        self.writer.write_all(&framed(msg))
+    }
+
+    fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+        self.reader.next_message()
+    }
+
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        let timeout = deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        let _ = self.reader.get_ref().set_read_timeout(timeout);
+    }
+}
+
+/// The client's side of a session with GSO announced, with the client's keys, from `p.b`.
+struct GsoPeer {
+    stream: TcpStream,
+    transport: handshake::Transport,
+    nonce: u64,
+}
+
+impl GsoPeer {
+    fn connect(p: &Pair) -> GsoPeer {
+        let identity = Identity::new(
+            private_key(&p.client_key),
+            private_key(&p.server_key).public_key(),
+            Cipher::ChaChaPoly,
+        )
+        .expect("a valid key pair");
+        let addr: SocketAddr = format!("{}:{}", p.server_addr(), p.port).parse().unwrap();
+        let stream = in_netns(&p.b, move || {
+            TcpStream::connect_timeout(&addr, DEADLINE).expect("connect")
+        });
+        let mut io = TcpMessages {
+            reader: FrameReader::with_capacity(stream.try_clone().unwrap(), frame::MAX_WIRE),
+            writer: stream.try_clone().unwrap(),
+        };
+        let mut hello = Hello::new(Layer::Tap, 1500);
+        hello.flags = FLAG_GSO;
+        let established = handshake::initiate(&mut io, &identity, hello, Instant::now() + DEADLINE)
+            .expect("the handshake with the client's keys");
+        assert_ne!(
+            established.peer_hello.flags & FLAG_GSO,
+            0,
+            "the server did not offer GSO"
+        );
+        GsoPeer {
+            stream,
+            transport: established.transport,
+            nonce: established.send_nonce,
+        }
+    }
+
+    /// Seals `packet` (virtio header and frame) at the next nonce and sends it.
+    fn send(&mut self, packet: &[u8]) {
+        let mut sealed = vec![0u8; frame::MAX_MESSAGE];
+        let n = self
+            .transport
+            .seal(self.nonce, packet, &mut sealed)
+            .expect("seal");
+        self.nonce += 1;
+        self.stream.write_all(&framed(&sealed[..n])).expect("send");
+    }
+}
+
+/// Frames written into `dev` in `ns` (its rx counter).
+fn rx_packets(ns: &Netns, dev: &str) -> u64 {
+    let out = common::run(
+        ns.command("cat")
+            .arg(format!("/sys/class/net/{dev}/statistics/rx_packets")),
+    );
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no rx counter for {dev} in {}", ns.name))
+}
+
+/// A virtio header and frame with the header replaced.
+fn with_header(h: Header, packet: &[u8]) -> Vec<u8> {
+    [&h.encode()[..], &packet[vnet::HDR_LEN..]].concat()
+}
+
+/// Each header a GSO peer may not send, with its frame: what `vnet::check` refuses beyond
+/// the offsets inside the frame.
+fn invalid_headers() -> Vec<(&'static str, Vec<u8>)> {
+    let tcp4 = vnet::tcp_super_frame(Kind::Ethernet, false, 0, 3000);
+    let tcp6 = vnet::tcp_super_frame(Kind::Ethernet, true, 2, 3000);
+    let (h4, h6) = (Header::parse(&tcp4).unwrap(), Header::parse(&tcp6).unwrap());
+    let h = vnet::HDR_LEN;
+    let altered = |packet: &[u8], at: usize, byte: u8| {
+        let mut p = packet.to_vec();
+        p[h + at] = byte;
+        p
+    };
+    vec![
+        (
+            "gso_size 1",
+            with_header(Header { gso_size: 1, ..h4 }, &tcp4),
+        ),
+        (
+            "gso_size 47",
+            with_header(Header { gso_size: 47, ..h4 }, &tcp4),
+        ),
+        (
+            "csum_offset 6",
+            with_header(
+                Header {
+                    csum_offset: 6,
+                    ..h4
+                },
+                &tcp4,
+            ),
+        ),
+        (
+            "csum_start at the IP header",
+            with_header(
+                Header {
+                    csum_start: 14,
+                    ..h4
+                },
+                &tcp4,
+            ),
+        ),
+        (
+            "TCPV6 on IPv4",
+            with_header(
+                Header {
+                    gso_type: vnet::GSO_TCPV6,
+                    ..h4
+                },
+                &tcp4,
+            ),
+        ),
+        (
+            "TCPV4 on IPv6 behind QinQ",
+            with_header(
+                Header {
+                    gso_type: vnet::GSO_TCPV4,
+                    ..h6
+                },
+                &tcp6,
+            ),
+        ),
+        ("GSO UDP", with_header(Header { gso_type: 3, ..h4 }, &tcp4)),
+        ("UDP in a TCPV4 super-frame", altered(&tcp4, 14 + 9, 17)),
+        ("IPv6 extension header", altered(&tcp6, 22 + 6, 0)),
+        (
+            "unknown flag",
+            with_header(
+                Header {
+                    flags: 4 | vnet::F_NEEDS_CSUM,
+                    ..h4
+                },
+                &tcp4,
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn a_gso_peer_s_invalid_virtio_headers_are_dropped_counted_and_never_reach_the_device() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let server = p.server("");
+    let mut peer = GsoPeer::connect(&p);
+    assert!(
+        wait_for(DEADLINE, || !log_lines(&server, &["GSO super-frames"])
+            .is_empty()),
+        "the server did not start a GSO session"
+    );
+    p.a.wait_for_device("tt0");
+    let invalid = |line: &str| count(line, "invalid virtio header").expect("invalid virtio header");
+    let frames_in = |line: &str| frames_bytes(line, "in").expect("in F frames").0;
+
+    // A valid super-frame reaches the device: the way to see a frame arrive works.
+    let valid = vnet::tcp_super_frame(Kind::Ethernet, false, 0, 3000);
+    let rx_start = rx_packets(&p.a, "tt0");
+    peer.send(&valid);
+    assert!(
+        wait_for(DEADLINE, || rx_packets(&p.a, "tt0") == rx_start + 1),
+        "the valid super-frame did not reach the device (rx {} -> {})\n{}",
+        rx_start,
+        rx_packets(&p.a, "tt0"),
+        counters_line(&server)
+    );
+
+    let mut dropped = invalid(&counters_line(&server));
+    assert_eq!(dropped, 0);
+    let in_before = frames_in(&counters_line(&server));
+    for (what, packet) in invalid_headers() {
+        let rx_before = rx_packets(&p.a, "tt0");
+        peer.send(&packet);
+        let mut line = String::new();
+        let counted = wait_for(DEADLINE, || {
+            line = counters_line(&server);
+            invalid(&line) > dropped || frames_in(&line) > in_before
+        });
+        assert!(counted, "{what}: neither dropped nor written: {line}");
+        assert_eq!(
+            invalid(&line),
+            dropped + 1,
+            "{what}: the invalid virtio header counter did not move by one: {line}"
+        );
+        dropped += 1;
+        assert_eq!(
+            rx_packets(&p.a, "tt0"),
+            rx_before,
+            "{what}: a frame reached the device"
+        );
+        assert_eq!(
+            frames_in(&line),
+            in_before,
+            "{what}: counted as written: {line}"
+        );
+        println!("{what}: dropped, invalid virtio header {dropped}, device rx {rx_before}");
+    }
+
+    // The session survived them all, its nonces in step: the valid frame still arrives.
+    let rx_before = rx_packets(&p.a, "tt0");
+    peer.send(&valid);
+    assert!(
+        wait_for(DEADLINE, || rx_packets(&p.a, "tt0") == rx_before + 1),
+        "the valid super-frame after the invalid ones did not reach the device"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offloads left on a persistent device.
+
+/// The session-ended line count of `proc`'s log.
+fn sessions_ended(proc: &Proc) -> usize {
+    log_lines(proc, &["session with", " ended: "]).len()
+}
+
+/// With a `taptun -n` server on `a`'s persistent tt0 (addressed 10.214.N.1 already) and a new
+/// client: ping, then an iperf3 transfer from b to a that must complete. Returns its rate.
+fn plain_session_carries_tcp(p: &Pair) -> f64 {
+    let server = p.server("-n");
+    let _client = p.good_client_once("client plain", "tt0");
+    p.address_client_tap("tt0");
+    p.assert_tap_ping();
+    assert!(
+        !tso_on(&p.a),
+        "TSO is on for the -n server's tt0: its peer gets super-frames"
+    );
+    let rate = common::iperf3(
+        &p.a,
+        &p.b,
+        &p.tap_addr(1),
+        p.port + 3000,
+        "16M",
+        &[],
+        Duration::from_secs(20),
+        &p.scratch,
+    )
+    .unwrap_or_else(|why| panic!("iperf3 through taptun -n on the persistent tap: {why}"));
+    println!("iperf3 through taptun -n on the persistent tap: {rate} Mbit/s");
+    drop(server);
+    rate
+}
+
+#[test]
+fn a_gso_session_on_a_persistent_tap_turns_its_offloads_off_when_it_ends_and_when_taptun_exits() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    p.a.ip("tuntap add dev tt0 mode tap");
+    let mut server = p.server("");
+    let mut client = p.good_client_once("client", "tt0");
+    p.address_tap();
+    p.assert_tap_ping();
+    assert!(tso_on(&p.a), "the GSO session did not turn TSO on");
+
+    // The session ends, the server stays: its device must not keep the offloads meanwhile.
+    client.terminate();
+    assert!(
+        wait_for(DEADLINE, || sessions_ended(&server) == 1),
+        "the server did not see the session end"
+    );
+    assert!(!tso_on(&p.a), "TSO still on after the GSO session ended");
+
+    // A second GSO session, then the server exits on SIGTERM.
+    let _client = p.good_client_once("client again", "tt0");
+    p.address_client_tap("tt0");
+    p.assert_tap_ping();
+    assert!(tso_on(&p.a), "the second GSO session did not turn TSO on");
+    assert!(server.terminate().success());
+    assert!(!tso_on(&p.a), "TSO still on after taptun exited");
+
+    plain_session_carries_tcp(&p);
+}
+
+#[test]
+fn taptun_n_turns_off_the_offloads_a_killed_gso_session_left_on_a_persistent_tap() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    p.a.ip("tuntap add dev tt0 mode tap");
+    let mut server = p.server("");
+    let mut client = p.good_client_once("client", "tt0");
+    p.address_tap();
+    p.assert_tap_ping();
+    // Killed, nothing of taptun runs: the kernel keeps the offloads on the device.
+    server.signal(libc::SIGKILL);
+    server.wait();
+    client.wait();
+    assert!(
+        tso_on(&p.a),
+        "TSO went off with the killed server: nothing to test"
+    );
+
+    plain_session_carries_tcp(&p);
 }

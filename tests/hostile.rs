@@ -478,7 +478,6 @@ fn private_key(secret: &str) -> PrivateKey {
     SecretText::parse(&text)
         .unwrap_or_else(|e| panic!("{path}: {e}"))
         .private_key()
-        .unwrap()
 }
 
 /// The client's identity, as the real client has it: an attacker who stole its keys.

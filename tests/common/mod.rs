@@ -601,3 +601,67 @@ pub fn echo_across_the_tunnel(p: &Pair, addr_a: &str, len: usize, seed: u64) {
     assert_eq!(copied, len as u64, "bytes the echo server received");
     assert_eq!(received, len, "bytes echoed back");
 }
+
+/// An iperf3 transfer of `bytes` (iperf3's -n syntax: "16M") between a client in `from` and a
+/// one-off server in `to` listening on `addr:port`, client to server unless `extra` has "-R".
+/// Returns the receiver's rate in Mbit/s, or why it failed; a transfer without a result within
+/// `limit` (a stall) is killed and is a failure.
+#[allow(clippy::too_many_arguments)]
+pub fn iperf3(
+    to: &Netns,
+    from: &Netns,
+    addr: &str,
+    port: u16,
+    bytes: &str,
+    extra: &[&str],
+    limit: Duration,
+    scratch: &Scratch,
+) -> Result<f64, String> {
+    let port_arg = port.to_string();
+    let mut server_cmd = to.command("iperf3");
+    server_cmd.args(["-s", "-1", "-B", addr, "-p", &port_arg]);
+    let mut server = Proc::start(&format!("iperf3-server-{port}"), server_cmd, scratch);
+    let listening = wait_for(DEADLINE, || !server.running() || to.listening(port));
+    if !listening || !server.running() {
+        return Err(format!("iperf3 -s did not start: {}", server.stderr()));
+    }
+    let out_path = scratch.path.join(format!("iperf3-client-{port}.out"));
+    let out = File::create(&out_path).unwrap();
+    let mut client = from
+        .command("iperf3")
+        .args(["-c", addr, "-p", &port_arg, "-n", bytes, "-f", "m"])
+        .args(["--connect-timeout", "3000"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("iperf3 -c: {e}"));
+    let mut status = None;
+    wait_for(limit, || {
+        status = client.try_wait().unwrap();
+        status.is_some()
+    });
+    let output = || fs::read_to_string(&out_path).unwrap_or_default();
+    let Some(status) = status else {
+        let _ = client.kill();
+        let _ = client.wait();
+        return Err(format!(
+            "no result within {limit:?} (stalled):\n{}",
+            output()
+        ));
+    };
+    if !status.success() {
+        return Err(format!("iperf3 -c failed ({status}):\n{}", output()));
+    }
+    // "[  5]   0.00-1.02  sec  16.0 MBytes   131 Mbits/sec                  receiver"
+    output()
+        .lines()
+        .filter(|line| line.trim_end().ends_with("receiver"))
+        .find_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "Mbits/sec")?;
+            words.get(at.checked_sub(1)?)?.parse().ok()
+        })
+        .ok_or_else(|| format!("no receiver rate in the iperf3 output:\n{}", output()))
+}

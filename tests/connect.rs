@@ -1,0 +1,228 @@
+//! How the client reaches its server when some of the addresses it is given drop packets instead
+//! of refusing (a firewall, a stale AAAA record): several -m hosts are tried in turn, the next one
+//! after 2 s of silence, and the addresses of one name race as Happy Eyeballs (RFC 8305), so a dead
+//! first address delays a session by 2 s (another host) or 250 ms (another address of the same
+//! name), on every reconnect too, and a slow primary that answers within 2 s still wins.
+//!
+//! The dead addresses are real addresses in the server's namespace behind an nftables rule that
+//! drops everything arriving for them: a SYN gets no answer, as behind a firewall.
+
+mod common;
+
+use common::{DEADLINE, Netns, Pair, Proc, run, wait_for};
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// "session with PEER established on DEV ..."
+const ESTABLISHED: &[&str] = &["session with", " established"];
+
+fn log_count(proc: &Proc, needles: &[&str]) -> usize {
+    proc.stderr()
+        .lines()
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .count()
+}
+
+/// Waits until `proc` has logged `count` sessions; returns how long that took from `since`.
+fn session_within(
+    proc: &Proc,
+    count: usize,
+    since: Instant,
+    deadline: Duration,
+) -> Option<Duration> {
+    wait_for(deadline, || log_count(proc, ESTABLISHED) >= count).then(|| since.elapsed())
+}
+
+/// Drops in `ns` everything that arrives for `addrs` (IPv4 or IPv6), with no answer.
+fn blackhole(ns: &Netns, addrs: &[&str]) {
+    let rules: String = addrs
+        .iter()
+        .map(|a| {
+            let family = if a.contains(':') { "ip6" } else { "ip" };
+            format!("\t\t{family} daddr {a} drop\n")
+        })
+        .collect();
+    let ruleset = format!(
+        "table inet taptunblackhole {{\n\
+         \tchain in {{\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         {rules}\
+         \t}}\n\
+         }}\n"
+    );
+    let mut nft = ns.command("nft");
+    nft.args(["-f", "-"]).stdin(Stdio::piped());
+    let mut nft = nft.spawn().expect("nft (install nftables)");
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "nft -f -: {ruleset}");
+}
+
+/// 10.213.N.3 on the server's veth, where nothing answers: the blackholed first host.
+fn blackholed_v4(p: &Pair) -> String {
+    let addr = format!("10.213.{}.3", p.n);
+    p.a.ip(&format!("addr add {addr}/24 dev {}", p.a.name));
+    blackhole(&p.a, &[&addr]);
+    addr
+}
+
+/// /etc/netns/NS/FILE, which `ip netns exec NS` mounts over /etc/FILE; removed when dropped.
+struct NetnsEtc {
+    dir: PathBuf,
+}
+
+impl NetnsEtc {
+    fn new(ns: &Netns, file: &str, text: &str) -> NetnsEtc {
+        let dir = PathBuf::from("/etc/netns").join(&ns.name);
+        fs::create_dir_all(&dir).unwrap();
+        let guard = NetnsEtc { dir };
+        fs::write(guard.dir.join(file), text).unwrap();
+        guard
+    }
+}
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_blackholed_first_host_delays_the_session_by_2_s_on_every_reconnect() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let dead = blackholed_v4(&p);
+    let mut server = p.server("");
+    let started = Instant::now();
+    let args = format!(
+        "-c -m {dead} -m {} -p {} -v -d tt0 {}",
+        p.server_addr(),
+        p.port,
+        p.client_secrets()
+    );
+    let client = Proc::start("client", p.b.taptun(&args), &p.scratch);
+    let first = session_within(&client, 1, started, DEADLINE);
+    eprintln!("-m BLACKHOLED -m SERVER: first session after {first:?}");
+    assert!(
+        first.is_some_and(|t| t < Duration::from_secs(3)),
+        "no session within 3 s with a blackholed first host (after {first:?})"
+    );
+
+    // The server goes away and comes back: the next attempt waits 2 s for the dead host again,
+    // and the session is back within 3 s of that attempt's start (after a backoff of at most 1 s).
+    server.terminate();
+    let restarted = Instant::now();
+    let _server = p.server("");
+    let again = session_within(&client, 2, restarted, DEADLINE);
+    eprintln!("after a server restart: a session again after {again:?}");
+    assert!(
+        again.is_some_and(|t| t < Duration::from_secs(4)),
+        "no session within 1 s of backoff + 3 s after the server came back (after {again:?})"
+    );
+}
+
+#[test]
+fn a_name_whose_ipv6_address_drops_connects_over_ipv4_within_a_second() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    // A global-scope IPv6 prefix (documentation range), so that getaddrinfo sorts it before IPv4.
+    let v6 = format!("2001:db8:213:{}::", p.n);
+    for (ns, host) in [(&p.a, 1), (&p.b, 2)] {
+        ns.ip(&format!("addr add {v6}{host}/64 dev {} nodad", ns.name));
+    }
+    let dead = format!("{v6}3");
+    p.a.ip(&format!("addr add {dead}/64 dev {} nodad", p.a.name));
+    blackhole(&p.a, &[&dead]);
+    let name = format!("taptun-server-{}.test", p.n);
+    let _hosts = NetnsEtc::new(
+        &p.b,
+        "hosts",
+        &format!(
+            "127.0.0.1 localhost\n{dead} {name}\n{} {name}\n",
+            p.server_addr()
+        ),
+    );
+    let order = run(p.b.command("getent").args(["ahosts", &name]));
+    assert!(
+        order.lines().next().is_some_and(|l| l.starts_with(&dead)),
+        "the resolver must give the dead IPv6 address first: {order}"
+    );
+
+    let _server = p.server("");
+    let started = Instant::now();
+    let args = format!(
+        "-c -m {name} -p {} -v -d tt0 {}",
+        p.port,
+        p.client_secrets()
+    );
+    let client = Proc::start("client", p.b.taptun(&args), &p.scratch);
+    let first = session_within(&client, 1, started, DEADLINE);
+    eprintln!("a name with a dead AAAA first: session after {first:?}");
+    assert!(
+        first.is_some_and(|t| t < Duration::from_secs(1)),
+        "no session within 1 s over the name's IPv4 address (after {first:?})"
+    );
+}
+
+/// The hosts are tried in turn, not raced from the start: a primary that answers within 2 s (here
+/// its first SYN is dropped, so it answers the retransmission about 1 s later) wins over a backup
+/// that would answer at once.
+#[test]
+fn a_slow_primary_that_answers_within_2_s_wins_over_the_backup() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let primary = p.server_addr();
+    let backup = format!("10.213.{}.3", p.n);
+    p.a.ip(&format!("addr add {backup}/24 dev {}", p.a.name));
+    let server = |name: &str, addr: &str, dev: &str| {
+        let args = format!(
+            "-s -b {addr} -p {} -v -d {dev} {}",
+            p.port,
+            p.server_secrets()
+        );
+        Proc::start(name, p.a.taptun(&args), &p.scratch)
+    };
+    let servers = [
+        server("primary", &primary, "tt0"),
+        server("backup", &backup, "tt1"),
+    ];
+    for server in &servers {
+        assert!(
+            wait_for(DEADLINE, || log_count(server, &["listening on"]) > 0),
+            "a server did not start listening"
+        );
+    }
+
+    blackhole(&p.a, &[&primary]);
+    let args = format!(
+        "-c -m {primary} -m {backup} -p {} -v -d tt0 {}",
+        p.port,
+        p.client_secrets()
+    );
+    let started = Instant::now();
+    let client = Proc::start("client", p.b.taptun(&args), &p.scratch);
+    std::thread::sleep(Duration::from_millis(700));
+    run(p
+        .a
+        .command("nft")
+        .args(["delete", "table", "inet", "taptunblackhole"]));
+    let first = session_within(&client, 1, started, DEADLINE);
+    eprintln!("a primary answering after about 1 s: session after {first:?}");
+    let log = client.stderr();
+    assert!(
+        log.contains(&format!("session with {primary}:{} established", p.port)),
+        "the primary must win: {log}"
+    );
+}
