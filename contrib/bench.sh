@@ -16,8 +16,10 @@
 #                      (taptun -n: plain frames, no GSO), openvpn (default:
 #                      all, with tap-aesgcm-plain; openvpn when installed)
 #     --json FILE      also write every figure (and the raw runs) as JSON
-#     --markdown FILE  also write the table as Markdown
+#     --markdown FILE  also write the tables as Markdown
 #     --no-build       use target/release/taptun as it is
+#     --memory         only the memory table (below): no iperf3 and no ping
+#                      figures, taptun rows only (needs no iperf3)
 #     --perf DIR       after measuring each tunnel, profile one more "up 1" run
 #                      system-wide with `perf record -a -g` into DIR/NAME.perf.data
 #                      (package linux-perf; first round only); the figures are
@@ -56,10 +58,17 @@
 # saturates the same direction (p50, p99, loss); CPU-seconds per GB (10^9
 # bytes of iperf3 payload) of both tunnel processes together (utime + stime
 # from /proc/PID/stat, over the four throughput runs); RSS of the larger end
-# when idle (VmRSS after the handshake) and its peak (VmHWM at the end).
-# Every figure is also printed as a ratio to OpenVPN's and to raw veth's from
-# the same run (value / reference: above 1 means more, whether that is
-# better, for throughput, or worse, for RTT, CPU and memory).
+# when idle (VmRSS after the handshake) and its peak (VmHWM at the end), with
+# the genkey keys above. Every figure is also printed as a ratio to OpenVPN's
+# and to raw veth's from the same run (value / reference: above 1 means more,
+# whether that is better, for throughput, or worse, for RTT, CPU and memory).
+#
+# Then a memory table for each taptun row, in both ways of giving secrets:
+# the tunnel started again with the genkey keys, and with swapped passphrases
+# (-l @FILE -r @FILE, as the README's taptunnel example); for each, the larger
+# end's VmRSS once a ping has crossed and the tunnel has idled for 1 s, and
+# its VmHWM then (the peak of start-up, which with passphrases includes the
+# 19 MiB Argon2id work area, given back once the key is derived).
 #
 # Exit status: 0 when every selected measurement ran, 1 when one failed
 # (the logs are shown), 2 when something needed is missing.
@@ -93,6 +102,7 @@ markdown_out=""
 perf_dir=""
 rounds=1
 build=1
+memory_only=0
 while (($#)); do
     case $1 in
         --quick) duration=2 pings=100 ;;
@@ -103,6 +113,7 @@ while (($#)); do
         --json) json_out=${2:?--json needs a file}; shift ;;
         --markdown) markdown_out=${2:?--markdown needs a file}; shift ;;
         --no-build) build=0 ;;
+        --memory) memory_only=1 ;;
         --perf) perf_dir=${2:?--perf needs a folder}; shift ;;
         -h | --help) usage; exit 0 ;;
         *) printf 'bench: unknown option %s (see --help)\n' "$1" >&2; exit 2 ;;
@@ -141,6 +152,12 @@ else
         esac
     done
 fi
+if ((memory_only)); then
+    kept=()
+    for c in "${configs[@]}"; do [[ $c == tap-* || $c == tun-* ]] && kept+=("$c"); done
+    ((${#kept[@]})) || missing "--memory measures taptun rows only, and --only named none"
+    configs=("${kept[@]}")
+fi
 wants() { [[ " ${configs[*]} " == *" $1 "* ]]; }
 
 # --- what we need, before touching anything ----------------------------------
@@ -154,7 +171,7 @@ need() { # need COMMAND PACKAGE
 need ip iproute2
 need ss iproute2
 need ping iputils-ping
-need iperf3 iperf3
+((memory_only)) || need iperf3 iperf3
 need python3 python3
 if [[ -n $perf_dir ]]; then
     need perf linux-perf
@@ -473,24 +490,33 @@ taptun_keys() {
         umask 077
         "$taptun" genkey >"$tmp/a.key"
         "$taptun" genkey >"$tmp/b.key"
+        echo "bench passphrase of the server" >"$tmp/a.pass"
+        echo "bench passphrase of the client" >"$tmp/b.pass"
     )
     pub_a=$("$taptun" pubkey <"$tmp/a.key")
     pub_b=$("$taptun" pubkey <"$tmp/b.key")
 }
 
-run_taptun() { # run_taptun tap|tun CIPHER [-n]
-    local layer=$1 cipher=$2 name="$1-$2" common=(-d "$device" -t "$1" -e "$2" -M 1500)
-    if [[ ${3:-} == -n ]]; then
-        name+=-plain
-        common+=(-n)
-    fi
+# taptun_up LOG LAYER SECRETS ARGS...: taptun -s in A and -c in B with ARGS,
+# SECRETS keys (genkey keys, -k) or passphrases (swapped, -l and -r); waits
+# for the first ping across.
+taptun_up() {
+    local log=$1 layer=$2 secrets=$3
+    shift 3
+    local secrets_a secrets_b
     taptun_keys
-    say "taptun $layer $cipher ${3:-}: -s in $ns_a, -c -m $underlay_a in $ns_b"
-    start "taptun -s" "$tmp/$name-server.log" "$ns_a" \
-        "$taptun" -s -p "$taptun_port" "${common[@]}" -l "@$tmp/a.key" -k "$pub_b"
+    if [[ $secrets == keys ]]; then
+        secrets_a=(-l "@$tmp/a.key" -k "$pub_b")
+        secrets_b=(-l "@$tmp/b.key" -k "$pub_a")
+    else
+        secrets_a=(-l "@$tmp/a.pass" -r "@$tmp/b.pass")
+        secrets_b=(-l "@$tmp/b.pass" -r "@$tmp/a.pass")
+    fi
+    start "taptun -s" "$log-server.log" "$ns_a" \
+        "$taptun" -s -p "$taptun_port" "$@" "${secrets_a[@]}"
     wait_for "taptun -s to listen" listening "$ns_a" "$taptun_port"
-    start "taptun -c" "$tmp/$name-client.log" "$ns_b" \
-        "$taptun" -c -m "$underlay_a" -p "$taptun_port" "${common[@]}" -l "@$tmp/b.key" -k "$pub_a"
+    start "taptun -c" "$log-client.log" "$ns_b" \
+        "$taptun" -c -m "$underlay_a" -p "$taptun_port" "$@" "${secrets_b[@]}"
     wait_for "the client's $device" ip -n "$ns_b" link show dev "$device"
     if [[ $layer == tap ]]; then
         in_a ip addr add "$tunnel_a/24" dev "$device"
@@ -500,8 +526,32 @@ run_taptun() { # run_taptun tap|tun CIPHER [-n]
         in_b ip addr add "$tunnel_b" peer "$tunnel_a" dev "$device"
     fi
     first_ping
-    measure "$name" taptun "$tunnel_a"
-    stop_tunnel
+}
+
+run_taptun() { # run_taptun tap|tun CIPHER [-n]
+    local layer=$1 cipher=$2 name="$1-$2" common=(-d "$device" -t "$1" -e "$2" -M 1500)
+    if [[ ${3:-} == -n ]]; then
+        name+=-plain
+        common+=(-n)
+    fi
+    if ((!memory_only)); then
+        say "taptun $layer $cipher ${3:-}: -s in $ns_a, -c -m $underlay_a in $ns_b"
+        taptun_up "$tmp/$name" "$layer" keys "${common[@]}"
+        measure "$name" taptun "$tunnel_a"
+        stop_tunnel
+    fi
+    local secrets dir
+    for secrets in keys passphrases; do
+        say "taptun $layer $cipher ${3:-}: memory with $secrets"
+        dir="$results/memory/$name/$secrets/$round"
+        mkdir -p "$dir"
+        taptun_up "$tmp/$name-$secrets" "$layer" "$secrets" "${common[@]}"
+        sleep 1
+        alive
+        memory VmRSS >"$dir/idle"
+        memory VmHWM >"$dir/peak"
+        stop_tunnel
+    done
 }
 
 openvpn_pki() {
@@ -550,8 +600,8 @@ for ((round = 1; round <= rounds; round++)); do
     for c in "${configs[@]}"; do
         case $c in
             "") ;;
-            veth) run_veth ;;
-            openvpn) run_openvpn ;;
+            veth) ((memory_only)) || run_veth ;;
+            openvpn) ((memory_only)) || run_openvpn ;;
             *-plain) base=${c%-plain} && run_taptun "${base%%-*}" "${base#*-}" -n ;;
             *) run_taptun "${c%%-*}" "${c#*-}" ;;
         esac
@@ -691,6 +741,8 @@ def measure_round(d):
 rows = []
 for name in order:
     base = os.path.join(results, name)
+    if not os.path.isdir(base):  # --memory
+        continue
     rounds = [measure_round(os.path.join(base, r))
               for r in sorted(os.listdir(base), key=int)]
     m = {}
@@ -729,47 +781,93 @@ def fmt_ratio(v):
     return f"{v:.1f}x" if v >= 10 else f"{v:.2f}x" if v >= 0.1 else f"{v:.2g}x"
 
 
-lines = []  # (first cell, [cells])
-for r in rows:
-    lines.append((r["label"], [fmt(r["metrics"][k], dg) for k, _, _, dg in columns]))
-    for key, ref in (("ratio_to_openvpn", "  vs OpenVPN"), ("ratio_to_veth", "  vs raw veth")):
-        if r[key]:
-            lines.append((ref, [fmt_ratio(r[key][k]) for k, *_ in columns]))
-heading = ["", *[f"{h}" for _, h, _, _ in columns]]
-units = ["", *[u for _, _, u, _ in columns]]
-table = [heading, units, *[[first, *cells] for first, cells in lines]]
-widths = [max(len(row[i]) for row in table) for i in range(len(heading))]
-text = []
-for i, row in enumerate(table):
-    cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-    text.append("  ".join(cells).rstrip())
-    if i == 1:
-        text.append("-" * len(text[0]))
-mach = meta["machine"]
-legend = [
-    f"machine: {mach['nproc']} CPUs, {mach['cpu']}, Linux {mach['kernel']}; "
-    f"load average {mach['load_before']} before, {mach['load_after']} after",
-    f"iperf3 {meta['settings']['iperf3_seconds']} s per run; up = client to server, down = -R; 1 or 4 streams; "
-    f"ping: {meta['settings']['pings']} pings 10 ms apart, idle and under one up stream",
-    "CPU s/GB: both ends' utime+stime over the four throughput runs, per 10^9 payload bytes; "
-    "RSS: the larger end, idle (VmRSS) and peak (VmHWM)",
-    "vs: the figure above divided by the reference's, from this run"
-    + (f"; each figure the median of {meta['settings']['rounds']} rounds" if meta["settings"]["rounds"] > 1 else ""),
-]
-print()
-print("\n".join(text))
-print()
-print("\n".join(legend))
+def render(heading, units, lines):
+    """The text table: heading, units, a rule, then the lines."""
+    table = [heading, units, *[[first, *cells] for first, cells in lines]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(heading))]
+    text = []
+    for i, row in enumerate(table):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        text.append("  ".join(cells).rstrip())
+        if i == 1:
+            text.append("-" * len(text[0]))
+    return text
 
-if markdown_out:
-    md = ["| | " + " | ".join(f"{h} ({u})" for _, h, u, _ in columns) + " |",
-          "|---|" + "---:|" * len(columns)]
+
+def markdown(headings, lines):
+    md = ["| | " + " | ".join(headings) + " |", "|---|" + "---:|" * len(headings)]
     for first, cells in lines:
         first = first.strip()
         first = f"*{first}*" if first.startswith("vs ") else f"**{first}**"
         md.append(f"| {first} | " + " | ".join(cells) + " |")
+    return md
+
+
+mach = meta["machine"]
+machine_line = (f"machine: {mach['nproc']} CPUs, {mach['cpu']}, Linux {mach['kernel']}; "
+                f"load average {mach['load_before']} before, {mach['load_after']} after")
+md_out = []
+
+if rows:
+    lines = []  # (first cell, [cells])
+    for r in rows:
+        lines.append((r["label"], [fmt(r["metrics"][k], dg) for k, _, _, dg in columns]))
+        for key, ref in (("ratio_to_openvpn", "  vs OpenVPN"), ("ratio_to_veth", "  vs raw veth")):
+            if r[key]:
+                lines.append((ref, [fmt_ratio(r[key][k]) for k, *_ in columns]))
+    text = render(["", *[h for _, h, _, _ in columns]], ["", *[u for _, _, u, _ in columns]], lines)
+    legend = [
+        machine_line,
+        f"iperf3 {meta['settings']['iperf3_seconds']} s per run; up = client to server, down = -R; 1 or 4 streams; "
+        f"ping: {meta['settings']['pings']} pings 10 ms apart, idle and under one up stream",
+        "CPU s/GB: both ends' utime+stime over the four throughput runs, per 10^9 payload bytes; "
+        "RSS: the larger end with genkey keys, idle (VmRSS) and peak (VmHWM)",
+        "vs: the figure above divided by the reference's, from this run"
+        + (f"; each figure the median of {meta['settings']['rounds']} rounds" if meta["settings"]["rounds"] > 1 else ""),
+    ]
+    print()
+    print("\n".join(text))
+    print()
+    print("\n".join(legend))
+    md_out += markdown([f"{h} ({u})" for _, h, u, _ in columns], lines) + [""] + [f"- {l}" for l in legend]
+
+# The memory table: each taptun row started again with keys and with passphrases.
+memory_columns = [(secrets, what) for secrets in ("keys", "passphrases") for what in ("idle", "peak")]
+memory_rows = []
+for name in order:
+    base = os.path.join(results, "memory", name)
+    if not os.path.isdir(base):
+        continue
+    figures, per_end = {}, {}
+    for secrets, what in memory_columns:
+        d = os.path.join(base, secrets)
+        kib = [[int(x) for x in read(os.path.join(d, r, what)).split()]
+               for r in sorted(os.listdir(d), key=int)]
+        figures[f"{secrets}_{what}"] = statistics.median(max(ends) for ends in kib) / 1024
+        per_end[f"{secrets}_{what}"] = kib
+    memory_rows.append({"name": name, "label": labels.get(name, name), "mib": figures,
+                        "kib_per_end_per_round": per_end})
+if memory_rows:
+    lines = [(r["label"], [fmt(r["mib"][f"{s}_{w}"], 1) for s, w in memory_columns]) for r in memory_rows]
+    text = render(["", *[f"{s} {w}" for s, w in memory_columns]], ["", *["MiB"] * len(memory_columns)], lines)
+    legend = [
+        machine_line,
+        "memory: the larger end of each tunnel started with genkey keys and with swapped passphrases; "
+        "idle: VmRSS once a ping has crossed and 1 s has passed; peak: VmHWM then "
+        "(start-up: with passphrases, the 19 MiB Argon2id work area, given back once the key is derived)"
+        + (f"; each figure the median of {meta['settings']['rounds']} rounds" if meta["settings"]["rounds"] > 1 else ""),
+    ]
+    print()
+    print("\n".join(text))
+    print()
+    print("\n".join(legend))
+    md_out += ([""] if md_out else []) + markdown([f"{s} {w} (MiB)" for s, w in memory_columns], lines)
+    md_out += [""] + [f"- {l}" for l in legend]
+    meta["memory"] = memory_rows
+
+if markdown_out:
     with open(markdown_out, "w") as f:
-        f.write("\n".join(md) + "\n\n" + "\n".join(f"- {l}" for l in legend) + "\n")
+        f.write("\n".join(md_out) + "\n")
     print(f"bench: Markdown table written to {markdown_out}")
 
 if json_out:

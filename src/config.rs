@@ -532,7 +532,8 @@ fn secret(
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<SecretSpec>, Error> {
-    if let Some(arg) = arg {
+    // Our copies are zeroed; getopts keeps its own, and argv shows in ps anyway.
+    if let Some(arg) = arg.map(zeroize::Zeroizing::new) {
         let spec = SecretSpec::parse(Origin::Argv(opt), &arg)?;
         if matches!(spec.source, crate::keys::SecretSource::Literal(_)) {
             warnings.push(format!(
@@ -543,6 +544,7 @@ fn secret(
         return Ok(Some(spec));
     }
     env(var)
+        .map(zeroize::Zeroizing::new)
         .map(|value| SecretSpec::parse(Origin::Env(var), &value))
         .transpose()
 }

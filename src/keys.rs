@@ -6,10 +6,13 @@
 //! prints it) or a passphrase (anything else), stretched with Argon2id into a
 //! private key. A text that looks like a key but does not decode is an error,
 //! never a silent passphrase. Everything secret lives in `Zeroizing` buffers
-//! and every type that holds one prints `<redacted>` in `Debug`.
+//! and every type that holds one prints `<redacted>` in `Debug`. Secrets are
+//! read straight into a buffer of fixed size, never through a growing vector
+//! or a stack buffer that would keep a copy, and the Argon2id work area is a
+//! mapping of its own, zeroed and given back to the system after each use.
 
 use std::fmt;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -36,8 +39,9 @@ pub const ARGON2_P: u32 = 1;
 pub const PSK_LABEL: &[u8] = b"taptun/1 psk";
 /// Passphrases shorter than this get a warning.
 pub const SHORT_PASSPHRASE: usize = 20;
-/// A secret file larger than this is surely not a secret file.
-const MAX_SECRET_FILE: u64 = 64 * 1024;
+/// A secret file (or a line of standard input) larger than this is surely
+/// not a secret.
+const MAX_SECRET_LEN: usize = 64 * 1024;
 
 /// An X25519 private key.
 #[derive(Clone)]
@@ -105,7 +109,7 @@ impl PublicKey {
     /// When the text is not canonical base64 of exactly 32 bytes.
     pub fn parse(text: &str) -> Result<PublicKey, String> {
         let text = trim(text);
-        decode_key(text).map(PublicKey).ok_or_else(|| {
+        decode_key(text).map(|key| PublicKey(*key)).ok_or_else(|| {
             format!("`{text}` is not a public key (44 base64 characters from `taptun pubkey`)")
         })
     }
@@ -129,7 +133,7 @@ pub fn trim(text: &str) -> &str {
 }
 
 /// Decodes canonical standard base64 of exactly 32 bytes.
-fn decode_key(text: &str) -> Option<[u8; KEY_LEN]> {
+fn decode_key(text: &str) -> Option<Zeroizing<[u8; KEY_LEN]>> {
     if text.len() != KEY_TEXT_LEN {
         return None;
     }
@@ -139,7 +143,7 @@ fn decode_key(text: &str) -> Option<[u8; KEY_LEN]> {
     if n != KEY_LEN {
         return None;
     }
-    let mut key = [0u8; KEY_LEN];
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
     key.copy_from_slice(&out[..KEY_LEN]);
     Some(key)
 }
@@ -171,7 +175,7 @@ impl SecretText {
         }
         if looks_like_key(text) {
             return match decode_key(text) {
-                Some(key) => Ok(SecretText::Key(PrivateKey::from_bytes(key))),
+                Some(key) => Ok(SecretText::Key(PrivateKey(key))),
                 None => Err(
                     "looks like a key (44 base64 characters ending in `=`) but is not \
                      canonical base64 of 32 bytes; generate one with `taptun genkey`"
@@ -201,14 +205,19 @@ impl fmt::Debug for SecretText {
 }
 
 /// Argon2id v0x13, m = 19456 KiB, t = 2, p = 1, fixed salt, 32-byte output.
+///
+/// The 19 MiB work area is mapped for this derivation alone, then zeroed and
+/// unmapped before returning: from the heap it would stay resident for the
+/// life of the process.
 pub fn stretch_passphrase(passphrase: &str) -> PrivateKey {
     let params = argon2::Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(KEY_LEN))
         .expect("constant Argon2 parameters are valid");
+    let blocks = crate::sys::Argon2Blocks::new(params.block_count());
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     argon
-        .hash_password_into(passphrase.as_bytes(), ARGON2_SALT, &mut key[..])
-        .expect("constant Argon2 parameters and salt are valid");
+        .hash_password_into_with_memory(passphrase.as_bytes(), ARGON2_SALT, &mut key[..], blocks)
+        .expect("constant Argon2 parameters and salt, and memory for block_count blocks");
     PrivateKey(key)
 }
 
@@ -333,7 +342,7 @@ fn read_first_line(path: &Path) -> Result<Zeroizing<String>, Error> {
         path: path.to_owned(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(file_error)?;
+    let mut file = std::fs::File::open(path).map_err(file_error)?;
     // As ssh does with private keys: a secret others can read is no secret.
     // systemd's credentials are the exception: root-owned 0400 files shown
     // as 0440 because an ACL lets the unit's user read them, in a directory
@@ -349,18 +358,57 @@ fn read_first_line(path: &Path) -> Result<Zeroizing<String>, Error> {
             ),
         )));
     }
-    let mut bytes = Zeroizing::new(Vec::new());
-    file.take(MAX_SECRET_FILE)
-        .read_to_end(&mut bytes)
-        .map_err(file_error)?;
-    let line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    let text = std::str::from_utf8(line).map_err(|_| {
-        file_error(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "its first line is not UTF-8",
-        ))
+    read_secret_line(&mut file, false).map_err(file_error)
+}
+
+/// The first line of a secret read from `input`, as UTF-8. With `one_line`
+/// the reading stops at the first newline (a terminal or a pipe that stays
+/// open); otherwise `input` is read to its end, and refused when it is larger
+/// than a secret could be.
+///
+/// # Errors
+/// A failing read, more than 64 KiB (before the first newline, with
+/// `one_line`), or a first line that is not UTF-8.
+pub fn read_secret_line(input: &mut dyn Read, one_line: bool) -> io::Result<Zeroizing<String>> {
+    // One byte more than allowed, to tell "exactly the limit" from "more".
+    let mut buf = Zeroizing::new(vec![0u8; MAX_SECRET_LEN + 1]);
+    let len = read_into(input, &mut buf, one_line)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            if one_line {
+                "its first line is longer than 64 KiB: not a secret"
+            } else {
+                "it is larger than 64 KiB: not a secret file"
+            },
+        )
     })?;
+    let line = buf[..len].split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let text = std::str::from_utf8(line)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "its first line is not UTF-8"))?;
     Ok(Zeroizing::new(text.to_owned()))
+}
+
+/// Reads `input` straight into `buf` until its end, or, with `one_line`,
+/// until a newline has been read. `buf` cannot grow, so no part of the
+/// secret is left behind in a reallocated vector or a stack buffer. Returns
+/// the length read, or None when `buf` filled up first.
+fn read_into(input: &mut dyn Read, buf: &mut [u8], one_line: bool) -> io::Result<Option<usize>> {
+    let mut len = 0;
+    while len < buf.len() {
+        match input.read(&mut buf[len..]) {
+            Ok(0) => return Ok(Some(len)),
+            Ok(n) => {
+                let start = len;
+                len = (len + n).min(buf.len());
+                if one_line && buf[start..len].contains(&b'\n') {
+                    return Ok(Some(len));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -469,6 +517,101 @@ mod tests {
             assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
             std::fs::remove_dir_all(&dir).unwrap();
         }
+    }
+
+    /// Hands out `data` `chunk` bytes per read and records where each buffer it is given ends.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        chunk: usize,
+        ends: Vec<usize>,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.ends.push(buf.as_ptr_range().end as usize);
+            let n = buf.len().min(self.chunk).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// A first line `line`, then filler lines up to `len` bytes in all.
+    fn padded(line: &str, len: usize) -> Vec<u8> {
+        let mut data = format!("{line}\n").into_bytes();
+        data.resize(len, b'#');
+        data
+    }
+
+    #[test]
+    fn a_secret_is_read_straight_into_one_buffer_that_never_moves() {
+        // Exactly the limit, in short reads: every read goes into the same buffer, whose end
+        // never moves (no reallocation, no stack buffer in between).
+        let data = padded(KEY, MAX_SECRET_LEN);
+        let mut input = Trickle {
+            data: &data,
+            chunk: 1000,
+            ends: Vec::new(),
+        };
+        let text = read_secret_line(&mut input, false).unwrap();
+        assert_eq!(text.as_str(), KEY);
+        assert!(
+            input.ends.len() > MAX_SECRET_LEN / 1000,
+            "{} reads",
+            input.ends.len()
+        );
+        assert!(
+            input.ends.iter().all(|&end| end == input.ends[0]),
+            "the secret was read into more than one buffer"
+        );
+    }
+
+    #[test]
+    fn reading_one_line_stops_at_its_newline() {
+        // A terminal or an open pipe: nothing more arrives after the line.
+        let mut input = Trickle {
+            data: b"correct horse\n",
+            chunk: 4,
+            ends: Vec::new(),
+        };
+        let text = read_secret_line(&mut input, true).unwrap();
+        assert_eq!(text.as_str(), "correct horse");
+        assert_eq!(input.ends.len(), 4, "reads after the newline");
+        let long = padded(&"x".repeat(MAX_SECRET_LEN + 1), MAX_SECRET_LEN + 2);
+        let mut input = Trickle {
+            data: &long,
+            chunk: usize::MAX,
+            ends: Vec::new(),
+        };
+        let err = read_secret_line(&mut input, true).unwrap_err();
+        assert!(err.to_string().contains("longer than 64 KiB"), "{err}");
+    }
+
+    #[test]
+    fn secret_file_larger_than_64_kib_is_refused() {
+        let (dir, spec) = secret_file("at-limit", 0o600);
+        let SecretSource::File(path) = &spec.source else {
+            unreachable!()
+        };
+        std::fs::write(path, padded(KEY, MAX_SECRET_LEN)).unwrap();
+        assert!(matches!(spec.load(), Ok(SecretText::Key(_))));
+        std::fs::write(path, padded(KEY, MAX_SECRET_LEN + 1)).unwrap();
+        let err = spec.load().unwrap_err();
+        assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
+        assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_passphrase_stretches_to_the_same_key_every_time() {
+        // Each derivation has fresh memory of its own: nothing left from the last one matters.
+        let first = stretch_passphrase("correct horse battery staple");
+        let second = stretch_passphrase("correct horse battery staple");
+        assert_eq!(first.as_bytes(), second.as_bytes());
+        assert_eq!(
+            first.to_text().as_str(),
+            "C7O4IBpXPHNzcArFxDLRtirO9v4zFWRyfLo2cwBoO2o="
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub mod sys;
 pub mod transport;
 pub mod vnet;
 
-use std::io::{BufRead, Write};
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -224,6 +224,7 @@ fn current_uid() -> libc::uid_t {
 /// # Errors
 /// What `run` would have refused before opening anything (exit 2).
 pub fn check(config: &Config) -> Result<(), Error> {
+    forbid_core_dumps();
     for warning in &config.warnings {
         ::log::warn!("{warning}");
     }
@@ -266,15 +267,29 @@ fn private_key(spec: &SecretSpec, inetd: bool) -> Result<PrivateKey, Error> {
     Ok(text.private_key())
 }
 
+/// Makes the process non-dumpable before it reads a secret: keys and
+/// passphrases must not leak into a core file or to a debugger.
+fn forbid_core_dumps() {
+    if let Err(e) = sys::forbid_core_dumps() {
+        ::log::warn!("cannot forbid core dumps (keys could leak into one): {e}");
+    }
+}
+
 /// `taptun genkey [PATH]`: prints a new private key, or writes it to a new
 /// file PATH with mode 600 and prints its public key.
 ///
 /// # Errors
 /// A failing random source or output, or PATH that exists already.
 pub fn genkey(path: Option<&std::path::Path>, out: &mut dyn Write) -> Result<(), Error> {
+    forbid_core_dumps();
     let key = PrivateKey::generate()?;
+    // One write of the whole line: a line-buffered stdout passes it straight
+    // through, where `writeln!` would leave the key in stdout's buffer.
+    let mut line = key.to_text();
+    line.push('\n');
     let Some(path) = path else {
-        return writeln!(out, "{}", key.to_text().as_str())
+        return out
+            .write_all(line.as_bytes())
             .map_err(|e| Error::io("cannot write the key", e));
     };
     use std::os::unix::fs::OpenOptionsExt;
@@ -288,26 +303,46 @@ pub fn genkey(path: Option<&std::path::Path>, out: &mut dyn Write) -> Result<(),
         .mode(0o600)
         .open(path)
         .map_err(file_err)?;
-    writeln!(file, "{}", key.to_text().as_str())
+    file.write_all(line.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(file_err)?;
     writeln!(out, "{}", key.public_key()).map_err(|e| Error::io("cannot write the public key", e))
 }
 
-/// `taptun pubkey`: reads a secret (key or passphrase) on `input`, prints
-/// its public key.
+/// `taptun pubkey`: reads a secret (key or passphrase) as the first line of
+/// `input`, prints its public key. Give it an unbuffered `input` (see
+/// [`unbuffered_stdin`]): a buffered reader keeps a copy of what it read.
 ///
 /// # Errors
-/// Unreadable input, or a secret that is empty or a malformed key (exit 2).
-pub fn pubkey(input: &mut dyn BufRead, out: &mut dyn Write) -> Result<(), Error> {
-    let mut line = zeroize::Zeroizing::new(String::new());
-    input
-        .read_line(&mut line)
-        .map_err(|e| Error::io("cannot read the secret from standard input", e))?;
+/// Unreadable input (exit 1), or a secret that is empty, longer than 64 KiB,
+/// not UTF-8 or a malformed key (exit 2).
+pub fn pubkey(input: &mut dyn Read, out: &mut dyn Write) -> Result<(), Error> {
+    forbid_core_dumps();
+    let line = keys::read_secret_line(input, true).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => Error::Secret {
+            subject: "standard input".into(),
+            why: e.to_string(),
+        },
+        _ => Error::io("cannot read the secret from standard input", e),
+    })?;
     let text = SecretText::parse(&line).map_err(|why| Error::Secret {
         subject: "standard input".into(),
         why,
     })?;
     writeln!(out, "{}", text.private_key().public_key())
         .map_err(|e| Error::io("cannot write the key", e))
+}
+
+/// Standard input without std's buffer (which would keep a copy of a secret
+/// read through it): a duplicate of descriptor 0.
+///
+/// # Errors
+/// When descriptor 0 is not open.
+pub fn unbuffered_stdin() -> Result<std::fs::File, Error> {
+    use std::os::fd::AsFd;
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| Error::io("cannot read standard input", e))
 }

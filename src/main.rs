@@ -22,9 +22,8 @@ fn main() -> ExitCode {
             taptun::log::init(config.verbosity, taptun::log::Sink::Stderr);
             taptun::check(&config).map(|()| println!("taptun: the configuration is valid"))
         }
-        Ok(Command::PubKey) => {
-            taptun::pubkey(&mut std::io::stdin().lock(), &mut std::io::stdout().lock())
-        }
+        Ok(Command::PubKey) => taptun::unbuffered_stdin()
+            .and_then(|mut stdin| taptun::pubkey(&mut stdin, &mut std::io::stdout().lock())),
         Ok(Command::Tunnel(config)) => {
             taptun::log::init(config.verbosity, taptun::log_sink(&config));
             taptun::run(*config).inspect_err(|e| log::debug!("exiting: {e}"))

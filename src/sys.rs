@@ -829,3 +829,74 @@ pub fn unblock_signals_on_exec(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// The work area of one Argon2id derivation, in an anonymous mapping of its
+/// own: dropping it zeroes the blocks (they held material derived from the
+/// passphrase) and unmaps them, so the memory goes back to the system. From
+/// the heap it would stay: glibc raises its mmap threshold to the size of the
+/// first large chunk freed, so the next one comes from the heap, which never
+/// shrinks below the raised trim threshold.
+pub struct Argon2Blocks {
+    ptr: std::ptr::NonNull<argon2::Block>,
+    len: usize,
+}
+
+impl Argon2Blocks {
+    /// `count` (more than 0) zeroed blocks of 1 KiB. A refused mapping ends
+    /// the process as a failed allocation does (`handle_alloc_error`): it is
+    /// the same memory the heap would have been asked for.
+    pub fn new(count: usize) -> Argon2Blocks {
+        let layout = std::alloc::Layout::array::<argon2::Block>(count)
+            .expect("Argon2id's block count fits in the address space");
+        // SAFETY: a new private anonymous mapping, overlapping nothing; the
+        // result is checked for MAP_FAILED before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                layout.size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            std::alloc::handle_alloc_error(layout);
+        }
+        // Huge pages where the kernel allows them: ten page faults instead of
+        // almost five thousand, which made a derivation a third faster here
+        // (20 ms against 30). Only advice: without them nothing changes.
+        // SAFETY: advice about our own mapping; it changes no contents.
+        unsafe { libc::madvise(ptr, layout.size(), libc::MADV_HUGEPAGE) };
+        // A mapping is page-aligned, which satisfies Block's 64-byte alignment.
+        let Some(ptr) = std::ptr::NonNull::new(ptr.cast::<argon2::Block>()) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        Argon2Blocks { ptr, len: count }
+    }
+}
+
+impl AsMut<[argon2::Block]> for Argon2Blocks {
+    fn as_mut(&mut self) -> &mut [argon2::Block] {
+        // SAFETY: the mapping holds `len` blocks, is aligned for them, lives
+        // as long as `self` and is reached only through it; a fresh mapping
+        // is zero-filled, and all zeros is a valid Block (plain u64s).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Argon2Blocks {
+    fn drop(&mut self) {
+        for block in self.as_mut() {
+            zeroize::Zeroize::zeroize(block);
+        }
+        // SAFETY: unmaps exactly the mapping made in `new`, which nothing
+        // refers to any more. It cannot fail for a mapping we own.
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().cast(),
+                self.len * std::mem::size_of::<argon2::Block>(),
+            )
+        };
+    }
+}
