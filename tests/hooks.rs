@@ -144,7 +144,8 @@ fn the_readme_up_hooks_survive_a_server_restart() {
     // Pings from the client first: nothing on the server's side has spoken since the restart.
     assert!(
         p.b.ping(addr_a),
-        "no ping across the tunnel after the server restarted"
+        "no ping across the tunnel after the server restarted; the client's hook said: {:#?}",
+        log_lines(&client, &["up hook"])
     );
     assert!(p.a.ping(addr_b));
     let failures = log_lines(&client, &["up hook"]);
