@@ -7,7 +7,9 @@
 
 use std::fmt;
 use std::io;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
+use std::process::ExitStatus;
 
 use crate::handshake::HandshakeError;
 
@@ -40,6 +42,8 @@ pub enum Error {
     Connect { addr: String, source: io::Error },
     /// The -x command could not be started.
     Command { command: String, source: io::Error },
+    /// The -x command exited, or was killed, before the handshake finished.
+    CommandExited { command: String, status: ExitStatus },
     /// The handshake with a peer failed (authentication, version, layer...).
     Handshake { peer: String, cause: HandshakeError },
     /// The peer broke the protocol after the handshake.
@@ -55,7 +59,12 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => EXIT_USAGE,
-            Error::Handshake { .. } => EXIT_AUTH,
+            Error::Handshake { cause, .. } if cause.is_authentication() => EXIT_AUTH,
+            // A taptun at the other end of the command that failed its
+            // handshake (through ssh, its status is ssh's).
+            Error::CommandExited { status, .. } if status.code() == Some(EXIT_AUTH.into()) => {
+                EXIT_AUTH
+            }
             _ => EXIT_FAILURE,
         }
     }
@@ -83,6 +92,42 @@ fn device_hint(source: &io::Error) -> &'static str {
     }
 }
 
+/// Advice on a -x command's exit status, for the statuses that have a
+/// usual cause.
+fn command_hint(code: i32) -> &'static str {
+    match code {
+        127 => " (sh: command not found? check the -x command)",
+        126 => " (sh: a command that cannot be executed? check the -x command)",
+        255 => " (ssh's status when ssh itself fails: see its message above)",
+        3 => {
+            " (taptun's status for a failed handshake, if the command ran one: wrong secrets or \
+             a different -e? see its message above)"
+        }
+        _ => "",
+    }
+}
+
+/// The usual name of a signal that ends a command.
+fn signal_name(signo: i32) -> Option<&'static str> {
+    Some(match signo {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => return None,
+    })
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -98,6 +143,19 @@ impl fmt::Display for Error {
             Error::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
             Error::Command { command, source } => {
                 write!(f, "cannot run command `{command}`: {source}")
+            }
+            Error::CommandExited { command, status } => {
+                write!(f, "the command `{command}` ")?;
+                match (status.code(), status.signal()) {
+                    (Some(code), _) => write!(f, "exited with status {code}")?,
+                    (None, Some(signo)) => match signal_name(signo) {
+                        Some(name) => write!(f, "was killed by signal {name}")?,
+                        None => write!(f, "was killed by signal {signo}")?,
+                    },
+                    (None, None) => write!(f, "ended ({status})")?,
+                }
+                let hint = status.code().map_or("", command_hint);
+                write!(f, " before the handshake{hint}")
             }
             Error::Handshake { peer, cause } => write!(f, "{peer}: handshake failed: {cause}"),
             Error::Protocol { peer, what } => write!(f, "{peer}: protocol error: {what}"),

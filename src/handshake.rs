@@ -59,6 +59,17 @@ pub const MIN_HELLO_LEN: usize = 2;
 pub const TAG_LEN: usize = 16;
 /// Length of message 1: e (32) and the tag of the empty payload.
 pub const MESSAGE1_LEN: usize = KEY_LEN + TAG_LEN;
+/// Length of message 2 with the shortest hello a receiver accepts: e, s and
+/// its tag, the hello and its tag. Ours, with a 6-byte hello, is 102 bytes.
+pub const MESSAGE2_MIN_LEN: usize = 2 * KEY_LEN + 2 * TAG_LEN + MIN_HELLO_LEN;
+/// The longest message 1 or 2 taken for one. Ours are 48 and 102 bytes; this
+/// leaves room for a payload or a longer hello, while text (a login banner,
+/// an HTTP request or reply: a first byte of 0x20 or more makes a length
+/// prefix above 8191) and TLS records (above 5378) stay above it.
+pub const FIRST_MESSAGE_MAX_LEN: usize = 1024;
+/// How many of a stream's first bytes describe it when they are not a
+/// taptun message: enough for `SSH-2.0-` or `HTTP/1.1`, little in the log.
+pub const EXCERPT_LEN: usize = 8;
 /// Responder: message 1 must arrive this soon after accept.
 pub const RESPONDER_FIRST_MESSAGE: Duration = Duration::from_secs(3);
 /// Responder: the whole handshake must finish this soon after accept.
@@ -178,6 +189,11 @@ pub enum HandshakeError {
     Replay,
     /// The stream ended before key confirmation (seen by `Role`).
     Closed(Role),
+    /// The length prefix of the first message from the peer (message 1 for
+    /// a responder, message 2 for an initiator, by our `role`) is one no
+    /// taptun peer sends; `first` holds up to [`EXCERPT_LEN`] of the bytes
+    /// already received.
+    NotTaptun { role: Role, first: Vec<u8> },
     /// A deadline passed.
     Timeout(&'static str),
     /// We were asked to stop (SIGINT, SIGTERM, or a server closing the
@@ -203,6 +219,22 @@ impl HandshakeError {
                 | HandshakeError::UnknownLayer(_)
         )
     }
+
+    /// Whether the failure counts as one of authentication (exit status 3):
+    /// all do but a stream that is not taptun's at all, such as a login
+    /// banner or another service's port.
+    pub fn is_authentication(&self) -> bool {
+        !matches!(self, HandshakeError::NotTaptun { .. })
+    }
+}
+
+/// The first bytes of a stream for a message: at most [`EXCERPT_LEN`] of
+/// them between backquotes, each control, non-ASCII, quote or backslash
+/// byte escaped (`\r`, `\x16`), so that nothing from the peer can forge or
+/// break a log line.
+pub fn describe_bytes(bytes: &[u8]) -> String {
+    let excerpt = bytes.get(..EXCERPT_LEN).unwrap_or(bytes);
+    format!("`{}`", excerpt.escape_ascii())
 }
 
 impl fmt::Display for HandshakeError {
@@ -242,6 +274,24 @@ impl fmt::Display for HandshakeError {
             HandshakeError::Closed(Role::Responder) => {
                 f.write_str("the client closed the connection during the handshake")
             }
+            HandshakeError::NotTaptun {
+                role: Role::Initiator,
+                first,
+            } => write!(
+                f,
+                "the stream starts with {} instead of message 2: a login banner, a shell \
+                 startup file's output, another service (SSH, HTTP), or not a taptun server?",
+                describe_bytes(first)
+            ),
+            HandshakeError::NotTaptun {
+                role: Role::Responder,
+                first,
+            } => write!(
+                f,
+                "the stream starts with {} instead of message 1: an HTTP or SSH client, a \
+                 scanner, or not a taptun client?",
+                describe_bytes(first)
+            ),
             HandshakeError::Timeout(phase) => write!(f, "timed out waiting for {phase}"),
             HandshakeError::Stopped => f.write_str("stopped before the handshake finished"),
             HandshakeError::Malformed(what) => write!(f, "malformed handshake: {what}"),
@@ -595,6 +645,28 @@ pub trait MessageIo {
     fn recv(&mut self) -> io::Result<Option<&[u8]>>;
     /// Reads after this instant fail with `TimedOut`.
     fn set_deadline(&mut self, deadline: Option<Instant>);
+    /// The bytes received of the next message so far, once its length
+    /// prefix is in (fewer than 2 only when the stream ended first); nothing
+    /// is consumed. The default, for a stream that cannot look ahead, holds
+    /// nothing: the first message is then judged only once it is whole.
+    ///
+    /// # Errors
+    /// As [`MessageIo::recv`].
+    fn peek(&mut self) -> io::Result<&[u8]> {
+        Ok(&[])
+    }
+}
+
+fn recv_error(e: io::Error, role: Role, waiting_for: &'static str) -> HandshakeError {
+    if crate::transport::is_stopped(&e) {
+        HandshakeError::Stopped
+    } else if e.kind() == io::ErrorKind::TimedOut {
+        HandshakeError::Timeout(waiting_for)
+    } else if is_disconnect(&e) {
+        HandshakeError::Closed(role)
+    } else {
+        HandshakeError::Io(e)
+    }
 }
 
 fn recv_or<'a, M: MessageIo>(
@@ -605,11 +677,36 @@ fn recv_or<'a, M: MessageIo>(
     match io.recv() {
         Ok(Some(msg)) => Ok(msg),
         Ok(None) => Err(HandshakeError::Closed(role)),
-        Err(e) if crate::transport::is_stopped(&e) => Err(HandshakeError::Stopped),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(HandshakeError::Timeout(waiting_for)),
-        Err(e) if is_disconnect(&e) => Err(HandshakeError::Closed(role)),
-        Err(e) => Err(HandshakeError::Io(e)),
+        Err(e) => Err(recv_error(e, role, waiting_for)),
     }
+}
+
+/// Whether a length prefix can be that of the first message from the peer
+/// of `role`: message 1 for a responder, message 2 for an initiator.
+pub fn plausible_first_length(role: Role, len: usize) -> bool {
+    let shortest = match role {
+        Role::Responder => MESSAGE1_LEN,
+        Role::Initiator => MESSAGE2_MIN_LEN,
+    };
+    (shortest..=FIRST_MESSAGE_MAX_LEN).contains(&len)
+}
+
+/// As [`recv_or`] for the first message from the peer, refused as soon as
+/// its length prefix is in when no taptun peer would send that length (a
+/// login banner, another service), without waiting for that many bytes.
+fn recv_first<'a, M: MessageIo>(
+    io: &'a mut M,
+    role: Role,
+    waiting_for: &'static str,
+) -> Result<&'a [u8], HandshakeError> {
+    let held = io.peek().map_err(|e| recv_error(e, role, waiting_for))?;
+    if let Some(&[high, low]) = held.get(..crate::frame::HEADER_LEN) {
+        if !plausible_first_length(role, usize::from(u16::from_be_bytes([high, low]))) {
+            let first = held.get(..EXCERPT_LEN).unwrap_or(held).to_vec();
+            return Err(HandshakeError::NotTaptun { role, first });
+        }
+    }
+    recv_or(io, role, waiting_for)
 }
 
 /// Errors that mean the peer went away rather than something broke here.
@@ -658,7 +755,7 @@ pub fn initiate<M: MessageIo>(
     send(io, Role::Initiator, &buf[..n])?;
 
     // <- e, ee, s, es
-    let msg = recv_or(io, Role::Initiator, "message 2")?;
+    let msg = recv_first(io, Role::Initiator, "message 2")?;
     let peer_hello = init.read_message2(msg)?;
     let layer_check = init.check_layer(&peer_hello);
 
@@ -716,7 +813,7 @@ pub fn respond<M: MessageIo>(
 
     // -> psk, e
     io.set_deadline(Some(accepted + RESPONDER_FIRST_MESSAGE));
-    let msg = recv_or(io, Role::Responder, "message 1")?;
+    let msg = recv_first(io, Role::Responder, "message 1")?;
     let ephemeral = resp.read_message1(msg)?;
     if !replays.first_sight(ephemeral) {
         return Err(HandshakeError::Replay);
@@ -872,6 +969,9 @@ mod tests {
         }
         fn recv(&mut self) -> io::Result<Option<&[u8]>> {
             self.reader.next_message()
+        }
+        fn peek(&mut self) -> io::Result<&[u8]> {
+            self.reader.fill_prefix()
         }
         fn set_deadline(&mut self, deadline: Option<Instant>) {
             let timeout = deadline.map(|d| {

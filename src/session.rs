@@ -83,7 +83,9 @@ impl Tunnel {
     /// Runs the initiator's handshake on `stream`.
     ///
     /// # Errors
-    /// `Error::Handshake` (exit 3). `Ok(None)` when a signal stopped it.
+    /// `Error::Handshake` (exit 3, or 1 for a peer that is not taptun), or
+    /// `Error::CommandExited` when a -x command ended first (exit 1).
+    /// `Ok(None)` when a signal stopped it.
     pub fn initiate(&self, stream: Stream, deadline: Instant) -> Result<Option<Ready>, Error> {
         let (peer, mut framed, closer, stop) = self.split(stream)?;
         let result = handshake::initiate(&mut framed, &self.identity, self.hello, deadline);
@@ -94,8 +96,9 @@ impl Tunnel {
     /// `progress` as in [`handshake::respond`].
     ///
     /// # Errors
-    /// `Error::Handshake` (exit 3). `Ok(None)` when a signal stopped it, or
-    /// `progress` declined to confirm.
+    /// `Error::Handshake` (exit 3, or 1 for a peer that is not taptun).
+    /// `Ok(None)` when a signal stopped it, or `progress` declined to
+    /// confirm.
     pub fn respond(
         &self,
         stream: Stream,
@@ -115,13 +118,15 @@ impl Tunnel {
         self.ready(result, peer, framed, closer, stop)
     }
 
-    /// A finished handshake: ready to relay, or closed with the reason.
+    /// A finished handshake: ready to relay, or closed with the reason. A
+    /// stream that ended or failed is blamed on a -x command that exited
+    /// (its status says more than a guess about the peer).
     fn ready(
         &self,
         result: Result<Established, HandshakeError>,
         peer: String,
         mut framed: Framed,
-        closer: Closer,
+        mut closer: Closer,
         stop: Arc<Stop>,
     ) -> Result<Option<Ready>, Error> {
         match result {
@@ -136,11 +141,22 @@ impl Tunnel {
                 }))
             }
             Err(cause) => {
+                let exited = match cause {
+                    HandshakeError::Closed(_)
+                    | HandshakeError::Io(_)
+                    | HandshakeError::Timeout(_) => closer.command_exit(),
+                    _ => None,
+                };
                 closer.abort();
                 closer.finish();
-                match cause {
-                    HandshakeError::Stopped => Ok(None),
-                    cause => {
+                match (cause, exited) {
+                    (HandshakeError::Stopped, _) => Ok(None),
+                    (cause, Some(exited)) => {
+                        Counters::add(&self.counters.handshake_failures, 1);
+                        log::debug!("{peer}: handshake failed: {cause}");
+                        Err(exited)
+                    }
+                    (cause, None) => {
                         Counters::add(&self.counters.handshake_failures, 1);
                         Err(Error::Handshake { peer, cause })
                     }

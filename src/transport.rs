@@ -80,6 +80,10 @@ mod scrub_tests {
 
 /// How long a -x command may take to exit once its stdin is closed.
 const COMMAND_GRACE: Duration = Duration::from_secs(2);
+/// How long a failed handshake waits for a -x command's exit status: the end
+/// of its stdout usually comes with its exit, and its status explains the
+/// failure better than any guess about the peer.
+const COMMAND_EXIT_WAIT: Duration = Duration::from_secs(1);
 /// Backlog of the listening socket.
 const LISTEN_BACKLOG: i32 = 128;
 
@@ -239,8 +243,14 @@ pub struct Closer {
 enum CloseHow {
     /// shutdown(2) wakes both halves of a socket.
     Socket(OwnedFd),
-    /// Killing the command closes its pipes.
-    Command(Child),
+    /// Killing the command closes its pipes. Once `reaped`, its pid may
+    /// belong to another process and is never signalled.
+    Command {
+        child: Child,
+        /// The -x text, for messages.
+        command: String,
+        reaped: bool,
+    },
     /// Plain pipes (-i under ssh): nothing can wake a blocked read except
     /// the stops the reader watches.
     Nothing,
@@ -254,30 +264,61 @@ impl Closer {
             CloseHow::Socket(fd) => {
                 let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
             }
-            CloseHow::Command(child) => sys::kill(child.id(), libc::SIGTERM),
-            CloseHow::Nothing => {}
+            CloseHow::Command {
+                child,
+                reaped: false,
+                ..
+            } => sys::kill(child.id(), libc::SIGTERM),
+            CloseHow::Command { reaped: true, .. } | CloseHow::Nothing => {}
         }
+    }
+
+    /// A -x command that has exited by itself (waiting up to
+    /// [`COMMAND_EXIT_WAIT`] for it), as `Error::CommandExited`; `None` while
+    /// it runs, and for the other streams. Call it before [`Closer::abort`],
+    /// whose signal would otherwise be the cause.
+    pub fn command_exit(&mut self) -> Option<Error> {
+        let CloseHow::Command {
+            child,
+            command,
+            reaped,
+        } = &mut self.how
+        else {
+            return None;
+        };
+        let status = wait_exit(child, COMMAND_EXIT_WAIT)?;
+        *reaped = true;
+        Some(Error::CommandExited {
+            command: command.clone(),
+            status,
+        })
     }
 
     /// After both halves are closed: reaps a command, waiting a little for
     /// it to exit by itself before killing it.
     pub fn finish(self) {
-        if let CloseHow::Command(mut child) = self.how {
-            let deadline = Instant::now() + COMMAND_GRACE;
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        log::debug!("command exited: {status}");
-                        return;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    _ => break,
-                }
+        if let CloseHow::Command { mut child, .. } = self.how {
+            // The status is kept once reaped: a second wait returns it.
+            if let Some(status) = wait_exit(&mut child, COMMAND_GRACE) {
+                log::debug!("command exited: {status}");
+                return;
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// The exit status of `child` once it has exited, polled for up to `within`.
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => return None,
         }
     }
 }
@@ -378,7 +419,11 @@ impl Stream {
             peer: "exec".into(),
             read: stdout.into(),
             write: stdin.into(),
-            how: CloseHow::Command(child),
+            how: CloseHow::Command {
+                child,
+                command: command.to_owned(),
+                reaped: false,
+            },
         })
     }
 
@@ -448,6 +493,10 @@ impl MessageIo for Framed {
 
     fn recv(&mut self) -> io::Result<Option<&[u8]>> {
         self.reader.next_message()
+    }
+
+    fn peek(&mut self) -> io::Result<&[u8]> {
+        self.reader.fill_prefix()
     }
 
     fn set_deadline(&mut self, deadline: Option<Instant>) {
