@@ -172,3 +172,61 @@ impl std::error::Error for Error {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::Role;
+
+    fn exited(command: &str, raw_wait_status: i32) -> Error {
+        Error::CommandExited {
+            command: command.into(),
+            status: ExitStatus::from_raw(raw_wait_status),
+        }
+    }
+
+    #[test]
+    fn a_command_that_ended_is_named_with_its_status_or_signal() {
+        let e = exited("sshh gw", 127 << 8);
+        assert_eq!(
+            e.to_string(),
+            "the command `sshh gw` exited with status 127 before the handshake \
+             (sh: command not found? check the -x command)"
+        );
+        assert_eq!(e.exit_code(), EXIT_FAILURE);
+        let e = exited("false", 1 << 8);
+        assert_eq!(
+            e.to_string(),
+            "the command `false` exited with status 1 before the handshake"
+        );
+        assert_eq!(e.exit_code(), EXIT_FAILURE);
+        let e = exited("ssh gw", libc::SIGKILL);
+        assert_eq!(
+            e.to_string(),
+            "the command `ssh gw` was killed by signal SIGKILL before the handshake"
+        );
+        assert_eq!(e.exit_code(), EXIT_FAILURE);
+        // A taptun behind the command that refused us (ssh passes its status on).
+        assert_eq!(exited("ssh gw taptun -i", 3 << 8).exit_code(), EXIT_AUTH);
+    }
+
+    #[test]
+    fn only_a_stream_that_is_not_taptun_is_no_authentication_failure() {
+        let handshake = |cause| Error::Handshake {
+            peer: "exec".into(),
+            cause,
+        };
+        let not_taptun = HandshakeError::NotTaptun {
+            role: Role::Initiator,
+            first: b"hello ba".to_vec(),
+        };
+        assert_eq!(handshake(not_taptun).exit_code(), EXIT_FAILURE);
+        for cause in [
+            HandshakeError::Closed(Role::Initiator),
+            HandshakeError::Message1NotAuthentic,
+            HandshakeError::Timeout("message 2"),
+        ] {
+            assert_eq!(handshake(cause).exit_code(), EXIT_AUTH);
+        }
+    }
+}

@@ -940,6 +940,7 @@ impl Replays for ReplayCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
 
     use crate::frame::FrameReader;
@@ -963,7 +964,6 @@ mod tests {
 
     impl MessageIo for Pipe {
         fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-            use std::io::Write;
             self.writer.write_all(&crate::frame::header(msg.len()))?;
             self.writer.write_all(msg)
         }
@@ -1210,6 +1210,111 @@ mod tests {
             assert!(cache.insert([i; 32], now));
         }
         assert!(cache.inner.lock().unwrap().seen.len() <= 4);
+    }
+
+    #[test]
+    fn describe_bytes_shows_at_most_8_bytes_escaped() {
+        assert_eq!(describe_bytes(b"SSH-2.0-OpenSSH_9.2\r\n"), "`SSH-2.0-`");
+        assert_eq!(describe_bytes(b"hi\r\n"), r"`hi\r\n`");
+        assert_eq!(
+            describe_bytes(&[0x16, 0x03, 0x01, 0x00, 0xa5]),
+            r"`\x16\x03\x01\x00\xa5`"
+        );
+        assert_eq!(describe_bytes(b""), "``");
+        // Nothing from the peer reaches the log unescaped: no control byte,
+        // no line break, nothing beyond ASCII, and at most 4 characters a byte.
+        let hostile: Vec<u8> = (0..=255u8).rev().collect();
+        for window in hostile.windows(EXCERPT_LEN) {
+            let text = describe_bytes(window);
+            assert!(text.bytes().all(|b| (0x20..0x7f).contains(&b)), "{text}");
+            assert!(text.len() <= 2 + 4 * EXCERPT_LEN, "{text}");
+        }
+    }
+
+    #[test]
+    fn first_message_lengths_of_both_ciphers_are_plausible_and_text_is_not() {
+        for cipher in [Cipher::ChaChaPoly, Cipher::AesGcm] {
+            let server = Identity::new(key(1), key(2).public_key(), cipher).unwrap();
+            let client = Identity::new(key(2), key(1).public_key(), cipher).unwrap();
+            let hello = Hello::new(Layer::Tap, 1500);
+            let mut init = Initiator::new(&client, hello).unwrap();
+            let mut resp = Responder::new(&server, hello).unwrap();
+            let mut m1 = [0u8; 128];
+            let mut m2 = [0u8; 128];
+            let n1 = init.write_message1(&mut m1).unwrap();
+            resp.read_message1(&m1[..n1]).unwrap();
+            let n2 = resp.write_message2(&mut m2).unwrap();
+            assert_eq!((n1, n2), (48, 102), "{cipher:?}");
+            assert!(plausible_first_length(Role::Responder, n1));
+            assert!(plausible_first_length(Role::Initiator, n2));
+        }
+        assert!(!plausible_first_length(Role::Responder, MESSAGE1_LEN - 1));
+        assert!(!plausible_first_length(Role::Initiator, MESSAGE2_MIN_LEN - 1));
+        assert!(plausible_first_length(Role::Initiator, FIRST_MESSAGE_MAX_LEN));
+        assert!(!plausible_first_length(Role::Responder, FIRST_MESSAGE_MAX_LEN + 1));
+        // Any text starts with a byte of 0x20 or more; TLS with 0x15 to 0x17.
+        for start in [&b"SSH-"[..], b"HTTP", b"GET ", b"220 ", b"\t\t", b"\x15\x03"] {
+            let len = usize::from(u16::from_be_bytes([start[0], start[1]]));
+            assert!(!plausible_first_length(Role::Responder, len), "{start:?}");
+            assert!(!plausible_first_length(Role::Initiator, len), "{start:?}");
+        }
+    }
+
+    #[test]
+    fn responder_refuses_an_http_request_at_once_without_answer() {
+        let (server, _) = pair(1, 2);
+        let (mut sp, mut cp) = Pipe::pair();
+        // The client keeps the stream open: only the prefix can end it early.
+        cp.writer.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let hello = Hello::new(Layer::Tap, 1500);
+        let replays = ReplayCache::default();
+        let r = respond(&mut sp, &server, hello, Instant::now(), &replays, &());
+        let Err(e @ HandshakeError::NotTaptun { .. }) = r else {
+            panic!("expected NotTaptun, got {:?}", r.err());
+        };
+        assert!(!e.is_authentication() && !e.is_provable());
+        assert_eq!(
+            e.to_string(),
+            "the stream starts with `GET / HT` instead of message 1: an HTTP or SSH client, a \
+             scanner, or not a taptun client?"
+        );
+        drop(sp);
+        assert!(cp.recv().unwrap().is_none(), "the request got an answer");
+    }
+
+    #[test]
+    fn initiator_refuses_a_login_banner_at_once() {
+        let (_, client) = pair(1, 2);
+        let (mut sp, mut cp) = Pipe::pair();
+        sp.writer.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let r = initiate(&mut cp, &client, Hello::new(Layer::Tap, 1500), deadline);
+        let Err(e @ HandshakeError::NotTaptun { .. }) = r else {
+            panic!("expected NotTaptun, got {:?}", r.err());
+        };
+        assert!(!e.is_authentication() && !e.is_provable());
+        assert!(
+            e.to_string()
+                .starts_with("the stream starts with `SSH-2.0-` instead of message 2: a login banner"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_short_first_message_is_refused_before_its_body() {
+        // A length of 10 with only part of the body: refused as soon as the
+        // prefix is in, not once 10 bytes arrive.
+        let (server, _) = pair(1, 2);
+        let (mut sp, mut cp) = Pipe::pair();
+        cp.writer.write_all(&[0, 10, 1, 2, 3]).unwrap();
+        let replays = ReplayCache::default();
+        let hello = Hello::new(Layer::Tap, 1500);
+        let r = respond(&mut sp, &server, hello, Instant::now(), &replays, &());
+        assert!(
+            matches!(&r, Err(HandshakeError::NotTaptun { role: Role::Responder, first }) if first == &[0, 10, 1, 2, 3]),
+            "{:?}",
+            r.err()
+        );
     }
 
     #[test]
