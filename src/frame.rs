@@ -283,7 +283,13 @@ mod tests {
     #[test]
     fn fill_prefix_reads_only_until_the_prefix_is_in_and_consumes_nothing() {
         let wire = encode(&[b"hello", b"x"]);
-        let mut r = FrameReader::with_capacity(Trickle { data: &wire, step: 1 }, MAX_WIRE);
+        let mut r = FrameReader::with_capacity(
+            Trickle {
+                data: &wire,
+                step: 1,
+            },
+            MAX_WIRE,
+        );
         assert_eq!(r.fill_prefix().unwrap(), &wire[..HEADER_LEN]);
         assert_eq!(r.fill_prefix().unwrap(), &wire[..HEADER_LEN]);
         assert_eq!(r.next_message().unwrap().unwrap(), b"hello");

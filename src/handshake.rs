@@ -31,6 +31,14 @@
 //! On a layer mismatch the initiator still sends message 3, so both ends can
 //! name the cause, and then closes.
 //!
+//! The first message from the peer (message 1 at a responder, message 2 at
+//! an initiator) is judged by its length prefix as soon as that is in: below
+//! [`MESSAGE1_LEN`] or [`MESSAGE2_MIN_LEN`], or above
+//! [`FIRST_MESSAGE_MAX_LEN`], it is no taptun message (text such as a login
+//! banner or an HTTP request starts with a prefix above 8191), and the
+//! handshake fails at once, answering nothing, with the first bytes received
+//! (escaped, at most [`EXCERPT_LEN`]) in the error.
+//!
 //! This module does no I/O of its own beyond the [`MessageIo`] the caller
 //! hands in; the state machines below ([`Initiator`], [`Responder`]) only
 //! transform buffers, so they can be driven from tests, fuzzers and test
@@ -968,10 +976,10 @@ mod tests {
             self.writer.write_all(msg)
         }
         fn recv(&mut self) -> io::Result<Option<&[u8]>> {
-            self.reader.next_message()
+            self.reader.next_message().map_err(deadline_passed)
         }
         fn peek(&mut self) -> io::Result<&[u8]> {
-            self.reader.fill_prefix()
+            self.reader.fill_prefix().map_err(deadline_passed)
         }
         fn set_deadline(&mut self, deadline: Option<Instant>) {
             let timeout = deadline.map(|d| {
@@ -979,6 +987,16 @@ mod tests {
                     .max(Duration::from_millis(1))
             });
             self.reader.get_ref().set_read_timeout(timeout).unwrap();
+        }
+    }
+
+    /// A socket's read timeout says `WouldBlock`; the real stream says
+    /// `TimedOut` when its deadline passes.
+    fn deadline_passed(e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            io::Error::new(io::ErrorKind::TimedOut, "deadline passed")
+        } else {
+            e
         }
     }
 
@@ -1249,11 +1267,27 @@ mod tests {
             assert!(plausible_first_length(Role::Initiator, n2));
         }
         assert!(!plausible_first_length(Role::Responder, MESSAGE1_LEN - 1));
-        assert!(!plausible_first_length(Role::Initiator, MESSAGE2_MIN_LEN - 1));
-        assert!(plausible_first_length(Role::Initiator, FIRST_MESSAGE_MAX_LEN));
-        assert!(!plausible_first_length(Role::Responder, FIRST_MESSAGE_MAX_LEN + 1));
+        assert!(!plausible_first_length(
+            Role::Initiator,
+            MESSAGE2_MIN_LEN - 1
+        ));
+        assert!(plausible_first_length(
+            Role::Initiator,
+            FIRST_MESSAGE_MAX_LEN
+        ));
+        assert!(!plausible_first_length(
+            Role::Responder,
+            FIRST_MESSAGE_MAX_LEN + 1
+        ));
         // Any text starts with a byte of 0x20 or more; TLS with 0x15 to 0x17.
-        for start in [&b"SSH-"[..], b"HTTP", b"GET ", b"220 ", b"\t\t", b"\x15\x03"] {
+        for start in [
+            &b"SSH-"[..],
+            b"HTTP",
+            b"GET ",
+            b"220 ",
+            b"\t\t",
+            b"\x15\x03",
+        ] {
             let len = usize::from(u16::from_be_bytes([start[0], start[1]]));
             assert!(!plausible_first_length(Role::Responder, len), "{start:?}");
             assert!(!plausible_first_length(Role::Initiator, len), "{start:?}");
@@ -1265,7 +1299,9 @@ mod tests {
         let (server, _) = pair(1, 2);
         let (mut sp, mut cp) = Pipe::pair();
         // The client keeps the stream open: only the prefix can end it early.
-        cp.writer.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        cp.writer
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let hello = Hello::new(Layer::Tap, 1500);
         let replays = ReplayCache::default();
         let r = respond(&mut sp, &server, hello, Instant::now(), &replays, &());
@@ -1287,15 +1323,17 @@ mod tests {
         let (_, client) = pair(1, 2);
         let (mut sp, mut cp) = Pipe::pair();
         sp.writer.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Not closed either: without the check this waits for the deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
         let r = initiate(&mut cp, &client, Hello::new(Layer::Tap, 1500), deadline);
         let Err(e @ HandshakeError::NotTaptun { .. }) = r else {
             panic!("expected NotTaptun, got {:?}", r.err());
         };
         assert!(!e.is_authentication() && !e.is_provable());
         assert!(
-            e.to_string()
-                .starts_with("the stream starts with `SSH-2.0-` instead of message 2: a login banner"),
+            e.to_string().starts_with(
+                "the stream starts with `SSH-2.0-` instead of message 2: a login banner"
+            ),
             "{e}"
         );
     }
@@ -1312,6 +1350,25 @@ mod tests {
         let r = respond(&mut sp, &server, hello, Instant::now(), &replays, &());
         assert!(
             matches!(&r, Err(HandshakeError::NotTaptun { role: Role::Responder, first }) if first == &[0, 10, 1, 2, 3]),
+            "{:?}",
+            r.err()
+        );
+    }
+
+    #[test]
+    fn a_plausible_first_message_that_stalls_still_meets_the_deadline() {
+        let (server, _) = pair(1, 2);
+        let (mut sp, mut cp) = Pipe::pair();
+        cp.writer
+            .write_all(&[0, MESSAGE1_LEN as u8, 1, 2, 3])
+            .unwrap();
+        let replays = ReplayCache::default();
+        let hello = Hello::new(Layer::Tap, 1500);
+        // Accepted long enough ago that the message-1 deadline is 100 ms away.
+        let accepted = Instant::now() - RESPONDER_FIRST_MESSAGE + Duration::from_millis(100);
+        let r = respond(&mut sp, &server, hello, accepted, &replays, &());
+        assert!(
+            matches!(r, Err(HandshakeError::Timeout("message 1"))),
             "{:?}",
             r.err()
         );

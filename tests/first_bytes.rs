@@ -123,7 +123,9 @@ fn a_command_killed_by_a_signal_is_named_with_it() {
     }
     let (code, log) = run_command_client("kill -KILL $$");
     assert!(
-        log.contains("the command `kill -KILL $$` was killed by signal SIGKILL before the handshake"),
+        log.contains(
+            "the command `kill -KILL $$` was killed by signal SIGKILL before the handshake"
+        ),
         "{log}"
     );
     assert_eq!(code, Some(1), "{log}");
@@ -137,7 +139,9 @@ fn a_banner_printed_by_the_command_is_shown_and_is_no_authentication_failure() {
     // The command stays alive: only the first bytes can end the handshake early.
     let (code, log) = run_command_client("echo hello banner; sleep 5");
     assert!(
-        log.contains("exec: handshake failed: the stream starts with `hello ba` instead of message 2"),
+        log.contains(
+            "exec: handshake failed: the stream starts with `hello ba` instead of message 2"
+        ),
         "{log}"
     );
     assert!(!log.contains("ended inside a message"), "{log}");
@@ -161,7 +165,10 @@ fn a_taptun_behind_the_command_that_refuses_us_is_still_status_3() {
         log.contains("message 1 did not authenticate"),
         "the server's message: {log}"
     );
-    assert!(log.contains("exited with status 3 before the handshake"), "{log}");
+    assert!(
+        log.contains("exited with status 3 before the handshake"),
+        "{log}"
+    );
     assert_eq!(code, Some(3), "{log}");
 }
 
