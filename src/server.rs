@@ -157,7 +157,7 @@ pub fn serve(tunnel: &Tunnel, listener: TcpListener) -> Result<(), Error> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    log::info!("listening on {local}, device {}", tunnel.device.name());
+    log::info!("{} ready; listening on {local}", tunnel.device.name());
     let replays = ReplayCache::default();
     let pending = Pending::default();
     let (events, inbox) = mpsc::channel::<Event>();

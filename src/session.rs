@@ -192,20 +192,27 @@ impl Tunnel {
             peer: ready.peer.clone(),
             peer_key: ready.established.peer_key,
         };
+        if let Some(drain) = drain.take() {
+            drain.finish();
+        }
+        // Before the up hook and the relay start, after the relay stopped:
+        // the hook sees the link up, and the kernel only sends into the
+        // device while a session reads it.
+        self.device.set_carrier(true);
+        self.counters.session_up(&ready.peer);
         let failure = Arc::new(Mutex::new(None));
         let up = (before.is_some() || self.up.is_some()).then(|| {
             let (env, stop, failure) = (env.clone(), ready.stop.clone(), failure.clone());
             scope.spawn(move || self.up_hook(before, &env, &stop, &failure))
         });
-        if let Some(drain) = drain.take() {
-            drain.finish();
-        }
         let mut end = self.relay(ready);
+        self.device.set_carrier(false);
         *drain = self.drain(scope);
         let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let (End::Stopped, Some(why)) = (&end, failed) {
             end = End::HookFailed(why);
         }
+        self.counters.session_down(&end);
         (end, SessionHooks { env, up })
     }
 
