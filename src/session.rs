@@ -3,10 +3,12 @@
 //! down hook, and the log lines. Used by the client loop, by -i, and by the
 //! server for each authenticated connection.
 //!
-//! While no session relays, a [`Drain`] reads and drops (counting) what the
-//! device sends, so nothing queues up for a peer that is not there; the
+//! While no session relays, the device's carrier is off (the kernel then
+//! sends nothing into it) and a [`Drain`] reads and drops (counting) what it
+//! sent before, so nothing queues up for a peer that is not there; the
 //! device itself stays open for the life of the process, so addresses and
-//! routes set on it survive a reconnect.
+//! routes set on it survive a reconnect. The [`Counters`] keep whether a
+//! session is up, for SIGUSR1.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
