@@ -1,4 +1,5 @@
-//! The two directions of an established session, and their counters.
+//! The two directions of an established session, and the process's counters
+//! with whether a session is up (the SIGUSR1 line).
 //!
 //! One thread per direction, blocking I/O:
 //!
@@ -1048,5 +1049,53 @@ mod tests {
             assert!(matches!(rb.join().unwrap(), End::Stopped));
             assert!(matches!(ra.join().unwrap(), End::PeerClosed));
         });
+    }
+
+    #[test]
+    fn status_line_starts_with_the_session_state_and_names_directions() {
+        let c = Counters::default();
+        Counters::add(&c.frames_out, 12);
+        Counters::add(&c.bytes_out, 1234);
+        Counters::add(&c.frames_in, 10);
+        Counters::add(&c.bytes_in, 1100);
+        let line = c.process_line(Duration::from_secs(7));
+        assert!(line.starts_with("no session yet; counters: "), "{line}");
+        assert!(
+            line.contains("to peer 12 frames/1234 bytes, from peer 10 frames/1100 bytes"),
+            "{line}"
+        );
+        assert!(line.ends_with("uptime 7 s"), "{line}");
+
+        c.session_up("10.0.0.2:41234");
+        let line = c.process_line(Duration::ZERO);
+        assert!(
+            line.starts_with("session up 0s with 10.0.0.2:41234; counters: "),
+            "{line}"
+        );
+
+        c.session_down(&End::PeerClosed);
+        let line = c.process_line(Duration::ZERO);
+        assert!(
+            line.starts_with("no session, last ended 0s ago: the peer closed the connection; "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn short_durations_keep_two_units() {
+        let cases = [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m00s"),
+            (133, "2m13s"),
+            (3599, "59m59s"),
+            (3600, "1h00m"),
+            (86399, "23h59m"),
+            (86400, "1d00h"),
+            (3 * 86400 + 4 * 3600 + 59, "3d04h"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(short_duration(Duration::from_secs(secs)), text, "{secs} s");
+        }
     }
 }

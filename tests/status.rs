@@ -281,6 +281,21 @@ fn an_info_line_at_start_names_the_device_and_what_it_waits_for() {
         "no start line from the server"
     );
 
+    // -i: the peer is on stdin and stdout.
+    let inetd = Proc::start(
+        "inetd",
+        p.a.taptun(&format!("-i -d ti0 {}", p.server_secrets())),
+        &p.scratch,
+    );
+    assert!(
+        wait_log(
+            &inetd,
+            &["ti0 ready; handshake with the peer on stdin/stdout"],
+            1
+        ),
+        "no start line with -i"
+    );
+
     // -x: the command's name.
     let mut cmd = p.b.taptun(&format!("-c -d tt1 {}", p.client_secrets()));
     cmd.args(["-x", "exit 1"]);
