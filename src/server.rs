@@ -199,6 +199,7 @@ fn accept_loop<'scope>(
         let accepted = Instant::now();
         // The dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        log::debug!("{addr}: connection accepted");
         next_id += 1;
         let id = next_id;
         let Ok(abort) = conn.try_clone() else {

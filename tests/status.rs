@@ -225,6 +225,7 @@ fn verbose_logs_each_connect_attempt_handshake_step_and_hook() {
         );
     }
     for needle in [
+        "connection accepted",
         "handshake: message 1 received",
         "handshake: message 2 sent",
         "handshake: message 3 received",
