@@ -73,7 +73,7 @@ pub const MESSAGE2_MIN_LEN: usize = 2 * KEY_LEN + 2 * TAG_LEN + MIN_HELLO_LEN;
 /// The longest message 1 or 2 taken for one. Ours are 48 and 102 bytes; this
 /// leaves room for a payload or a longer hello, while text (a login banner,
 /// an HTTP request or reply: a first byte of 0x20 or more makes a length
-/// prefix above 8191) and TLS records (above 5378) stay above it.
+/// prefix above 8191) and TLS records (5123 and above) stay above it.
 pub const FIRST_MESSAGE_MAX_LEN: usize = 1024;
 /// How many of a stream's first bytes describe it when they are not a
 /// taptun message: enough for `SSH-2.0-` or `HTTP/1.1`, little in the log.
