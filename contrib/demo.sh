@@ -159,14 +159,10 @@ done
 # --- keys ------------------------------------------------------------------
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/taptun-demo.XXXXXX")
-(
-    umask 077
-    "$taptun" genkey >"$tmp/server.key"
-    "$taptun" genkey >"$tmp/client.key"
-)
-chmod 600 "$tmp/server.key" "$tmp/client.key"
-server_pub=$("$taptun" pubkey <"$tmp/server.key")
-client_pub=$("$taptun" pubkey <"$tmp/client.key")
+# genkey PATH writes the key with mode 600 and prints its public key (bare,
+# as stdout is not a terminal here).
+server_pub=$("$taptun" genkey "$tmp/server.key")
+client_pub=$("$taptun" genkey "$tmp/client.key")
 say "server public key: $server_pub"
 say "client public key: $client_pub"
 
