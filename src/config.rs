@@ -124,7 +124,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "s", long: "server", hint: "", help: "listen for TCP connections (standalone server)" },
     OptionSpec { short: "c", long: "client", hint: "", help: "connect to a server: with -m over TCP, with -x through a command" },
     OptionSpec { short: "i", long: "inetd", hint: "", help: "use fd 0 and fd 1 as the stream (inetd, xinetd, systemd Accept=yes, ssh)" },
-    OptionSpec { short: "m", long: "host", hint: "HOST", help: "the server to dial with -c (name, IPv4 or IPv6 address); repeat to try several in turn" },
+    OptionSpec { short: "m", long: "host", hint: "HOST", help: "the server to dial with -c (name, IPv4 or IPv6 address; the port goes with -p); repeat to try several in turn" },
     OptionSpec { short: "x", long: "exec", hint: "COMMAND", help: "with -c: run COMMAND with /bin/sh -c and use its stdin and stdout" },
     OptionSpec { short: "p", long: "port", hint: "PORT", help: "TCP port for -s and -c -m (default 1980)" },
     OptionSpec { short: "b", long: "bind", hint: "ADDR", help: "with -s: listen on this address only (default: all, IPv4 and IPv6)" },
