@@ -999,6 +999,7 @@ mod tests {
             Err(Error::Secret { .. })
         ));
     }
+
     #[test]
     fn pubkey_takes_a_file_as_well_as_stdin() {
         assert_eq!(

@@ -10,6 +10,8 @@
 //! read straight into a buffer of fixed size, never through a growing vector
 //! or a stack buffer that would keep a copy, and the Argon2id work area is a
 //! mapping of its own, zeroed and given back to the system after each use.
+//! A secret file must be readable by its owner only; the peer's public key
+//! may come from a file too (-k @FILE), read the same way, in any mode.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -354,9 +356,12 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, Error> {
 /// line is not a public key.
 pub fn read_public_key_file(path: &Path) -> Result<PublicKey, Error> {
     let line = read_key_file(path, KeyFileKind::PublicKey)?;
-    PublicKey::parse(&line).map_err(|why| Error::Secret {
+    // Not quoted in the message: the file may be a secret file given by
+    // mistake, and the message goes to the log.
+    PublicKey::parse(&line).map_err(|_| Error::Secret {
         subject: format!("-k ({})", path.display()),
-        why,
+        why: "its first line is not a public key (44 base64 characters from `taptun pubkey`)"
+            .into(),
     })
 }
 
@@ -654,6 +659,7 @@ mod tests {
         let key = PrivateKey::from_bytes([1; 32]);
         assert!(format!("{key:?}").contains("redacted"));
     }
+
     #[test]
     fn a_directory_as_secret_file_is_named_a_directory() {
         let (dir, _) = secret_file("dir", 0o600);
@@ -684,12 +690,13 @@ mod tests {
         std::fs::write(&path, format!("{key}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(read_public_key_file(&path).unwrap(), key);
-        std::fs::write(&path, "not a key\n").unwrap();
+        // A secret file given by mistake: its text stays out of the message.
+        std::fs::write(&path, "hunter2 hunter2\n").unwrap();
         let err = read_public_key_file(&path).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
-                "-k ({}): `not a key` is not a public key (44 base64 characters from `taptun pubkey`)",
+                "-k ({}): its first line is not a public key (44 base64 characters from `taptun pubkey`)",
                 path.display()
             )
         );

@@ -552,13 +552,15 @@ fn peer_key_from_a_file() {
     let at_public = format!("@{}", public.display());
     let out = taptun(&["-s", "-C", "-l", &secret, "-k", &at_public], "");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    std::fs::write(&public, "not a key\n").unwrap();
+    // A secret file by mistake: refused, and its text stays out of the log.
+    std::fs::write(&public, "hunter2 hunter2\n").unwrap();
     let out = taptun(&["-s", "-C", "-l", &secret, "-k", &at_public], "");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         logged_error(&out.stderr),
         format!(
-            "-k ({}): `not a key` is not a public key (44 base64 characters from `taptun pubkey`)",
+            "-k ({}): its first line is not a public key (44 base64 characters from `taptun \
+             pubkey`)",
             public.display()
         )
     );
