@@ -1,6 +1,8 @@
 //! The binary as a user runs it: --help, usage errors and their exit
-//! statuses, genkey and pubkey; and that every option is documented in
-//! --help, the man page and the README.
+//! statuses, genkey and pubkey, the mistakes of a first hour (HOST:PORT in
+//! -m, swapped or doubled secrets, -i started by hand); and that every
+//! option is documented in --help, the man page and the README. The one
+//! test that needs a server runs it in network namespaces (root only).
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
