@@ -85,6 +85,7 @@ impl Dialer<'_> {
                 tunnel.initiate(stream, Instant::now() + INITIATOR_DEADLINE)
             }
             Mode::Command { command } => {
+                log::debug!("running `{command}`");
                 let stream = Stream::command(command)?;
                 tunnel.initiate(stream, Instant::now() + INITIATOR_COMMAND_DEADLINE)
             }

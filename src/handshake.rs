@@ -618,6 +618,10 @@ pub trait MessageIo {
     fn recv(&mut self) -> io::Result<Option<&[u8]>>;
     /// Reads after this instant fail with `TimedOut`.
     fn set_deadline(&mut self, deadline: Option<Instant>);
+    /// Who is at the other end, for the debug log.
+    fn peer(&self) -> &str {
+        "peer"
+    }
 }
 
 fn recv_or<'a, M: MessageIo>(
@@ -679,15 +683,21 @@ pub fn initiate<M: MessageIo>(
     // -> psk, e
     let n = init.write_message1(&mut buf)?;
     send(io, Role::Initiator, &buf[..n])?;
+    log::debug!("{}: handshake: message 1 sent", io.peer());
 
     // <- e, ee, s, es
     let msg = recv_or(io, Role::Initiator, "message 2")?;
     let peer_hello = init.read_message2(msg)?;
+    log::debug!(
+        "{}: handshake: message 2 received, the responder's key checks",
+        io.peer()
+    );
     let layer_check = init.check_layer(&peer_hello);
 
     // -> s, se (sent on a layer mismatch too, so that both ends can name it)
     let n = init.write_message3(&mut buf)?;
     send(io, Role::Initiator, &buf[..n])?;
+    log::debug!("{}: handshake: message 3 sent", io.peer());
     layer_check?;
     let (transport, peer_key) = init.into_transport()?;
 
@@ -706,6 +716,10 @@ pub fn initiate<M: MessageIo>(
             "the first transport message is not a keepalive".into(),
         ));
     }
+    log::debug!(
+        "{}: handshake: key confirmation received, the responder accepted us",
+        io.peer()
+    );
     io.set_deadline(None);
     Ok(Established {
         transport,
@@ -744,17 +758,26 @@ pub fn respond<M: MessageIo>(
     if !replays.first_sight(ephemeral) {
         return Err(HandshakeError::Replay);
     }
+    log::debug!(
+        "{}: handshake: message 1 received, authentic and fresh",
+        io.peer()
+    );
     progress.authentic();
 
     // <- e, ee, s, es
     io.set_deadline(Some(accepted + RESPONDER_DEADLINE));
     let n = resp.write_message2(&mut buf)?;
     send(io, Role::Responder, &buf[..n])?;
+    log::debug!("{}: handshake: message 2 sent", io.peer());
 
     // -> s, se
     let msg = recv_or(io, Role::Responder, "message 3")?;
     let peer_hello = resp.read_message3(msg)?;
     let (transport, peer_key) = resp.into_transport()?;
+    log::debug!(
+        "{}: handshake: message 3 received, the initiator's key checks",
+        io.peer()
+    );
     if !progress.confirm() {
         return Err(HandshakeError::Stopped);
     }
@@ -764,6 +787,7 @@ pub fn respond<M: MessageIo>(
         .seal(0, &[], &mut buf)
         .map_err(HandshakeError::Noise)?;
     send(io, Role::Responder, &buf[..n])?;
+    log::debug!("{}: handshake: key confirmation sent", io.peer());
     io.set_deadline(None);
     Ok(Established {
         transport,

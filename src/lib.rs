@@ -133,6 +133,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         down: config.down.clone(),
     };
     let finished = Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?;
+    if let Some(waits_for) = waits_for(&config.mode) {
+        // Before the first attempt, whose failure may take seconds to show.
+        ::log::info!("{} ready; {waits_for}", tunnel.device.name());
+    }
 
     let result = std::thread::scope(|scope| {
         scope.spawn(|| report_counters_on_sigusr1(&usr1, &tunnel, &finished, started));
@@ -177,7 +181,28 @@ pub fn run(config: Config) -> Result<(), Error> {
     result
 }
 
-/// Logs the process's counters each time SIGUSR1 arrives, until `finished`.
+/// What the tunnel waits for, for the start line (-s says it once
+/// listening, with the address it got).
+fn waits_for(mode: &Mode) -> Option<String> {
+    match mode {
+        Mode::Client { hosts, port } => {
+            let hosts: Vec<String> = hosts
+                .iter()
+                .map(|host| match host.contains(':') {
+                    true => format!("[{host}]:{port}"),
+                    false => format!("{host}:{port}"),
+                })
+                .collect();
+            Some(format!("connecting to {}", hosts.join(", ")))
+        }
+        Mode::Command { command } => Some(format!("running `{command}`")),
+        Mode::Inetd => Some("handshake with the peer on stdin/stdout".into()),
+        Mode::Server { .. } => None,
+    }
+}
+
+/// Logs whether a session is up and the process's counters each time
+/// SIGUSR1 arrives, until `finished`.
 fn report_counters_on_sigusr1(usr1: &Stop, tunnel: &Tunnel, finished: &Stop, started: Instant) {
     loop {
         match sys::wait_readable(usr1.raw_fd(), &[finished], None) {

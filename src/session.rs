@@ -3,10 +3,12 @@
 //! down hook, and the log lines. Used by the client loop, by -i, and by the
 //! server for each authenticated connection.
 //!
-//! While no session relays, a [`Drain`] reads and drops (counting) what the
-//! device sends, so nothing queues up for a peer that is not there; the
+//! While no session relays, the device's carrier is off (the kernel then
+//! sends nothing into it) and a [`Drain`] reads and drops (counting) what it
+//! sent before, so nothing queues up for a peer that is not there; the
 //! device itself stays open for the life of the process, so addresses and
-//! routes set on it survive a reconnect.
+//! routes set on it survive a reconnect. The [`Counters`] keep whether a
+//! session is up, for SIGUSR1.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -192,20 +194,27 @@ impl Tunnel {
             peer: ready.peer.clone(),
             peer_key: ready.established.peer_key,
         };
+        if let Some(drain) = drain.take() {
+            drain.finish();
+        }
+        // Before the up hook and the relay start, after the relay stopped:
+        // the hook sees the link up, and the kernel only sends into the
+        // device while a session reads it.
+        self.device.set_carrier(true);
+        self.counters.session_up(&ready.peer);
         let failure = Arc::new(Mutex::new(None));
         let up = (before.is_some() || self.up.is_some()).then(|| {
             let (env, stop, failure) = (env.clone(), ready.stop.clone(), failure.clone());
             scope.spawn(move || self.up_hook(before, &env, &stop, &failure))
         });
-        if let Some(drain) = drain.take() {
-            drain.finish();
-        }
         let mut end = self.relay(ready);
+        self.device.set_carrier(false);
         *drain = self.drain(scope);
         let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let (End::Stopped, Some(why)) = (&end, failed) {
             end = End::HookFailed(why);
         }
+        self.counters.session_down(&end);
         (end, SessionHooks { env, up })
     }
 

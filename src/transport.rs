@@ -407,6 +407,7 @@ impl Stream {
             reader: FrameReader::with_capacity(reader, frame::MAX_WIRE),
             writer,
             scratch: Vec::new(),
+            peer: self.peer,
         };
         Ok((framed, Closer { how: self.how }))
     }
@@ -469,9 +470,15 @@ pub struct Framed {
     pub reader: FrameReader<StreamReader>,
     pub writer: StreamWriter,
     scratch: Vec<u8>,
+    /// The stream's peer, for the handshake's debug lines.
+    peer: String,
 }
 
 impl MessageIo for Framed {
+    fn peer(&self) -> &str {
+        &self.peer
+    }
+
     fn send(&mut self, msg: &[u8]) -> io::Result<()> {
         // Prefix and message in one write: one segment on the wire.
         self.scratch.clear();
@@ -870,6 +877,8 @@ enum HostState {
 struct Attempt {
     socket: socket2::Socket,
     addr: SocketAddr,
+    /// For the debug log: how long the connect took.
+    started: Instant,
 }
 
 impl Host {
@@ -900,6 +909,7 @@ impl Host {
             Err(e) => return self.fail(e),
         };
         let (tx, answer) = std::sync::mpsc::channel();
+        log::debug!("{}: looking up", self.name);
         let (host, done) = (self.host.clone(), ready.clone());
         // Never joined: when the stop comes first, the process exits
         // without waiting for getaddrinfo.
@@ -929,13 +939,21 @@ impl Host {
         if let HostState::Resolving { answer, .. } = &self.state {
             match answer.try_recv() {
                 Ok(Ok(addrs)) => {
+                    log::debug!(
+                        "{}: resolved to {addrs:?} in {:.0?}",
+                        self.name,
+                        self.started.map(|t| t.elapsed()).unwrap_or_default()
+                    );
                     self.state = HostState::Dialing {
                         queue: interleave(addrs),
                         attempts: Vec::new(),
                         last_start: None,
                     };
                 }
-                Ok(Err(e)) => self.fail(e),
+                Ok(Err(e)) => {
+                    log::debug!("{}: lookup failed: {e}", self.name);
+                    self.fail(e)
+                }
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     self.fail(io::Error::other("the lookup thread died"));
@@ -955,10 +973,15 @@ impl Host {
                 break;
             };
             *last_start = Some(now);
+            log::debug!("{addr}: connecting");
             match dial(addr, fwmark) {
-                Ok(socket) => attempts.push(Attempt { socket, addr }),
+                Ok(socket) => attempts.push(Attempt {
+                    socket,
+                    addr,
+                    started: now,
+                }),
                 Err(e) => {
-                    log::debug!("{addr}: {e}");
+                    log::debug!("{addr}: connect failed: {e}");
                     self.last = Some(e);
                 }
             }
@@ -990,10 +1013,14 @@ impl Host {
                 Ok(None) => attempt.socket.set_nonblocking(false),
             };
             let attempt = attempts.swap_remove(i);
+            let took = attempt.started.elapsed();
             match outcome {
-                Ok(()) => return Some((attempt.socket.into(), attempt.addr)),
+                Ok(()) => {
+                    log::debug!("{}: connected in {took:.0?}", attempt.addr);
+                    return Some((attempt.socket.into(), attempt.addr));
+                }
                 Err(e) => {
-                    log::debug!("{}: {e}", attempt.addr);
+                    log::debug!("{}: connect failed after {took:.0?}: {e}", attempt.addr);
                     self.last = Some(e);
                 }
             }
