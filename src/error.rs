@@ -21,6 +21,9 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status for an authentication (handshake) failure.
 pub const EXIT_AUTH: u8 = 3;
+/// What `main` appends to an error in the command line itself, and to no
+/// other: `--help` cannot help with a file's mode or a refused connection.
+pub const SEE_HELP: &str = "(see taptun --help)";
 
 #[derive(Debug)]
 pub enum Error {
@@ -28,8 +31,12 @@ pub enum Error {
     Usage(String),
     /// A secret's text is not a valid key or passphrase (names the option).
     Secret { subject: String, why: String },
-    /// A secret file could not be read.
-    KeyFile { path: PathBuf, source: io::Error },
+    /// A key file could not be read, or (genkey) made.
+    KeyFile {
+        path: PathBuf,
+        kind: KeyFileKind,
+        source: io::Error,
+    },
     /// The TAP/TUN device could not be opened or configured.
     Device {
         name: String,
@@ -52,6 +59,17 @@ pub enum Error {
     Hook(String),
     /// An I/O failure on something the text names.
     Io { what: String, source: io::Error },
+}
+
+/// What a key file was for, to name it right in messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFileKind {
+    /// A secret (-l, -r, their variables, `pubkey FILE`).
+    Secret,
+    /// The peer's public key (-k @FILE).
+    PublicKey,
+    /// The new file of `genkey PATH`.
+    New,
 }
 
 impl Error {
@@ -133,8 +151,20 @@ impl fmt::Display for Error {
         match self {
             Error::Usage(msg) => write!(f, "{msg}"),
             Error::Secret { subject, why } => write!(f, "{subject}: {why}"),
-            Error::KeyFile { path, source } => {
-                write!(f, "cannot read secret file {}: {source}", path.display())
+            Error::KeyFile { path, kind, source } => {
+                let path = path.display();
+                match kind {
+                    KeyFileKind::Secret => write!(f, "cannot read secret file {path}: {source}"),
+                    KeyFileKind::PublicKey => {
+                        write!(f, "-k: cannot read public key file {path}: {source}")
+                    }
+                    KeyFileKind::New if source.kind() == io::ErrorKind::AlreadyExists => write!(
+                        f,
+                        "{path} exists already and is kept as it is (genkey never overwrites \
+                         a file): give a path that does not exist yet"
+                    ),
+                    KeyFileKind::New => write!(f, "cannot create key file {path}: {source}"),
+                }
             }
             Error::Device { name, what, source } => {
                 write!(f, "{name}: {what}: {source}{}", device_hint(source))

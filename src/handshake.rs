@@ -183,6 +183,9 @@ pub enum Role {
 pub enum HandshakeError {
     /// The peer's static key is not the expected one.
     WrongPeerKey { peer_role: Role, got: PublicKey },
+    /// The peer's static key is our own: both ends were given the same
+    /// local secret, the sign of -l and -r swapped at one end.
+    OwnKey { peer_role: Role },
     /// The ends run different layers (we, they).
     LayerMismatch { ours: Layer, theirs: Layer },
     /// The peer speaks another protocol version.
@@ -222,6 +225,7 @@ impl HandshakeError {
         matches!(
             self,
             HandshakeError::WrongPeerKey { .. }
+                | HandshakeError::OwnKey { .. }
                 | HandshakeError::LayerMismatch { .. }
                 | HandshakeError::Version(_)
                 | HandshakeError::UnknownLayer(_)
@@ -256,6 +260,18 @@ impl fmt::Display for HandshakeError {
                 write!(
                     f,
                     "the {who}'s key is not the one given with -r/-k (it has public key {got})"
+                )
+            }
+            HandshakeError::OwnKey { peer_role } => {
+                let who = match peer_role {
+                    Role::Responder => "server",
+                    Role::Initiator => "client",
+                };
+                write!(
+                    f,
+                    "the {who} has this end's own key (the public key of our -l): -l and -r \
+                     look swapped at one of the two ends, which then hold the same secret \
+                     (the server runs -l S1 -r S2, the client -l S2 -r S1)"
                 )
             }
             HandshakeError::LayerMismatch { ours, theirs } => {
@@ -482,6 +498,13 @@ impl<'a> Party<'a> {
             .map_err(|_| HandshakeError::NotAuthentic(which))?;
         let got = peer_static(&self.hs)?;
         if got != self.identity.remote {
+            // Cheap to tell apart, and a newcomer's usual mistake: with -l
+            // and -r swapped at one end, both ends hold the same key pair
+            // (so the psk matches) and the server presents the client's
+            // own public key.
+            if got == self.identity.local_public() {
+                return Err(HandshakeError::OwnKey { peer_role });
+            }
             return Err(HandshakeError::WrongPeerKey { peer_role, got });
         }
         Hello::decode(&payload[..n])
@@ -1087,6 +1110,30 @@ mod tests {
         let (sr, cr) = run(server, client, Layer::Tap, Layer::Tap);
         assert!(matches!(sr, Err(HandshakeError::Message1NotAuthentic)));
         assert!(matches!(cr, Err(HandshakeError::Closed(Role::Initiator))));
+    }
+
+    #[test]
+    fn a_server_with_the_clients_own_key_means_swapped_secrets() {
+        // The client swapped -l and -r: it holds the server's pair, so the
+        // psk matches and the server presents the client's own public key.
+        let (server, _) = pair(1, 2);
+        let (swapped, _) = pair(1, 2);
+        let (sr, cr) = run(server, swapped, Layer::Tap, Layer::Tap);
+        let Err(err) = cr else {
+            panic!("the swapped client completed the handshake")
+        };
+        assert!(
+            matches!(
+                err,
+                HandshakeError::OwnKey {
+                    peer_role: Role::Responder
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_provable());
+        assert!(err.to_string().contains("-l and -r look swapped"), "{err}");
+        assert!(matches!(sr, Err(HandshakeError::Closed(Role::Responder))));
     }
 
     #[test]

@@ -363,10 +363,11 @@ impl Stream {
     /// too when it is the same socket as fd 0 (inetd and xinetd do that).
     ///
     /// # Errors
-    /// When fd 0 or fd 1 is not open.
+    /// When fd 0 or fd 1 is not open, or fd 0 is not a socket or a pipe.
     pub fn stdio() -> Result<Stream, Error> {
         let io_err = |e| Error::io("-i: cannot take the stream from fd 0 and fd 1", e);
         let read = sys::dup_high(0).map_err(io_err)?;
+        refuse_stdin_that_is_no_connection(&read)?;
         let write = sys::dup_high(1).map_err(io_err)?;
         let mut redirect = vec![0, 1];
         if stderr_is_stream() {
@@ -467,6 +468,39 @@ fn limit_unsent(socket: &impl AsRawFd) {
     if let Err(e) = sys::set_tcp_notsent_lowat(socket.as_raw_fd(), UNSENT_LOW_WATER) {
         log::debug!("TCP_NOTSENT_LOWAT not set: {e}");
     }
+}
+
+/// -i run by hand from a terminal, or with stdin at /dev/null or a file,
+/// would wait for a handshake that cannot come and end as an
+/// authentication failure: say what fd 0 is instead. Whoever starts -i
+/// gives it a socket (inetd, xinetd, systemd) or a pipe (ssh, -x).
+fn refuse_stdin_that_is_no_connection(fd: &OwnedFd) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    use std::os::unix::fs::FileTypeExt;
+    let kind = File::from(
+        fd.try_clone()
+            .map_err(|e| Error::io("-i: cannot look at fd 0", e))?,
+    )
+    .metadata()
+    .map_err(|e| Error::io("-i: cannot look at fd 0", e))?
+    .file_type();
+    let what = if kind.is_socket() || kind.is_fifo() {
+        return Ok(());
+    } else if fd.is_terminal() {
+        "a terminal"
+    } else if kind.is_char_device() {
+        "a character device such as /dev/null"
+    } else if kind.is_file() {
+        "a file"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "neither a socket nor a pipe"
+    };
+    Err(Error::Usage(format!(
+        "-i: fd 0 is not a connection (it is {what}): -i is for inetd, xinetd, systemd \
+         or ssh to start, with the connection as fds 0 and 1; to run a server, use -s"
+    )))
 }
 
 /// Whether fd 2 is the same socket as fd 0 (inetd, xinetd): then nothing may

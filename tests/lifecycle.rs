@@ -1217,7 +1217,8 @@ fn an_unprivileged_user_runs_inetd_mode_on_a_device_it_owns() {
 
     // A second process on the device in use: a clear error naming it, status 1.
     let mut second = p.a.command("sh");
-    second.args(["-c", &format!("{as_nobody} {bin} {inetd_args}")]);
+    // A pipe as fd 0, as ssh gives: -i refuses /dev/null before it opens the device.
+    second.args(["-c", &format!("true | {as_nobody} {bin} {inetd_args}")]);
     let mut second = Proc::start("second -i on the same device", second, &p.scratch);
     assert_eq!(
         exit_within(&mut second, DEADLINE).and_then(|s| s.code()),

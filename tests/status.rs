@@ -282,12 +282,14 @@ fn an_info_line_at_start_names_the_device_and_what_it_waits_for() {
         "no start line from the server"
     );
 
-    // -i: the peer is on stdin and stdout.
-    let inetd = Proc::start(
-        "inetd",
-        p.a.taptun(&format!("-i -d ti0 {}", p.server_secrets())),
-        &p.scratch,
-    );
+    // -i: the peer is on stdin and stdout, a socket as inetd gives (-i refuses /dev/null).
+    let (_peer, end) = std::os::unix::net::UnixStream::pair().unwrap();
+    let log = p.scratch.path.join("inetd.log");
+    let mut cmd = p.a.taptun(&format!("-i -d ti0 {}", p.server_secrets()));
+    cmd.stdin(std::os::fd::OwnedFd::from(end.try_clone().unwrap()))
+        .stdout(std::os::fd::OwnedFd::from(end))
+        .stderr(std::fs::File::create(&log).unwrap());
+    let inetd = Proc::adopt("inetd", cmd.spawn().unwrap(), Some(log));
     assert!(
         wait_log(
             &inetd,
