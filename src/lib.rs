@@ -280,21 +280,25 @@ fn load_identity(config: &Config) -> Result<Identity, Error> {
             config.local.origin
         )));
     }
-    // A peer with our own key could only be ourselves: the usual cause is
-    // one secret given twice, or a copy-paste of the wrong public key.
+    // Both ends then hold one key pair. That works (it used to be the only
+    // check of a shared secret, and refusing it would stop configurations
+    // that ran before), but anyone with that secret can be either end, and
+    // it is usually one secret given twice or the wrong public key pasted:
+    // say so loudly, and let the handshake say "swapped" if it fails.
     if remote == local.public_key() {
         let local_origin = config.local.origin;
-        return Err(Error::Usage(match &config.remote {
-            Remote::Secret(spec) => format!(
-                "{local_origin} and {} give the same secret: each end needs a secret of its own, \
-                 and the ends swap them (the server runs -l S1 -r S2, the client -l S2 -r S1)",
+        match &config.remote {
+            Remote::Secret(spec) => ::log::warn!(
+                "{local_origin} and {} give the same secret, so both ends hold one key pair and \
+                 either end can impersonate the other; give each end a secret of its own (the server \
+                 runs -l S1 -r S2, the client -l S2 -r S1)",
                 spec.origin
             ),
-            Remote::Key(_) | Remote::KeyFile(_) => format!(
-                "-k is this end's own public key (that of {local_origin}): give the other end's, \
-                 as `taptun pubkey` prints it there"
+            Remote::Key(_) | Remote::KeyFile(_) => ::log::warn!(
+                "-k is this end's own public key (that of {local_origin}): unless the other end \
+                 runs with this very secret, give the other end's, as `taptun pubkey` prints it there"
             ),
-        }));
+        }
     }
     Identity::new(local, remote, config.cipher).map_err(|why| Error::Secret {
         subject: "the remote key".into(),
