@@ -180,7 +180,11 @@ fn pubkey_of_a_key_matches_rfc7748() {
 /// stream. As root, the child gets a private /dev whose `log` is a datagram
 /// socket of the test's, and the syslog lines that reached it are returned
 /// too (`None` when not root).
-fn as_inetd_would(name: &str, args: &[&str]) -> (Option<i32>, Vec<u8>, Option<Vec<String>>) {
+fn as_inetd_would(
+    name: &str,
+    args: &[&str],
+    rust_log: Option<&str>,
+) -> (Option<i32>, Vec<u8>, Option<Vec<String>>) {
     use std::io::Read;
     use std::os::fd::OwnedFd;
     use std::os::unix::ffi::OsStrExt;
@@ -194,6 +198,7 @@ fn as_inetd_would(name: &str, args: &[&str]) -> (Option<i32>, Vec<u8>, Option<Ve
         .env_remove("TAPTUN_LOCAL")
         .env_remove("TAPTUN_REMOTE")
         .env_remove("RUST_LOG")
+        .envs(rust_log.map(|filter| ("RUST_LOG", filter)))
         .stdin(end())
         .stdout(end())
         .stderr(end());
@@ -250,15 +255,17 @@ fn as_inetd_would(name: &str, args: &[&str]) -> (Option<i32>, Vec<u8>, Option<Ve
 
 #[test]
 fn usage_errors_under_inetd_go_to_syslog_never_to_the_stream() {
-    for (n, (args, says)) in [
-        (&["-i", "-K", "300", "-l", "@/k", "-k", PUB][..], "-K"),
-        (&["--bogus", "-i"][..], "bogus"),
-        (&["-i", "-b", "::1", "-l", "@/k", "-k", PUB][..], "-b"),
+    for (n, (args, says, rust_log)) in [
+        (&["-i", "-K", "300", "-l", "@/k", "-k", PUB][..], "-K", None),
+        (&["--bogus", "-i"][..], "bogus", None),
+        (&["-i", "-b", "::1", "-l", "@/k", "-k", PUB][..], "-b", None),
+        // env_filter prints its own warning about a bad RUST_LOG to fd 2.
+        (&["--bogus", "-i"][..], "bogus", Some("taptun=loud")),
     ]
     .into_iter()
     .enumerate()
     {
-        let (status, written, syslog) = as_inetd_would(&format!("inetd-dev{n}"), args);
+        let (status, written, syslog) = as_inetd_would(&format!("inetd-dev{n}"), args, rust_log);
         assert_eq!(
             (status, text(&written).as_str()),
             (Some(2), ""),
@@ -271,6 +278,15 @@ fn usage_errors_under_inetd_go_to_syslog_never_to_the_stream() {
                     .any(|l| l.starts_with("<27>taptun[") && l.contains(says)),
                 "{args:?}: syslog got {lines:?}"
             );
+            if rust_log.is_some() {
+                assert!(
+                    lines
+                        .iter()
+                        .any(|l| l.starts_with("<28>taptun[")
+                            && l.contains("RUST_LOG `taptun=loud`")),
+                    "the bad RUST_LOG is reported as a warning in syslog: {lines:?}"
+                );
+            }
         }
     }
 }
