@@ -11,7 +11,8 @@
 # What it does:
 #   1. makes two network namespaces, "server" and "client", joined by a veth
 #      pair (10.77.0.1/24 and 10.77.0.2/24): the network the tunnel runs over;
-#   2. makes one key per end with `taptun genkey` in a private temporary folder;
+#   2. makes one key per end with `taptun genkey PATH` in a private
+#      temporary folder;
 #   3. runs `taptun -s -p 1980 -d tapdemo0` in the server namespace and
 #      `taptun -c -m 10.77.0.1 -d tapdemo0` in the client namespace;
 #   4. gives the two tapdemo0 devices 10.78.0.1/24 and 10.78.0.2/24 and pings
@@ -159,14 +160,10 @@ done
 # --- keys ------------------------------------------------------------------
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/taptun-demo.XXXXXX")
-(
-    umask 077
-    "$taptun" genkey >"$tmp/server.key"
-    "$taptun" genkey >"$tmp/client.key"
-)
-chmod 600 "$tmp/server.key" "$tmp/client.key"
-server_pub=$("$taptun" pubkey <"$tmp/server.key")
-client_pub=$("$taptun" pubkey <"$tmp/client.key")
+# genkey PATH writes the key with mode 600 and prints its public key (bare,
+# as stdout is not a terminal here).
+server_pub=$("$taptun" genkey "$tmp/server.key")
+client_pub=$("$taptun" genkey "$tmp/client.key")
 say "server public key: $server_pub"
 say "client public key: $client_pub"
 

@@ -10,8 +10,11 @@
 //! command afresh. Several -m are tried in turn, the next one once the
 //! previous one failed or stayed silent for 2 s, and the addresses of one
 //! host race as Happy Eyeballs (see [`transport::connect`]); a signal stops
-//! a lookup or a connect at once. With -o/--once there is one attempt and
-//! its status is the process's.
+//! a lookup or a connect at once. A -x command that exits before the
+//! handshake, and a server that is not taptun (its first bytes are no
+//! message 2), are retried too: ssh may fail for a moment, and a server may
+//! be being replaced. With -o/--once there is one attempt and its status is
+//! the process's.
 
 use std::thread::Scope;
 use std::time::{Duration, Instant};
@@ -85,6 +88,7 @@ impl Dialer<'_> {
                 tunnel.initiate(stream, Instant::now() + INITIATOR_DEADLINE)
             }
             Mode::Command { command } => {
+                log::debug!("running `{command}`");
                 let stream = Stream::command(command)?;
                 tunnel.initiate(stream, Instant::now() + INITIATOR_COMMAND_DEADLINE)
             }

@@ -35,8 +35,8 @@ pub enum Command {
     Check(Box<Config>),
     /// Print a new private key, or write it to a new file (mode 600).
     GenKey(Option<PathBuf>),
-    /// Read a secret on stdin and print its public key.
-    PubKey,
+    /// Read a secret from a file, or else stdin, and print its public key.
+    PubKey(Option<PathBuf>),
     /// Print the help text.
     Help,
     /// Print the version.
@@ -70,6 +70,8 @@ pub enum Remote {
     Secret(SecretSpec),
     /// The peer's public key (-k).
     Key(PublicKey),
+    /// The file that holds the peer's public key (-k @FILE), read by `run`.
+    KeyFile(PathBuf),
 }
 
 /// A validated tunnel configuration. Its `Debug` never shows a secret.
@@ -122,7 +124,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "s", long: "server", hint: "", help: "listen for TCP connections (standalone server)" },
     OptionSpec { short: "c", long: "client", hint: "", help: "connect to a server: with -m over TCP, with -x through a command" },
     OptionSpec { short: "i", long: "inetd", hint: "", help: "use fd 0 and fd 1 as the stream (inetd, xinetd, systemd Accept=yes, ssh)" },
-    OptionSpec { short: "m", long: "host", hint: "HOST", help: "the server to dial with -c (name, IPv4 or IPv6 address); repeat to try several in turn" },
+    OptionSpec { short: "m", long: "host", hint: "HOST", help: "the server to dial with -c (name, IPv4 or IPv6 address; the port goes with -p); repeat to try several in turn" },
     OptionSpec { short: "x", long: "exec", hint: "COMMAND", help: "with -c: run COMMAND with /bin/sh -c and use its stdin and stdout" },
     OptionSpec { short: "p", long: "port", hint: "PORT", help: "TCP port for -s and -c -m (default 1980)" },
     OptionSpec { short: "b", long: "bind", hint: "ADDR", help: "with -s: listen on this address only (default: all, IPv4 and IPv6)" },
@@ -130,7 +132,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "t", long: "type", hint: "tap|tun", help: "device type: tap (Ethernet frames, default) or tun (IP packets)" },
     OptionSpec { short: "l", long: "local", hint: "SECRET", help: "this end's secret: a key, a passphrase, or @FILE (default: $TAPTUN_LOCAL)" },
     OptionSpec { short: "r", long: "remote", hint: "SECRET", help: "the other end's secret, same forms (default: $TAPTUN_REMOTE)" },
-    OptionSpec { short: "k", long: "peer-key", hint: "PUBKEY", help: "the other end's public key, instead of -r (see `taptun pubkey`)" },
+    OptionSpec { short: "k", long: "peer-key", hint: "PUBKEY", help: "the other end's public key, or @FILE, instead of -r (see `taptun pubkey`)" },
     OptionSpec { short: "e", long: "cipher", hint: "CIPHER", help: "chachapoly (default) or aesgcm; both ends must agree" },
     OptionSpec { short: "M", long: "mtu", hint: "N", help: "set the device MTU (tap: 68-65491, tun: 68-65509)" },
     OptionSpec { short: "n", long: "no-gso", hint: "", help: "carry plain frames only: no IFF_VNET_HDR, no GSO super-frames (default: on where the kernel has it)" },
@@ -168,8 +170,8 @@ Usage: taptun -s [-p PORT] [-b ADDR] [OPTIONS]
        taptun -c -m HOST [-p PORT] [OPTIONS]
        taptun -c -x COMMAND [OPTIONS]
        taptun -i [OPTIONS]
-       taptun genkey
-       taptun pubkey < SECRET
+       taptun genkey [PATH]
+       taptun pubkey [FILE]    (without FILE, the secret is read on stdin)
 
 A TAP/TUN tunnel over a TCP connection, inetd's socket or a command's pipes,
 authenticated with Noise_XXpsk0. The ends swap secrets: server -l S1 -r S2,
@@ -196,7 +198,10 @@ impl Command {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Command, Error> {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-        let m = options().parse(&args).map_err(|e| usage(e.to_string()))?;
+        let m = options().parse(&args).map_err(|e| match e {
+            getopts::Fail::UnrecognizedOption(name) => usage(unknown_option(&name, &args)),
+            e => usage(e.to_string()),
+        })?;
         refuse_values_like_options(&m)?;
         if m.opt_present("h") {
             return Ok(Command::Help);
@@ -213,14 +218,20 @@ impl Command {
                     others.join(" ")
                 )));
             }
-            return match (sub.as_str(), &m.free[1..]) {
-                ("genkey", []) => Ok(Command::GenKey(None)),
-                ("genkey", [path]) => Ok(Command::GenKey(Some(PathBuf::from(path)))),
-                (_, [.., extra]) => Err(usage(format!(
-                    "`taptun {sub}`: unexpected argument `{extra}`"
-                ))),
-                (_, []) => Ok(Command::PubKey),
+            let path = match &m.free[1..] {
+                [] => None,
+                [path] => Some(PathBuf::from(path)),
+                [_, extra, ..] => {
+                    return Err(usage(format!(
+                        "`taptun {sub}`: unexpected argument `{extra}`"
+                    )));
+                }
             };
+            return Ok(if sub == "genkey" {
+                Command::GenKey(path)
+            } else {
+                Command::PubKey(path)
+            });
         }
         if let Some(first) = m.free.first() {
             return Err(usage(format!("unexpected argument `{first}`")));
@@ -269,6 +280,75 @@ fn refuse_values_like_options(m: &getopts::Matches) -> Result<(), Error> {
         return Err(usage(msg));
     }
     Ok(())
+}
+
+/// The message for an option getopts does not know (`name` without its
+/// dashes), with the long options it is probably a misspelling of.
+fn unknown_option(name: &str, args: &[&str]) -> String {
+    let long = format!("--{name}");
+    let given_long = args
+        .iter()
+        .take_while(|a| **a != "--")
+        .any(|a| *a == long || a.starts_with(&format!("{long}=")));
+    if !given_long {
+        return format!("unknown option `-{name}`");
+    }
+    let near: Vec<String> = OPTIONS
+        .iter()
+        .filter(|o| is_near(name, o.long))
+        .map(|o| format!("--{}", o.long))
+        .collect();
+    if near.is_empty() {
+        format!("unknown option `{long}`")
+    } else {
+        format!(
+            "unknown option `{long}`: did you mean {}?",
+            near.join(" or ")
+        )
+    }
+}
+
+/// Whether `given` looks like a misspelling of the long option `known`:
+/// the same but for dashes and case, an abbreviation of it, or one or two
+/// typos away (one for short names, where two would match anything).
+fn is_near(given: &str, known: &str) -> bool {
+    let squash = |s: &str| -> Vec<char> {
+        s.chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let (given, known) = (squash(given), squash(known));
+    let typos = if known.len() <= 4 { 1 } else { 2 };
+    given == known
+        || (given.len() >= 3 && known.starts_with(&given))
+        || edit_distance(&given, &known) <= typos
+}
+
+/// Insertions, deletions, substitutions and swaps of two neighbours needed
+/// to turn `a` into `b` (optimal string alignment).
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    // d[i][j]: the distance between a[..i] and b[..j].
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Whether argv asks for -i (--inetd), read without parsing it fully, so
@@ -354,12 +434,19 @@ impl Config {
             })?;
         let remote = match (m.opt_str("k"), m.opt_str("r")) {
             (Some(_), Some(_)) => return Err(usage("give either -r or -k, not both")),
-            (Some(key), None) => {
-                Remote::Key(PublicKey::parse(&key).map_err(|why| Error::Secret {
+            (Some(key), None) => match key.strip_prefix('@') {
+                Some("") => {
+                    return Err(Error::Secret {
+                        subject: "-k".into(),
+                        why: "`@` must be followed by a file name".into(),
+                    });
+                }
+                Some(path) => Remote::KeyFile(PathBuf::from(path)),
+                None => Remote::Key(PublicKey::parse(&key).map_err(|why| Error::Secret {
                     subject: "-k".into(),
                     why,
-                })?)
-            }
+                })?),
+            },
             (None, r) => Remote::Secret(
                 secret(r, "-r", ENV_REMOTE, env, &mut warnings)?.ok_or_else(|| {
                     usage(format!(
@@ -474,14 +561,11 @@ fn parse_mode(m: &getopts::Matches) -> Result<Mode, Error> {
         return Ok(Mode::Server { bind, port });
     }
     if client {
-        let hosts: Vec<String> = m
+        let hosts = m
             .opt_strs("m")
             .iter()
-            .map(|h| unbracket(h).to_owned())
-            .collect();
-        if hosts.iter().any(String::is_empty) {
-            return Err(usage("-m: empty host name"));
-        }
+            .map(|h| parse_host(h))
+            .collect::<Result<Vec<String>, Error>>()?;
         return match (hosts.is_empty(), m.opt_str("x")) {
             (false, None) => Ok(Mode::Client { hosts, port }),
             (true, Some(command)) if !command.trim().is_empty() => Ok(Mode::Command { command }),
@@ -497,6 +581,37 @@ fn parse_u32(text: &str) -> Option<u32> {
     match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16).ok(),
         None => text.parse().ok(),
+    }
+}
+
+/// A -m value as the dialer wants it: a name, an IPv4 address, or an IPv6
+/// address with or without brackets (and a %zone). A name never holds a
+/// ':', so anything else with one could only fail its lookup: HOST:PORT
+/// gets told to use -p.
+fn parse_host(text: &str) -> Result<String, Error> {
+    let host = unbracket(text);
+    if host.is_empty() {
+        return Err(usage("-m: empty host name"));
+    }
+    let is_v6 = |h: &str| {
+        let address = h.split_once('%').map_or(h, |(address, _)| address);
+        address.parse::<std::net::Ipv6Addr>().is_ok()
+    };
+    if !host.contains(':') || is_v6(host) {
+        return Ok(host.to_owned());
+    }
+    let split = match text.strip_prefix('[') {
+        Some(rest) => rest.rsplit_once("]:").filter(|(h, _)| is_v6(h)),
+        None => text.rsplit_once(':').filter(|(h, _)| !h.contains(':')),
+    };
+    match split {
+        Some((host, port)) if port.parse::<u16>().is_ok_and(|p| p != 0) => Err(usage(format!(
+            "-m: `{text}` looks like HOST:PORT: give the port with -p: -m {host} -p {port}"
+        ))),
+        _ => Err(usage(format!(
+            "-m: `{text}` is neither a host name nor an IP address: a name has no ':', \
+             and the port goes with -p"
+        ))),
     }
 }
 
@@ -743,12 +858,15 @@ mod tests {
             parse(&["genkey", "/k", "/j"]),
             Err(Error::Usage(_))
         ));
-        assert!(matches!(parse(&["pubkey", "/k"]), Err(Error::Usage(_))));
+        assert!(matches!(
+            parse(&["pubkey", "/k", "/j"]),
+            Err(Error::Usage(_))
+        ));
         assert!(matches!(
             parse(&["-s", "-C", "-l", "@/k", "-k", PUB]),
             Ok(Command::Check(_))
         ));
-        assert_eq!(parse(&["pubkey"]).unwrap(), Command::PubKey);
+        assert_eq!(parse(&["pubkey"]).unwrap(), Command::PubKey(None));
         assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
         assert_eq!(parse(&["-V"]).unwrap(), Command::Version);
         assert!(matches!(parse(&["genkey", "-s"]), Err(Error::Usage(_))));
@@ -880,5 +998,146 @@ mod tests {
             parse(&["-s", "-l", bad, "-k", PUB]),
             Err(Error::Secret { .. })
         ));
+    }
+
+    #[test]
+    fn pubkey_takes_a_file_as_well_as_stdin() {
+        assert_eq!(
+            parse(&["pubkey", "/etc/taptun/gw.key"]).unwrap(),
+            Command::PubKey(Some(PathBuf::from("/etc/taptun/gw.key")))
+        );
+        let err = parse(&["pubkey", "-v", "/k"]).unwrap_err();
+        assert_eq!(err.to_string(), "`taptun pubkey` takes no options (got -v)");
+    }
+
+    #[test]
+    fn peer_key_from_a_file_is_read_later() {
+        let c = tunnel(&["-s", "-l", "@/k", "-k", "@/etc/taptun/laptop.pub"]);
+        assert_eq!(
+            c,
+            Config {
+                remote: Remote::KeyFile(PathBuf::from("/etc/taptun/laptop.pub")),
+                ..tunnel(&["-s", "-l", "@/k", "-k", PUB])
+            }
+        );
+        let err = parse(&["-s", "-l", "@/k", "-k", "@"]).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        assert_eq!(err.to_string(), "-k: `@` must be followed by a file name");
+    }
+
+    #[test]
+    fn host_and_port_in_one_host_is_refused_with_the_p_to_use() {
+        for (host, says) in [
+            ("10.0.0.1:1980", "-m 10.0.0.1 -p 1980"),
+            ("gw.example:1980", "-m gw.example -p 1980"),
+            ("[2001:db8::1]:1980", "-m 2001:db8::1 -p 1980"),
+        ] {
+            let err = parse(&["-c", "-C", "-m", host, "-l", "@/k", "-k", PUB]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("-m: `{host}` looks like HOST:PORT: give the port with -p: {says}")
+            );
+            assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        }
+        for host in ["gw:http", "gw.example:", "[gw]:1980", "[2001:db8::1"] {
+            let err = parse(&["-c", "-m", host, "-l", "@/k", "-k", PUB]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("is neither a host name nor an IP address"),
+                "{host}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_with_colons_are_hosts() {
+        let c = tunnel(&[
+            "-c",
+            "-m",
+            "2001:db8::1",
+            "-m",
+            "[::1]",
+            "-m",
+            "fe80::1%eth0",
+            "-m",
+            "10.0.0.1",
+            "-m",
+            "2001:db8::1:1980",
+            "-l",
+            "@/k",
+            "-k",
+            PUB,
+        ]);
+        assert_eq!(
+            c.mode,
+            Mode::Client {
+                hosts: vec![
+                    "2001:db8::1".into(),
+                    "::1".into(),
+                    "fe80::1%eth0".into(),
+                    "10.0.0.1".into(),
+                    // A valid address too: it cannot be told from one with a port.
+                    "2001:db8::1:1980".into(),
+                ],
+                port: DEFAULT_PORT
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_long_option_suggests_the_nearest() {
+        for (given, says) in [
+            (
+                &["--peerkey", PUB][..],
+                "unknown option `--peerkey`: did you mean --peer-key?",
+            ),
+            (
+                &["--peerkey=x"][..],
+                "unknown option `--peerkey`: did you mean --peer-key?",
+            ),
+            (
+                &["-s", "--hots", "h"][..],
+                "unknown option `--hots`: did you mean --host?",
+            ),
+            (
+                &["--Keep-Alive"][..],
+                "unknown option `--Keep-Alive`: did you mean --keepalive?",
+            ),
+            (
+                &["--dev", "tap0"][..],
+                "unknown option `--dev`: did you mean --device?",
+            ),
+            (
+                &["--ver"][..],
+                "unknown option `--ver`: did you mean --verbose or --version?",
+            ),
+            (&["--bogus"][..], "unknown option `--bogus`"),
+            (&["-q"][..], "unknown option `-q`"),
+            (&["-sq"][..], "unknown option `-q`"),
+        ] {
+            let err = parse(given).unwrap_err();
+            assert_eq!(err.to_string(), says, "{given:?}");
+            assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        }
+    }
+
+    #[test]
+    fn edit_distance_counts_a_swap_as_one() {
+        let d = |a: &str, b: &str| {
+            edit_distance(
+                &a.chars().collect::<Vec<_>>(),
+                &b.chars().collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            [
+                d("", ""),
+                d("host", "host"),
+                d("hots", "host"),
+                d("mtu", ""),
+                d("kitten", "sitting")
+            ],
+            [0, 0, 1, 3, 3]
+        );
     }
 }

@@ -12,10 +12,16 @@
 //! The offloads (TUNSETOFFLOAD) are on only while a GSO session relays: the
 //! kernel keeps them on a persistent device after it is closed, so they are
 //! turned off on opening without GSO, at a GSO session's end and on drop.
+//!
+//! The carrier (TUNSETCARRIER) is off from opening and on only while a
+//! session relays, so that `ip link` says NO-CARRIER and routing daemons see
+//! the link down while no peer is there. A persistent device keeps the
+//! state it was left in, which at exit is off: no session.
 
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tun::AbstractDevice;
 
@@ -124,6 +130,8 @@ pub struct Device {
     mtu: u32,
     /// Opened with IFF_VNET_HDR: every packet has a virtio_net_hdr.
     vnet: bool,
+    /// The kernel refused TUNSETCARRIER once (said at info level): not again.
+    carrier_refused: AtomicBool,
 }
 
 fn device_error(name: &str, what: &'static str, err: tun::Error) -> Error {
@@ -198,28 +206,50 @@ impl Device {
                 .mtu()
                 .map_err(|e| device_error(&name, "cannot read the MTU", e))?,
         );
-        if link_is_up(&name) {
+        let mut device = Device {
+            inner,
+            name,
+            layer,
+            mtu,
+            vnet,
+            carrier_refused: AtomicBool::new(false),
+        };
+        // Before the link goes up: no session yet, so no LOWER_UP even briefly.
+        device.set_carrier(false);
+        let name = &device.name;
+        if link_is_up(name) {
             // Already up (an administrator's persistent device): nothing to do,
             // and an unprivileged owner could not do it anyway.
-        } else if let Err(e) = inner.enabled(true) {
+        } else if let Err(e) = device.inner.enabled(true) {
             // An unprivileged owner of a persistent device may not set the
             // link up; the administrator may have done it already.
             log::warn!(
                 "{name}: cannot set the link up ({e}); bring it up with `ip link set {name} up`"
             );
         }
-        sys::set_nonblocking(inner.as_raw_fd(), true).map_err(|source| Error::Device {
+        sys::set_nonblocking(device.inner.as_raw_fd(), true).map_err(|source| Error::Device {
             name: name.clone(),
             what: "cannot make the device non-blocking",
             source,
         })?;
-        Ok(Device {
-            inner,
-            name,
-            layer,
-            mtu,
-            vnet,
-        })
+        Ok(device)
+    }
+
+    /// Turns the carrier on (a session relays) or off (none does). When the
+    /// kernel refuses (before Linux 5.0, or a persistent device owned by
+    /// someone else), says so once and leaves the carrier as it is.
+    pub fn set_carrier(&self, on: bool) {
+        match sys::tun_set_carrier(self.inner.as_raw_fd(), on) {
+            Ok(()) => log::debug!("{}: carrier {}", self.name, if on { "on" } else { "off" }),
+            Err(e) => {
+                if !self.carrier_refused.swap(true, Ordering::Relaxed) {
+                    log::info!(
+                        "{}: cannot set the carrier ({e}): the link shows up even without a session",
+                        self.name
+                    );
+                }
+            }
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -7,7 +7,9 @@
 
 use std::fmt;
 use std::io;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
+use std::process::ExitStatus;
 
 use crate::handshake::HandshakeError;
 
@@ -19,6 +21,9 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status for an authentication (handshake) failure.
 pub const EXIT_AUTH: u8 = 3;
+/// What `main` appends to an error in the command line itself, and to no
+/// other: `--help` cannot help with a file's mode or a refused connection.
+pub const SEE_HELP: &str = "(see taptun --help)";
 
 #[derive(Debug)]
 pub enum Error {
@@ -26,8 +31,12 @@ pub enum Error {
     Usage(String),
     /// A secret's text is not a valid key or passphrase (names the option).
     Secret { subject: String, why: String },
-    /// A secret file could not be read.
-    KeyFile { path: PathBuf, source: io::Error },
+    /// A key file could not be read, or (genkey) made.
+    KeyFile {
+        path: PathBuf,
+        kind: KeyFileKind,
+        source: io::Error,
+    },
     /// The TAP/TUN device could not be opened or configured.
     Device {
         name: String,
@@ -40,6 +49,8 @@ pub enum Error {
     Connect { addr: String, source: io::Error },
     /// The -x command could not be started.
     Command { command: String, source: io::Error },
+    /// The -x command exited, or was killed, before the handshake finished.
+    CommandExited { command: String, status: ExitStatus },
     /// The handshake with a peer failed (authentication, version, layer...).
     Handshake { peer: String, cause: HandshakeError },
     /// The peer broke the protocol after the handshake.
@@ -50,12 +61,28 @@ pub enum Error {
     Io { what: String, source: io::Error },
 }
 
+/// What a key file was for, to name it right in messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFileKind {
+    /// A secret (-l, -r, their variables, `pubkey FILE`).
+    Secret,
+    /// The peer's public key (-k @FILE).
+    PublicKey,
+    /// The new file of `genkey PATH`.
+    New,
+}
+
 impl Error {
     /// The process exit status this error maps to.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => EXIT_USAGE,
-            Error::Handshake { .. } => EXIT_AUTH,
+            Error::Handshake { cause, .. } if cause.is_authentication() => EXIT_AUTH,
+            // A taptun at the other end of the command that failed its
+            // handshake (through ssh, its status is ssh's).
+            Error::CommandExited { status, .. } if status.code() == Some(EXIT_AUTH.into()) => {
+                EXIT_AUTH
+            }
             _ => EXIT_FAILURE,
         }
     }
@@ -83,13 +110,61 @@ fn device_hint(source: &io::Error) -> &'static str {
     }
 }
 
+/// Advice on a -x command's exit status, for the statuses that have a
+/// usual cause.
+fn command_hint(code: i32) -> &'static str {
+    match code {
+        127 => " (sh: command not found? check the -x command)",
+        126 => " (sh: a command that cannot be executed? check the -x command)",
+        255 => " (ssh's status when ssh itself fails: see its message above)",
+        3 => {
+            " (taptun's status for a failed handshake, if the command ran one: wrong secrets or \
+             a different -e? see its message above)"
+        }
+        _ => "",
+    }
+}
+
+/// The usual name of a signal that ends a command.
+fn signal_name(signo: i32) -> Option<&'static str> {
+    Some(match signo {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => return None,
+    })
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(msg) => write!(f, "{msg}"),
             Error::Secret { subject, why } => write!(f, "{subject}: {why}"),
-            Error::KeyFile { path, source } => {
-                write!(f, "cannot read secret file {}: {source}", path.display())
+            Error::KeyFile { path, kind, source } => {
+                let path = path.display();
+                match kind {
+                    KeyFileKind::Secret => write!(f, "cannot read secret file {path}: {source}"),
+                    KeyFileKind::PublicKey => {
+                        write!(f, "-k: cannot read public key file {path}: {source}")
+                    }
+                    KeyFileKind::New if source.kind() == io::ErrorKind::AlreadyExists => write!(
+                        f,
+                        "{path} exists already and is kept as it is (genkey never overwrites \
+                         a file): give a path that does not exist yet"
+                    ),
+                    KeyFileKind::New => write!(f, "cannot create key file {path}: {source}"),
+                }
             }
             Error::Device { name, what, source } => {
                 write!(f, "{name}: {what}: {source}{}", device_hint(source))
@@ -98,6 +173,19 @@ impl fmt::Display for Error {
             Error::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
             Error::Command { command, source } => {
                 write!(f, "cannot run command `{command}`: {source}")
+            }
+            Error::CommandExited { command, status } => {
+                write!(f, "the command `{command}` ")?;
+                match (status.code(), status.signal()) {
+                    (Some(code), _) => write!(f, "exited with status {code}")?,
+                    (None, Some(signo)) => match signal_name(signo) {
+                        Some(name) => write!(f, "was killed by signal {name}")?,
+                        None => write!(f, "was killed by signal {signo}")?,
+                    },
+                    (None, None) => write!(f, "ended ({status})")?,
+                }
+                let hint = status.code().map_or("", command_hint);
+                write!(f, " before the handshake{hint}")
             }
             Error::Handshake { peer, cause } => write!(f, "{peer}: handshake failed: {cause}"),
             Error::Protocol { peer, what } => write!(f, "{peer}: protocol error: {what}"),
@@ -112,5 +200,63 @@ impl std::error::Error for Error {
         // The sources are already part of the one-line message above; keeping
         // them out of source() stops main from printing them twice.
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::Role;
+
+    fn exited(command: &str, raw_wait_status: i32) -> Error {
+        Error::CommandExited {
+            command: command.into(),
+            status: ExitStatus::from_raw(raw_wait_status),
+        }
+    }
+
+    #[test]
+    fn a_command_that_ended_is_named_with_its_status_or_signal() {
+        let e = exited("sshh gw", 127 << 8);
+        assert_eq!(
+            e.to_string(),
+            "the command `sshh gw` exited with status 127 before the handshake \
+             (sh: command not found? check the -x command)"
+        );
+        assert_eq!(e.exit_code(), EXIT_FAILURE);
+        let e = exited("false", 1 << 8);
+        assert_eq!(
+            e.to_string(),
+            "the command `false` exited with status 1 before the handshake"
+        );
+        assert_eq!(e.exit_code(), EXIT_FAILURE);
+        let e = exited("ssh gw", libc::SIGKILL);
+        assert_eq!(
+            e.to_string(),
+            "the command `ssh gw` was killed by signal SIGKILL before the handshake"
+        );
+        assert_eq!(e.exit_code(), EXIT_FAILURE);
+        // A taptun behind the command that refused us (ssh passes its status on).
+        assert_eq!(exited("ssh gw taptun -i", 3 << 8).exit_code(), EXIT_AUTH);
+    }
+
+    #[test]
+    fn only_a_stream_that_is_not_taptun_is_no_authentication_failure() {
+        let handshake = |cause| Error::Handshake {
+            peer: "exec".into(),
+            cause,
+        };
+        let not_taptun = HandshakeError::NotTaptun {
+            role: Role::Initiator,
+            first: b"hello ba".to_vec(),
+        };
+        assert_eq!(handshake(not_taptun).exit_code(), EXIT_FAILURE);
+        for cause in [
+            HandshakeError::Closed(Role::Initiator),
+            HandshakeError::Message1NotAuthentic,
+            HandshakeError::Timeout("message 2"),
+        ] {
+            assert_eq!(handshake(cause).exit_code(), EXIT_AUTH);
+        }
     }
 }

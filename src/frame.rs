@@ -138,21 +138,7 @@ impl<R: Read> FrameReader<R> {
                 Ok(None) => {}
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
-            // Need more bytes. Move a partial message to the front when it
-            // might not fit behind; a full message always fits the buffer.
-            if self.buf.len() - self.start < MAX_WIRE {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            let n = loop {
-                match self.inner.read(&mut self.buf[self.end..]) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            };
-            if n == 0 {
+            if self.read_more()? == 0 {
                 let have = self.end - self.start;
                 if have == 0 {
                     return Ok(None);
@@ -166,7 +152,44 @@ impl<R: Read> FrameReader<R> {
                     FrameError::Truncated { have, need },
                 ));
             }
-            self.end += n;
+        }
+    }
+
+    /// The bytes held of the next message, once its length prefix is in:
+    /// at least [`HEADER_LEN`] bytes, fewer only when the stream ended first
+    /// (then possibly none). Reads only while the prefix is incomplete and
+    /// consumes nothing, so that a caller can judge a length before waiting
+    /// for that many bytes.
+    ///
+    /// # Errors
+    /// The inner reader's errors.
+    pub fn fill_prefix(&mut self) -> io::Result<&[u8]> {
+        while self.end - self.start < HEADER_LEN {
+            if self.read_more()? == 0 {
+                break;
+            }
+        }
+        Ok(&self.buf[self.start..self.end])
+    }
+
+    /// One read into the buffer; 0 at the end of the stream.
+    fn read_more(&mut self) -> io::Result<usize> {
+        // Move a partial message to the front when it might not fit behind;
+        // a full message always fits the buffer.
+        if self.buf.len() - self.start < MAX_WIRE {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 }
@@ -255,6 +278,32 @@ mod tests {
     fn eof_at_a_boundary_is_clean() {
         let mut r = FrameReader::new(&[][..]);
         assert!(r.next_message().unwrap().is_none());
+    }
+
+    #[test]
+    fn fill_prefix_reads_only_until_the_prefix_is_in_and_consumes_nothing() {
+        let wire = encode(&[b"hello", b"x"]);
+        let mut r = FrameReader::with_capacity(
+            Trickle {
+                data: &wire,
+                step: 1,
+            },
+            MAX_WIRE,
+        );
+        assert_eq!(r.fill_prefix().unwrap(), &wire[..HEADER_LEN]);
+        assert_eq!(r.fill_prefix().unwrap(), &wire[..HEADER_LEN]);
+        assert_eq!(r.next_message().unwrap().unwrap(), b"hello");
+        assert_eq!(r.fill_prefix().unwrap(), &wire[7..9]);
+        assert_eq!(r.next_message().unwrap().unwrap(), b"x");
+        assert!(r.fill_prefix().unwrap().is_empty(), "the end of the stream");
+        assert!(r.next_message().unwrap().is_none());
+
+        let mut r = FrameReader::new(&[7u8][..]);
+        assert_eq!(r.fill_prefix().unwrap(), &[7]);
+        assert_eq!(
+            r.next_message().unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 
     #[test]

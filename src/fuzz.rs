@@ -539,6 +539,10 @@ impl MessageIo for MemoryIo<'_> {
         self.reader.next_message()
     }
 
+    fn peek(&mut self) -> io::Result<&[u8]> {
+        self.reader.fill_prefix()
+    }
+
     fn set_deadline(&mut self, _deadline: Option<Instant>) {}
 }
 

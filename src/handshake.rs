@@ -31,6 +31,14 @@
 //! On a layer mismatch the initiator still sends message 3, so both ends can
 //! name the cause, and then closes.
 //!
+//! The first message from the peer (message 1 at a responder, message 2 at
+//! an initiator) is judged by its length prefix as soon as that is in: below
+//! [`MESSAGE1_LEN`] or [`MESSAGE2_MIN_LEN`], or above
+//! [`FIRST_MESSAGE_MAX_LEN`], it is no taptun message (text such as a login
+//! banner or an HTTP request starts with a prefix above 8191), and the
+//! handshake fails at once, answering nothing, with the first bytes received
+//! (escaped, at most [`EXCERPT_LEN`]) in the error.
+//!
 //! This module does no I/O of its own beyond the [`MessageIo`] the caller
 //! hands in; the state machines below ([`Initiator`], [`Responder`]) only
 //! transform buffers, so they can be driven from tests, fuzzers and test
@@ -59,6 +67,17 @@ pub const MIN_HELLO_LEN: usize = 2;
 pub const TAG_LEN: usize = 16;
 /// Length of message 1: e (32) and the tag of the empty payload.
 pub const MESSAGE1_LEN: usize = KEY_LEN + TAG_LEN;
+/// Length of message 2 with the shortest hello a receiver accepts: e, s and
+/// its tag, the hello and its tag. Ours, with a 6-byte hello, is 102 bytes.
+pub const MESSAGE2_MIN_LEN: usize = 2 * KEY_LEN + 2 * TAG_LEN + MIN_HELLO_LEN;
+/// The longest message 1 or 2 taken for one. Ours are 48 and 102 bytes; this
+/// leaves room for a payload or a longer hello, while text (a login banner,
+/// an HTTP request or reply: a first byte of 0x20 or more makes a length
+/// prefix above 8191) and TLS records (5123 and above) stay above it.
+pub const FIRST_MESSAGE_MAX_LEN: usize = 1024;
+/// How many of a stream's first bytes describe it when they are not a
+/// taptun message: enough for `SSH-2.0-` or `HTTP/1.1`, little in the log.
+pub const EXCERPT_LEN: usize = 8;
 /// Responder: message 1 must arrive this soon after accept.
 pub const RESPONDER_FIRST_MESSAGE: Duration = Duration::from_secs(3);
 /// Responder: the whole handshake must finish this soon after accept.
@@ -164,6 +183,9 @@ pub enum Role {
 pub enum HandshakeError {
     /// The peer's static key is not the expected one.
     WrongPeerKey { peer_role: Role, got: PublicKey },
+    /// The peer's static key is our own: both ends were given the same
+    /// local secret, the sign of -l and -r swapped at one end.
+    OwnKey { peer_role: Role },
     /// The ends run different layers (we, they).
     LayerMismatch { ours: Layer, theirs: Layer },
     /// The peer speaks another protocol version.
@@ -178,6 +200,11 @@ pub enum HandshakeError {
     Replay,
     /// The stream ended before key confirmation (seen by `Role`).
     Closed(Role),
+    /// The length prefix of the first message from the peer (message 1 for
+    /// a responder, message 2 for an initiator, by our `role`) is one no
+    /// taptun peer sends; `first` holds up to [`EXCERPT_LEN`] of the bytes
+    /// already received.
+    NotTaptun { role: Role, first: Vec<u8> },
     /// A deadline passed.
     Timeout(&'static str),
     /// We were asked to stop (SIGINT, SIGTERM, or a server closing the
@@ -198,11 +225,28 @@ impl HandshakeError {
         matches!(
             self,
             HandshakeError::WrongPeerKey { .. }
+                | HandshakeError::OwnKey { .. }
                 | HandshakeError::LayerMismatch { .. }
                 | HandshakeError::Version(_)
                 | HandshakeError::UnknownLayer(_)
         )
     }
+
+    /// Whether the failure counts as one of authentication (exit status 3):
+    /// all do but a stream that is not taptun's at all, such as a login
+    /// banner or another service's port.
+    pub fn is_authentication(&self) -> bool {
+        !matches!(self, HandshakeError::NotTaptun { .. })
+    }
+}
+
+/// The first bytes of a stream for a message: at most [`EXCERPT_LEN`] of
+/// them between backquotes, each control, non-ASCII, quote or backslash
+/// byte escaped (`\r`, `\x16`), so that nothing from the peer can forge or
+/// break a log line.
+pub fn describe_bytes(bytes: &[u8]) -> String {
+    let excerpt = bytes.get(..EXCERPT_LEN).unwrap_or(bytes);
+    format!("`{}`", excerpt.escape_ascii())
 }
 
 impl fmt::Display for HandshakeError {
@@ -216,6 +260,18 @@ impl fmt::Display for HandshakeError {
                 write!(
                     f,
                     "the {who}'s key is not the one given with -r/-k (it has public key {got})"
+                )
+            }
+            HandshakeError::OwnKey { peer_role } => {
+                let who = match peer_role {
+                    Role::Responder => "server",
+                    Role::Initiator => "client",
+                };
+                write!(
+                    f,
+                    "the {who} has this end's own key (the public key of our -l): -l and -r \
+                     look swapped at one of the two ends, which then hold the same secret \
+                     (the server runs -l S1 -r S2, the client -l S2 -r S1)"
                 )
             }
             HandshakeError::LayerMismatch { ours, theirs } => {
@@ -242,6 +298,24 @@ impl fmt::Display for HandshakeError {
             HandshakeError::Closed(Role::Responder) => {
                 f.write_str("the client closed the connection during the handshake")
             }
+            HandshakeError::NotTaptun {
+                role: Role::Initiator,
+                first,
+            } => write!(
+                f,
+                "the stream starts with {} instead of message 2: a login banner, a shell \
+                 startup file's output, another service (SSH, HTTP), or not a taptun server?",
+                describe_bytes(first)
+            ),
+            HandshakeError::NotTaptun {
+                role: Role::Responder,
+                first,
+            } => write!(
+                f,
+                "the stream starts with {} instead of message 1: an HTTP or SSH client, a \
+                 scanner, or not a taptun client?",
+                describe_bytes(first)
+            ),
             HandshakeError::Timeout(phase) => write!(f, "timed out waiting for {phase}"),
             HandshakeError::Stopped => f.write_str("stopped before the handshake finished"),
             HandshakeError::Malformed(what) => write!(f, "malformed handshake: {what}"),
@@ -424,6 +498,13 @@ impl<'a> Party<'a> {
             .map_err(|_| HandshakeError::NotAuthentic(which))?;
         let got = peer_static(&self.hs)?;
         if got != self.identity.remote {
+            // Cheap to tell apart, and a newcomer's usual mistake: with -l
+            // and -r swapped at one end, both ends hold the same key pair
+            // (so the psk matches) and the server presents the client's
+            // own public key.
+            if got == self.identity.local_public() {
+                return Err(HandshakeError::OwnKey { peer_role });
+            }
             return Err(HandshakeError::WrongPeerKey { peer_role, got });
         }
         Hello::decode(&payload[..n])
@@ -595,6 +676,32 @@ pub trait MessageIo {
     fn recv(&mut self) -> io::Result<Option<&[u8]>>;
     /// Reads after this instant fail with `TimedOut`.
     fn set_deadline(&mut self, deadline: Option<Instant>);
+    /// The bytes received of the next message so far, once its length
+    /// prefix is in (fewer than 2 only when the stream ended first); nothing
+    /// is consumed. The default, for a stream that cannot look ahead, holds
+    /// nothing: the first message is then judged only once it is whole.
+    ///
+    /// # Errors
+    /// As [`MessageIo::recv`].
+    fn peek(&mut self) -> io::Result<&[u8]> {
+        Ok(&[])
+    }
+    /// Who is at the other end, for the debug log.
+    fn peer(&self) -> &str {
+        "peer"
+    }
+}
+
+fn recv_error(e: io::Error, role: Role, waiting_for: &'static str) -> HandshakeError {
+    if crate::transport::is_stopped(&e) {
+        HandshakeError::Stopped
+    } else if e.kind() == io::ErrorKind::TimedOut {
+        HandshakeError::Timeout(waiting_for)
+    } else if is_disconnect(&e) {
+        HandshakeError::Closed(role)
+    } else {
+        HandshakeError::Io(e)
+    }
 }
 
 fn recv_or<'a, M: MessageIo>(
@@ -605,11 +712,36 @@ fn recv_or<'a, M: MessageIo>(
     match io.recv() {
         Ok(Some(msg)) => Ok(msg),
         Ok(None) => Err(HandshakeError::Closed(role)),
-        Err(e) if crate::transport::is_stopped(&e) => Err(HandshakeError::Stopped),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(HandshakeError::Timeout(waiting_for)),
-        Err(e) if is_disconnect(&e) => Err(HandshakeError::Closed(role)),
-        Err(e) => Err(HandshakeError::Io(e)),
+        Err(e) => Err(recv_error(e, role, waiting_for)),
     }
+}
+
+/// Whether a length prefix can be that of the first message from the peer
+/// of `role`: message 1 for a responder, message 2 for an initiator.
+pub fn plausible_first_length(role: Role, len: usize) -> bool {
+    let shortest = match role {
+        Role::Responder => MESSAGE1_LEN,
+        Role::Initiator => MESSAGE2_MIN_LEN,
+    };
+    (shortest..=FIRST_MESSAGE_MAX_LEN).contains(&len)
+}
+
+/// As [`recv_or`] for the first message from the peer, refused as soon as
+/// its length prefix is in when no taptun peer would send that length (a
+/// login banner, another service), without waiting for that many bytes.
+fn recv_first<'a, M: MessageIo>(
+    io: &'a mut M,
+    role: Role,
+    waiting_for: &'static str,
+) -> Result<&'a [u8], HandshakeError> {
+    let held = io.peek().map_err(|e| recv_error(e, role, waiting_for))?;
+    if let Some(&[high, low]) = held.get(..crate::frame::HEADER_LEN) {
+        if !plausible_first_length(role, usize::from(u16::from_be_bytes([high, low]))) {
+            let first = held.get(..EXCERPT_LEN).unwrap_or(held).to_vec();
+            return Err(HandshakeError::NotTaptun { role, first });
+        }
+    }
+    recv_or(io, role, waiting_for)
 }
 
 /// Errors that mean the peer went away rather than something broke here.
@@ -656,15 +788,21 @@ pub fn initiate<M: MessageIo>(
     // -> psk, e
     let n = init.write_message1(&mut buf)?;
     send(io, Role::Initiator, &buf[..n])?;
+    log::debug!("{}: handshake: message 1 sent", io.peer());
 
     // <- e, ee, s, es
-    let msg = recv_or(io, Role::Initiator, "message 2")?;
+    let msg = recv_first(io, Role::Initiator, "message 2")?;
     let peer_hello = init.read_message2(msg)?;
+    log::debug!(
+        "{}: handshake: message 2 received, the responder's key checks",
+        io.peer()
+    );
     let layer_check = init.check_layer(&peer_hello);
 
     // -> s, se (sent on a layer mismatch too, so that both ends can name it)
     let n = init.write_message3(&mut buf)?;
     send(io, Role::Initiator, &buf[..n])?;
+    log::debug!("{}: handshake: message 3 sent", io.peer());
     layer_check?;
     let (transport, peer_key) = init.into_transport()?;
 
@@ -683,6 +821,10 @@ pub fn initiate<M: MessageIo>(
             "the first transport message is not a keepalive".into(),
         ));
     }
+    log::debug!(
+        "{}: handshake: key confirmation received, the responder accepted us",
+        io.peer()
+    );
     io.set_deadline(None);
     Ok(Established {
         transport,
@@ -716,22 +858,31 @@ pub fn respond<M: MessageIo>(
 
     // -> psk, e
     io.set_deadline(Some(accepted + RESPONDER_FIRST_MESSAGE));
-    let msg = recv_or(io, Role::Responder, "message 1")?;
+    let msg = recv_first(io, Role::Responder, "message 1")?;
     let ephemeral = resp.read_message1(msg)?;
     if !replays.first_sight(ephemeral) {
         return Err(HandshakeError::Replay);
     }
+    log::debug!(
+        "{}: handshake: message 1 received, authentic and fresh",
+        io.peer()
+    );
     progress.authentic();
 
     // <- e, ee, s, es
     io.set_deadline(Some(accepted + RESPONDER_DEADLINE));
     let n = resp.write_message2(&mut buf)?;
     send(io, Role::Responder, &buf[..n])?;
+    log::debug!("{}: handshake: message 2 sent", io.peer());
 
     // -> s, se
     let msg = recv_or(io, Role::Responder, "message 3")?;
     let peer_hello = resp.read_message3(msg)?;
     let (transport, peer_key) = resp.into_transport()?;
+    log::debug!(
+        "{}: handshake: message 3 received, the initiator's key checks",
+        io.peer()
+    );
     if !progress.confirm() {
         return Err(HandshakeError::Stopped);
     }
@@ -741,6 +892,7 @@ pub fn respond<M: MessageIo>(
         .seal(0, &[], &mut buf)
         .map_err(HandshakeError::Noise)?;
     send(io, Role::Responder, &buf[..n])?;
+    log::debug!("{}: handshake: key confirmation sent", io.peer());
     io.set_deadline(None);
     Ok(Established {
         transport,
@@ -843,6 +995,7 @@ impl Replays for ReplayCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
 
     use crate::frame::FrameReader;
@@ -866,12 +1019,14 @@ mod tests {
 
     impl MessageIo for Pipe {
         fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-            use std::io::Write;
             self.writer.write_all(&crate::frame::header(msg.len()))?;
             self.writer.write_all(msg)
         }
         fn recv(&mut self) -> io::Result<Option<&[u8]>> {
-            self.reader.next_message()
+            self.reader.next_message().map_err(deadline_passed)
+        }
+        fn peek(&mut self) -> io::Result<&[u8]> {
+            self.reader.fill_prefix().map_err(deadline_passed)
         }
         fn set_deadline(&mut self, deadline: Option<Instant>) {
             let timeout = deadline.map(|d| {
@@ -879,6 +1034,16 @@ mod tests {
                     .max(Duration::from_millis(1))
             });
             self.reader.get_ref().set_read_timeout(timeout).unwrap();
+        }
+    }
+
+    /// A socket's read timeout says `WouldBlock`; the real stream says
+    /// `TimedOut` when its deadline passes.
+    fn deadline_passed(e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            io::Error::new(io::ErrorKind::TimedOut, "deadline passed")
+        } else {
+            e
         }
     }
 
@@ -945,6 +1110,30 @@ mod tests {
         let (sr, cr) = run(server, client, Layer::Tap, Layer::Tap);
         assert!(matches!(sr, Err(HandshakeError::Message1NotAuthentic)));
         assert!(matches!(cr, Err(HandshakeError::Closed(Role::Initiator))));
+    }
+
+    #[test]
+    fn a_server_with_the_clients_own_key_means_swapped_secrets() {
+        // The client swapped -l and -r: it holds the server's pair, so the
+        // psk matches and the server presents the client's own public key.
+        let (server, _) = pair(1, 2);
+        let (swapped, _) = pair(1, 2);
+        let (sr, cr) = run(server, swapped, Layer::Tap, Layer::Tap);
+        let Err(err) = cr else {
+            panic!("the swapped client completed the handshake")
+        };
+        assert!(
+            matches!(
+                err,
+                HandshakeError::OwnKey {
+                    peer_role: Role::Responder
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_provable());
+        assert!(err.to_string().contains("-l and -r look swapped"), "{err}");
+        assert!(matches!(sr, Err(HandshakeError::Closed(Role::Responder))));
     }
 
     #[test]
@@ -1110,6 +1299,150 @@ mod tests {
             assert!(cache.insert([i; 32], now));
         }
         assert!(cache.inner.lock().unwrap().seen.len() <= 4);
+    }
+
+    #[test]
+    fn describe_bytes_shows_at_most_8_bytes_escaped() {
+        assert_eq!(describe_bytes(b"SSH-2.0-OpenSSH_9.2\r\n"), "`SSH-2.0-`");
+        assert_eq!(describe_bytes(b"hi\r\n"), r"`hi\r\n`");
+        assert_eq!(
+            describe_bytes(&[0x16, 0x03, 0x01, 0x00, 0xa5]),
+            r"`\x16\x03\x01\x00\xa5`"
+        );
+        assert_eq!(describe_bytes(b""), "``");
+        // Nothing from the peer reaches the log unescaped: no control byte,
+        // no line break, nothing beyond ASCII, and at most 4 characters a byte.
+        let hostile: Vec<u8> = (0..=255u8).rev().collect();
+        for window in hostile.windows(EXCERPT_LEN) {
+            let text = describe_bytes(window);
+            assert!(text.bytes().all(|b| (0x20..0x7f).contains(&b)), "{text}");
+            assert!(text.len() <= 2 + 4 * EXCERPT_LEN, "{text}");
+        }
+    }
+
+    #[test]
+    fn first_message_lengths_of_both_ciphers_are_plausible_and_text_is_not() {
+        for cipher in [Cipher::ChaChaPoly, Cipher::AesGcm] {
+            let server = Identity::new(key(1), key(2).public_key(), cipher).unwrap();
+            let client = Identity::new(key(2), key(1).public_key(), cipher).unwrap();
+            let hello = Hello::new(Layer::Tap, 1500);
+            let mut init = Initiator::new(&client, hello).unwrap();
+            let mut resp = Responder::new(&server, hello).unwrap();
+            let mut m1 = [0u8; 128];
+            let mut m2 = [0u8; 128];
+            let n1 = init.write_message1(&mut m1).unwrap();
+            resp.read_message1(&m1[..n1]).unwrap();
+            let n2 = resp.write_message2(&mut m2).unwrap();
+            assert_eq!((n1, n2), (48, 102), "{cipher:?}");
+            assert!(plausible_first_length(Role::Responder, n1));
+            assert!(plausible_first_length(Role::Initiator, n2));
+        }
+        assert!(!plausible_first_length(Role::Responder, MESSAGE1_LEN - 1));
+        assert!(!plausible_first_length(
+            Role::Initiator,
+            MESSAGE2_MIN_LEN - 1
+        ));
+        assert!(plausible_first_length(
+            Role::Initiator,
+            FIRST_MESSAGE_MAX_LEN
+        ));
+        assert!(!plausible_first_length(
+            Role::Responder,
+            FIRST_MESSAGE_MAX_LEN + 1
+        ));
+        // Any text starts with a byte of 0x20 or more; TLS with 0x15 to 0x17.
+        for start in [
+            &b"SSH-"[..],
+            b"HTTP",
+            b"GET ",
+            b"220 ",
+            b"\t\t",
+            b"\x15\x03",
+        ] {
+            let len = usize::from(u16::from_be_bytes([start[0], start[1]]));
+            assert!(!plausible_first_length(Role::Responder, len), "{start:?}");
+            assert!(!plausible_first_length(Role::Initiator, len), "{start:?}");
+        }
+    }
+
+    #[test]
+    fn responder_refuses_an_http_request_at_once_without_answer() {
+        let (server, _) = pair(1, 2);
+        let (mut sp, mut cp) = Pipe::pair();
+        // The client keeps the stream open: only the prefix can end it early.
+        cp.writer
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let hello = Hello::new(Layer::Tap, 1500);
+        let replays = ReplayCache::default();
+        let r = respond(&mut sp, &server, hello, Instant::now(), &replays, &());
+        let Err(e @ HandshakeError::NotTaptun { .. }) = r else {
+            panic!("expected NotTaptun, got {:?}", r.err());
+        };
+        assert!(!e.is_authentication() && !e.is_provable());
+        assert_eq!(
+            e.to_string(),
+            "the stream starts with `GET / HT` instead of message 1: an HTTP or SSH client, a \
+             scanner, or not a taptun client?"
+        );
+        drop(sp);
+        assert!(cp.recv().unwrap().is_none(), "the request got an answer");
+    }
+
+    #[test]
+    fn initiator_refuses_a_login_banner_at_once() {
+        let (_, client) = pair(1, 2);
+        let (mut sp, mut cp) = Pipe::pair();
+        sp.writer.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
+        // Not closed either: without the check this waits for the deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let r = initiate(&mut cp, &client, Hello::new(Layer::Tap, 1500), deadline);
+        let Err(e @ HandshakeError::NotTaptun { .. }) = r else {
+            panic!("expected NotTaptun, got {:?}", r.err());
+        };
+        assert!(!e.is_authentication() && !e.is_provable());
+        assert!(
+            e.to_string().starts_with(
+                "the stream starts with `SSH-2.0-` instead of message 2: a login banner"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_short_first_message_is_refused_before_its_body() {
+        // A length of 10 with only part of the body: refused as soon as the
+        // prefix is in, not once 10 bytes arrive.
+        let (server, _) = pair(1, 2);
+        let (mut sp, mut cp) = Pipe::pair();
+        cp.writer.write_all(&[0, 10, 1, 2, 3]).unwrap();
+        let replays = ReplayCache::default();
+        let hello = Hello::new(Layer::Tap, 1500);
+        let r = respond(&mut sp, &server, hello, Instant::now(), &replays, &());
+        assert!(
+            matches!(&r, Err(HandshakeError::NotTaptun { role: Role::Responder, first }) if first == &[0, 10, 1, 2, 3]),
+            "{:?}",
+            r.err()
+        );
+    }
+
+    #[test]
+    fn a_plausible_first_message_that_stalls_still_meets_the_deadline() {
+        let (server, _) = pair(1, 2);
+        let (mut sp, mut cp) = Pipe::pair();
+        cp.writer
+            .write_all(&[0, MESSAGE1_LEN as u8, 1, 2, 3])
+            .unwrap();
+        let replays = ReplayCache::default();
+        let hello = Hello::new(Layer::Tap, 1500);
+        // Accepted long enough ago that the message-1 deadline is 100 ms away.
+        let accepted = Instant::now() - RESPONDER_FIRST_MESSAGE + Duration::from_millis(100);
+        let r = respond(&mut sp, &server, hello, accepted, &replays, &());
+        assert!(
+            matches!(r, Err(HandshakeError::Timeout("message 1"))),
+            "{:?}",
+            r.err()
+        );
     }
 
     #[test]

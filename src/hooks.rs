@@ -107,6 +107,7 @@ pub fn run(
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("{name} hook `{command}` could not start: {e}"))?;
+    log::debug!("{name} hook `{command}` started (pid {})", child.id());
     let stderr = child
         .stderr
         .take()
@@ -126,7 +127,13 @@ pub fn run(
                 );
                 return Ok(());
             }
-            Ok(Some(status)) => return failed(format!("{name} hook `{command}` failed: {status}")),
+            Ok(Some(status)) => {
+                log::debug!(
+                    "{name} hook `{command}` exited with {status} after {:.1?}",
+                    started.elapsed()
+                );
+                return failed(format!("{name} hook `{command}` failed: {status}"));
+            }
             Ok(None) if Instant::now() < deadline => {
                 if !stopped && stop.is_set() {
                     stopped = true;

@@ -10,6 +10,8 @@
 //! read straight into a buffer of fixed size, never through a growing vector
 //! or a stack buffer that would keep a copy, and the Argon2id work area is a
 //! mapping of its own, zeroed and given back to the system after each use.
+//! A secret file must be readable by its owner only; the peer's public key
+//! may come from a file too (-k @FILE), read the same way, in any mode.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -21,7 +23,7 @@ use base64::engine::general_purpose::STANDARD;
 use blake2::{Blake2s256, Digest};
 use zeroize::Zeroizing;
 
-use crate::error::Error;
+use crate::error::{Error, KeyFileKind};
 
 /// Length of X25519 keys and of the psk.
 pub const KEY_LEN: usize = 32;
@@ -316,7 +318,7 @@ impl SecretSpec {
     pub fn load(&self) -> Result<SecretText, Error> {
         let text = match &self.source {
             SecretSource::Literal(text) => text.clone(),
-            SecretSource::File(path) => read_first_line(path)?,
+            SecretSource::File(path) => read_secret_file(path)?,
         };
         SecretText::parse(&text).map_err(|why| Error::Secret {
             subject: match &self.source {
@@ -337,20 +339,56 @@ fn in_credentials_directory(path: &Path) -> bool {
 }
 
 /// The first line of a secret file, as UTF-8.
-fn read_first_line(path: &Path) -> Result<Zeroizing<String>, Error> {
+///
+/// # Errors
+/// `Error::KeyFile`: the file cannot be opened or read, is a directory, is
+/// readable or writable by group or others, is larger than 64 KiB, or its
+/// first line is not UTF-8.
+pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, Error> {
+    read_key_file(path, KeyFileKind::Secret)
+}
+
+/// The public key in a file (-k @FILE): the same reading and checks as a
+/// secret file, but any mode, since a public key is no secret.
+///
+/// # Errors
+/// `Error::KeyFile` as for a secret file, `Error::Secret` when its first
+/// line is not a public key.
+pub fn read_public_key_file(path: &Path) -> Result<PublicKey, Error> {
+    let line = read_key_file(path, KeyFileKind::PublicKey)?;
+    // Not quoted in the message: the file may be a secret file given by
+    // mistake, and the message goes to the log.
+    PublicKey::parse(&line).map_err(|_| Error::Secret {
+        subject: format!("-k ({})", path.display()),
+        why: "its first line is not a public key (44 base64 characters from `taptun pubkey`)"
+            .into(),
+    })
+}
+
+fn read_key_file(path: &Path, kind: KeyFileKind) -> Result<Zeroizing<String>, Error> {
     let file_error = |source| Error::KeyFile {
         path: path.to_owned(),
+        kind,
         source,
     };
     let mut file = std::fs::File::open(path).map_err(file_error)?;
+    let metadata = file.metadata().map_err(file_error)?;
+    // Opening a directory succeeds; its mode (755) would otherwise be
+    // blamed, with a chmod that would not help.
+    if metadata.is_dir() {
+        return Err(file_error(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "it is a directory: give the path of the key file in it",
+        )));
+    }
     // As ssh does with private keys: a secret others can read is no secret.
     // systemd's credentials are the exception: root-owned 0400 files shown
     // as 0440 because an ACL lets the unit's user read them, in a directory
     // private to the unit.
-    let mode = file.metadata().map_err(file_error)?.permissions().mode();
-    if mode & 0o077 != 0 && !in_credentials_directory(path) {
-        return Err(file_error(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
+    let mode = metadata.permissions().mode();
+    if kind == KeyFileKind::Secret && mode & 0o077 != 0 && !in_credentials_directory(path) {
+        return Err(file_error(io::Error::new(
+            io::ErrorKind::PermissionDenied,
             format!(
                 "it is readable or writable by group or others (mode {:03o}); fix it with: chmod 600 {}",
                 mode & 0o777,
@@ -620,5 +658,55 @@ mod tests {
         assert!(!format!("{spec:?}").contains("hunter2"));
         let key = PrivateKey::from_bytes([1; 32]);
         assert!(format!("{key:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn a_directory_as_secret_file_is_named_a_directory() {
+        let (dir, _) = secret_file("dir", 0o600);
+        for mode in [0o700, 0o755] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let spec =
+                SecretSpec::parse(Origin::Argv("-l"), &format!("@{}", dir.display())).unwrap();
+            let err = spec.load().unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "cannot read secret file {}: it is a directory: give the path of the key file in it",
+                    dir.display()
+                )
+            );
+            assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+            let err = read_public_key_file(&dir).unwrap_err();
+            assert!(err.to_string().contains("it is a directory"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_public_key_file_may_be_read_by_anyone() {
+        let (dir, _) = secret_file("pub", 0o600);
+        let path = dir.join("peer.pub");
+        let key = PrivateKey::from_bytes([7; 32]).public_key();
+        std::fs::write(&path, format!("{key}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_public_key_file(&path).unwrap(), key);
+        // A secret file given by mistake: its text stays out of the message.
+        std::fs::write(&path, "hunter2 hunter2\n").unwrap();
+        let err = read_public_key_file(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "-k ({}): its first line is not a public key (44 base64 characters from `taptun pubkey`)",
+                path.display()
+            )
+        );
+        let err = read_public_key_file(&dir.join("missing")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("-k: cannot read public key file "),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

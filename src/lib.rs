@@ -134,6 +134,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         up_failures: Default::default(),
     };
     let finished = Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?;
+    if let Some(waits_for) = waits_for(&config.mode) {
+        // Before the first attempt, whose failure may take seconds to show.
+        ::log::info!("{} ready; {waits_for}", tunnel.device.name());
+    }
 
     let result = std::thread::scope(|scope| {
         scope.spawn(|| report_counters_on_sigusr1(&usr1, &tunnel, &finished, started));
@@ -178,7 +182,28 @@ pub fn run(config: Config) -> Result<(), Error> {
     result
 }
 
-/// Logs the process's counters each time SIGUSR1 arrives, until `finished`.
+/// What the tunnel waits for, for the start line (-s says it once
+/// listening, with the address it got).
+fn waits_for(mode: &Mode) -> Option<String> {
+    match mode {
+        Mode::Client { hosts, port } => {
+            let hosts: Vec<String> = hosts
+                .iter()
+                .map(|host| match host.contains(':') {
+                    true => format!("[{host}]:{port}"),
+                    false => format!("{host}:{port}"),
+                })
+                .collect();
+            Some(format!("connecting to {}", hosts.join(", ")))
+        }
+        Mode::Command { command } => Some(format!("running `{command}`")),
+        Mode::Inetd => Some("handshake with the peer on stdin/stdout".into()),
+        Mode::Server { .. } => None,
+    }
+}
+
+/// Logs whether a session is up and the process's counters each time
+/// SIGUSR1 arrives, until `finished`.
 fn report_counters_on_sigusr1(usr1: &Stop, tunnel: &Tunnel, finished: &Stop, started: Instant) {
     loop {
         match sys::wait_readable(usr1.raw_fd(), &[finished], None) {
@@ -234,14 +259,48 @@ pub fn check(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Loads both secrets and derives the keys and psk.
+/// Loads both secrets (and -k @FILE) and derives the keys and psk.
+///
+/// # Errors
+/// A secret or key file that cannot be used, or a remote key that is this
+/// end's own or a low-order point (all exit 2).
 fn load_identity(config: &Config) -> Result<Identity, Error> {
     let inetd = config.mode == Mode::Inetd;
     let local = private_key(&config.local, inetd)?;
     let remote = match &config.remote {
         Remote::Key(key) => *key,
+        Remote::KeyFile(path) => keys::read_public_key_file(path)?,
         Remote::Secret(spec) => private_key(spec, inetd)?.public_key(),
     };
+    // Any 32 bytes pass for a public key, so -k given our own private key
+    // (a key file instead of its `pubkey`) is only caught by comparing.
+    if !matches!(config.remote, Remote::Secret(_)) && remote.0 == *local.as_bytes() {
+        return Err(Error::Usage(format!(
+            "-k is this end's private key (that of {}), not the other end's public key: \
+             give the other end's, as `taptun pubkey` prints it there",
+            config.local.origin
+        )));
+    }
+    // Both ends then hold one key pair. That works (it used to be the only
+    // check of a shared secret, and refusing it would stop configurations
+    // that ran before), but anyone with that secret can be either end, and
+    // it is usually one secret given twice or the wrong public key pasted:
+    // say so loudly, and let the handshake say "swapped" if it fails.
+    if remote == local.public_key() {
+        let local_origin = config.local.origin;
+        match &config.remote {
+            Remote::Secret(spec) => ::log::warn!(
+                "{local_origin} and {} give the same secret, so both ends hold one key pair and \
+                 either end can impersonate the other; give each end a secret of its own (the server \
+                 runs -l S1 -r S2, the client -l S2 -r S1)",
+                spec.origin
+            ),
+            Remote::Key(_) | Remote::KeyFile(_) => ::log::warn!(
+                "-k is this end's own public key (that of {local_origin}): unless the other end \
+                 runs with this very secret, give the other end's, as `taptun pubkey` prints it there"
+            ),
+        }
+    }
     Identity::new(local, remote, config.cipher).map_err(|why| Error::Secret {
         subject: "the remote key".into(),
         why,
@@ -277,11 +336,17 @@ fn forbid_core_dumps() {
 }
 
 /// `taptun genkey [PATH]`: prints a new private key, or writes it to a new
-/// file PATH with mode 600 and prints its public key.
+/// file PATH with mode 600 and prints its public key: labelled when
+/// `label` (stdout is a terminal, where a bare key could pass for the
+/// private one), bare for scripts.
 ///
 /// # Errors
 /// A failing random source or output, or PATH that exists already.
-pub fn genkey(path: Option<&std::path::Path>, out: &mut dyn Write) -> Result<(), Error> {
+pub fn genkey(
+    path: Option<&std::path::Path>,
+    label: bool,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
     forbid_core_dumps();
     let key = PrivateKey::generate()?;
     // One write of the whole line: a line-buffered stdout passes it straight
@@ -296,6 +361,7 @@ pub fn genkey(path: Option<&std::path::Path>, out: &mut dyn Write) -> Result<(),
     use std::os::unix::fs::OpenOptionsExt;
     let file_err = |source| Error::KeyFile {
         path: path.to_owned(),
+        kind: error::KeyFileKind::New,
         source,
     };
     let mut file = std::fs::OpenOptions::new()
@@ -307,7 +373,9 @@ pub fn genkey(path: Option<&std::path::Path>, out: &mut dyn Write) -> Result<(),
     file.write_all(line.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(file_err)?;
-    writeln!(out, "{}", key.public_key()).map_err(|e| Error::io("cannot write the public key", e))
+    let label = if label { "public key: " } else { "" };
+    writeln!(out, "{label}{}", key.public_key())
+        .map_err(|e| Error::io("cannot write the public key", e))
 }
 
 /// `taptun pubkey`: reads a secret (key or passphrase) as the first line of
@@ -326,8 +394,24 @@ pub fn pubkey(input: &mut dyn Read, out: &mut dyn Write) -> Result<(), Error> {
         },
         _ => Error::io("cannot read the secret from standard input", e),
     })?;
-    let text = SecretText::parse(&line).map_err(|why| Error::Secret {
-        subject: "standard input".into(),
+    print_public_key(&line, "standard input", out)
+}
+
+/// `taptun pubkey FILE`: as [`pubkey`], the secret read from a file with
+/// the checks of a secret file (mode 600 among them).
+///
+/// # Errors
+/// A file that cannot be used as a secret file, or a secret that is empty
+/// or a malformed key (exit 2).
+pub fn pubkey_of_file(path: &std::path::Path, out: &mut dyn Write) -> Result<(), Error> {
+    forbid_core_dumps();
+    let line = keys::read_secret_file(path)?;
+    print_public_key(&line, &path.display().to_string(), out)
+}
+
+fn print_public_key(line: &str, subject: &str, out: &mut dyn Write) -> Result<(), Error> {
+    let text = SecretText::parse(line).map_err(|why| Error::Secret {
+        subject: subject.into(),
         why,
     })?;
     writeln!(out, "{}", text.private_key().public_key())

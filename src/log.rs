@@ -3,7 +3,8 @@
 //!
 //! Default: informational lines from taptun (a line per session start and
 //! end, every warning and error), warnings from libraries. Each -v adds
-//! detail; RUST_LOG, when set, replaces the default filter entirely.
+//! detail; RUST_LOG, when set, replaces the default filter entirely (an
+//! invalid one is logged and ignored).
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
@@ -28,8 +29,18 @@ pub fn default_filter(verbosity: u8) -> &'static str {
 
 /// Sets up the logger. Calling it twice keeps the first.
 pub fn init(verbosity: u8, sink: Sink) {
-    let env = env_logger::Env::default().default_filter_or(default_filter(verbosity));
-    let mut builder = env_logger::Builder::from_env(env);
+    // RUST_LOG is checked here, not by env_logger: its parser prints what it
+    // refuses straight to fd 2, which under inetd is the peer's socket.
+    let from_env = std::env::var("RUST_LOG").ok();
+    let refused = from_env
+        .as_deref()
+        .and_then(|spec| env_filter::Builder::new().try_parse(spec).err());
+    let filter = match (&from_env, &refused) {
+        (Some(spec), None) => spec.as_str(),
+        _ => default_filter(verbosity),
+    };
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(filter);
     if sink == Sink::Syslog {
         let pid = std::process::id();
         builder
@@ -46,6 +57,9 @@ pub fn init(verbosity: u8, sink: Sink) {
             })));
     }
     let _ = builder.try_init();
+    if let (Some(spec), Some(why)) = (from_env, refused) {
+        log::warn!("RUST_LOG `{spec}` is not a logging filter ({why}); using -v's default");
+    }
 }
 
 /// Facility daemon (3) and the level's severity.

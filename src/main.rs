@@ -1,62 +1,73 @@
 //! The `taptun` command: argv to Config, logging, run, exit status.
+//!
+//! One rule for errors: a mistake in the command line, found before logging
+//! starts, is printed as `taptun: error: ... (see taptun --help)`; every
+//! later error goes through the log once it is up (as a log line, or to
+//! syslog), and `genkey` and `pubkey`, which log nothing, print
+//! `taptun: error: ...`; neither with the --help hint, which cannot help with
+//! a file's mode or a refused connection.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use taptun::config::{self, Command};
-use taptun::error::{EXIT_USAGE, Error};
+use taptun::error::SEE_HELP;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match Command::parse(&args, &|var| std::env::var(var).ok()) {
-        Ok(Command::Help) => {
-            print!("{}", config::help());
-            Ok(())
-        }
-        Ok(Command::Version) => {
-            println!("taptun {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        Ok(Command::GenKey(path)) => taptun::genkey(path.as_deref(), &mut std::io::stdout().lock()),
-        Ok(Command::Check(config)) => {
-            taptun::log::init(config.verbosity, taptun::log::Sink::Stderr);
-            taptun::check(&config).map(|()| println!("taptun: the configuration is valid"))
-        }
-        Ok(Command::PubKey) => taptun::unbuffered_stdin()
-            .and_then(|mut stdin| taptun::pubkey(&mut stdin, &mut std::io::stdout().lock())),
-        Ok(Command::Tunnel(config)) => {
-            taptun::log::init(config.verbosity, taptun::log_sink(&config));
-            taptun::run(*config).inspect_err(|e| log::debug!("exiting: {e}"))
-        }
+    let command = match Command::parse(&args, &|var| std::env::var(var).ok()) {
+        Ok(command) => command,
         Err(e) => {
             // Logging is not up yet, and under inetd fd 2 is the client's
             // socket: the client would read the message as a frame length.
             if config::mentions_inetd(&args) || taptun::sys::is_socket(2) {
                 taptun::log::init(0, taptun::log::Sink::Syslog);
             }
-            Err(e)
+            report(&format!("{e} {SEE_HELP}"));
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let result = match command {
+        Command::Help => {
+            print!("{}", config::help());
+            Ok(())
+        }
+        Command::Version => {
+            println!("taptun {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::GenKey(path) => {
+            let stdout = std::io::stdout();
+            let label = stdout.is_terminal();
+            taptun::genkey(path.as_deref(), label, &mut stdout.lock())
+        }
+        Command::Check(config) => {
+            taptun::log::init(config.verbosity, taptun::log::Sink::Stderr);
+            taptun::check(&config).map(|()| println!("taptun: the configuration is valid"))
+        }
+        Command::PubKey(Some(path)) => taptun::pubkey_of_file(&path, &mut std::io::stdout().lock()),
+        Command::PubKey(None) => taptun::unbuffered_stdin()
+            .and_then(|mut stdin| taptun::pubkey(&mut stdin, &mut std::io::stdout().lock())),
+        Command::Tunnel(config) => {
+            taptun::log::init(config.verbosity, taptun::log_sink(&config));
+            taptun::run(*config).inspect_err(|e| log::debug!("exiting: {e}"))
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            report(&e);
+            report(&e.to_string());
             ExitCode::from(e.exit_code())
         }
     }
 }
 
-/// Prints the error: through the log once it is up (in -i mode stderr may
+/// Prints an error: through the log once it is up (in -i mode stderr may
 /// be the tunnel's socket, and the log syslog), else on stderr.
-fn report(e: &Error) {
-    let hint = if e.exit_code() == EXIT_USAGE {
-        " (see taptun --help)"
-    } else {
-        ""
-    };
+fn report(message: &str) {
     if log::max_level() != log::LevelFilter::Off {
-        log::error!("{e}{hint}");
+        log::error!("{message}");
     } else {
-        let _ = writeln!(std::io::stderr(), "taptun: error: {e}{hint}");
+        let _ = writeln!(std::io::stderr(), "taptun: error: {message}");
     }
 }

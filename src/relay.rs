@@ -1,4 +1,5 @@
-//! The two directions of an established session, and their counters.
+//! The two directions of an established session, and the process's counters
+//! with whether a session is up (the SIGUSR1 line).
 //!
 //! One thread per direction, blocking I/O:
 //!
@@ -81,6 +82,8 @@ pub struct Counters {
     pub dropped_offload: AtomicU64,
     /// Frames from the peer whose virtio header failed the checks.
     pub dropped_invalid: AtomicU64,
+    /// Whether a session is up (SIGUSR1 says it first).
+    status: std::sync::Mutex<Status>,
 }
 
 impl Counters {
@@ -104,20 +107,54 @@ impl Counters {
         }
     }
 
-    /// The whole process's counters in one line (for SIGUSR1).
-    pub fn process_line(&self, uptime: std::time::Duration) -> String {
+    /// A session starts relaying with `peer`.
+    pub fn session_up(&self, peer: &str) {
+        self.status().up = Some((Instant::now(), peer.to_owned()));
+    }
+
+    /// The session relaying ended, for the reason `end` gives.
+    pub fn session_down(&self, end: &End) {
+        let mut status = self.status();
+        status.up = None;
+        status.last_end = Some((Instant::now(), end.to_string()));
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a session is up now and the whole process's counters, in one
+    /// line (for SIGUSR1): "session up 2m13s with PEER; counters: ..." or
+    /// "no session, last ended 30s ago: REASON; counters: ...". "To peer" is
+    /// what the device gave and the tunnel sent, "from peer" what arrived
+    /// and was written to the device.
+    pub fn process_line(&self, uptime: Duration) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let state = {
+            let status = self.status();
+            match (&status.up, &status.last_end) {
+                (Some((since, peer)), _) => {
+                    format!("session up {} with {peer}", short_duration(since.elapsed()))
+                }
+                (None, Some((at, why))) => format!(
+                    "no session, last ended {} ago: {why}",
+                    short_duration(at.elapsed())
+                ),
+                (None, None) => "no session yet".to_owned(),
+            }
+        };
         format!(
-            "counters: sessions {}, handshake failures {}, in {} frames/{} bytes, out {} frames/{} bytes, \
+            "{state}; counters: sessions {}, handshake failures {}, \
+             to peer {} frames/{} bytes, from peer {} frames/{} bytes, \
              dropped {} (oversize {}, refused by the device {}, stream backed up {}, no session {}, \
              super-frames for a peer without GSO {}, invalid virtio header {}), \
              keepalives sent {} received {}, uptime {} s",
             get(&self.sessions),
             get(&self.handshake_failures),
-            get(&self.frames_in),
-            get(&self.bytes_in),
             get(&self.frames_out),
             get(&self.bytes_out),
+            get(&self.frames_in),
+            get(&self.bytes_in),
             get(&self.dropped_oversize)
                 + get(&self.dropped_device)
                 + get(&self.dropped_backlog)
@@ -137,6 +174,27 @@ impl Counters {
     }
 }
 
+/// Whether a session relays now, and how the last one ended: what SIGUSR1
+/// reports first. Changed twice per session, never per frame.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Since when, and with whom, a session relays.
+    up: Option<(Instant, String)>,
+    /// When the last session ended, and why.
+    last_end: Option<(Instant, String)>,
+}
+
+/// "13s", "2m13s", "5h02m", "3d04h": short enough for a status line.
+pub fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
 /// Traffic counters at one moment, to compute a session's share.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -151,11 +209,11 @@ impl Snapshot {
     /// What happened since `earlier`, in one line.
     pub fn since(&self, earlier: &Snapshot) -> String {
         format!(
-            "in {} frames/{} bytes, out {} frames/{} bytes, dropped {}",
-            self.frames_in - earlier.frames_in,
-            self.bytes_in - earlier.bytes_in,
+            "to peer {} frames/{} bytes, from peer {} frames/{} bytes, dropped {}",
             self.frames_out - earlier.frames_out,
             self.bytes_out - earlier.bytes_out,
+            self.frames_in - earlier.frames_in,
+            self.bytes_in - earlier.bytes_in,
             self.dropped - earlier.dropped,
         )
     }
@@ -991,5 +1049,53 @@ mod tests {
             assert!(matches!(rb.join().unwrap(), End::Stopped));
             assert!(matches!(ra.join().unwrap(), End::PeerClosed));
         });
+    }
+
+    #[test]
+    fn status_line_starts_with_the_session_state_and_names_directions() {
+        let c = Counters::default();
+        Counters::add(&c.frames_out, 12);
+        Counters::add(&c.bytes_out, 1234);
+        Counters::add(&c.frames_in, 10);
+        Counters::add(&c.bytes_in, 1100);
+        let line = c.process_line(Duration::from_secs(7));
+        assert!(line.starts_with("no session yet; counters: "), "{line}");
+        assert!(
+            line.contains("to peer 12 frames/1234 bytes, from peer 10 frames/1100 bytes"),
+            "{line}"
+        );
+        assert!(line.ends_with("uptime 7 s"), "{line}");
+
+        c.session_up("10.0.0.2:41234");
+        let line = c.process_line(Duration::ZERO);
+        assert!(
+            line.starts_with("session up 0s with 10.0.0.2:41234; counters: "),
+            "{line}"
+        );
+
+        c.session_down(&End::PeerClosed);
+        let line = c.process_line(Duration::ZERO);
+        assert!(
+            line.starts_with("no session, last ended 0s ago: the peer closed the connection; "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn short_durations_keep_two_units() {
+        let cases = [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m00s"),
+            (133, "2m13s"),
+            (3599, "59m59s"),
+            (3600, "1h00m"),
+            (86399, "23h59m"),
+            (86400, "1d00h"),
+            (3 * 86400 + 4 * 3600 + 59, "3d04h"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(short_duration(Duration::from_secs(secs)), text, "{secs} s");
+        }
     }
 }

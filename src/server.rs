@@ -157,7 +157,7 @@ pub fn serve(tunnel: &Tunnel, listener: TcpListener) -> Result<(), Error> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    log::info!("listening on {local}, device {}", tunnel.device.name());
+    log::info!("{} ready; listening on {local}", tunnel.device.name());
     let replays = ReplayCache::default();
     let pending = Pending::default();
     let (events, inbox) = mpsc::channel::<Event>();
@@ -199,6 +199,7 @@ fn accept_loop<'scope>(
         let accepted = Instant::now();
         // The dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        log::debug!("{addr}: connection accepted");
         next_id += 1;
         let id = next_id;
         let Ok(abort) = conn.try_clone() else {

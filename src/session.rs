@@ -3,10 +3,12 @@
 //! down hook, and the log lines. Used by the client loop, by -i, and by the
 //! server for each authenticated connection.
 //!
-//! While no session relays, a [`Drain`] reads and drops (counting) what the
-//! device sends, so nothing queues up for a peer that is not there; the
+//! While no session relays, the device's carrier is off (the kernel then
+//! sends nothing into it) and a [`Drain`] reads and drops (counting) what it
+//! sent before, so nothing queues up for a peer that is not there; the
 //! device itself stays open for the life of the process, so addresses and
-//! routes set on it survive a reconnect.
+//! routes set on it survive a reconnect. The [`Counters`] keep whether a
+//! session is up, for SIGUSR1.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -86,7 +88,9 @@ impl Tunnel {
     /// Runs the initiator's handshake on `stream`.
     ///
     /// # Errors
-    /// `Error::Handshake` (exit 3). `Ok(None)` when a signal stopped it.
+    /// `Error::Handshake` (exit 3, or 1 for a peer that is not taptun), or
+    /// `Error::CommandExited` when a -x command ended first (exit 1).
+    /// `Ok(None)` when a signal stopped it.
     pub fn initiate(&self, stream: Stream, deadline: Instant) -> Result<Option<Ready>, Error> {
         let (peer, mut framed, closer, stop) = self.split(stream)?;
         let result = handshake::initiate(&mut framed, &self.identity, self.hello, deadline);
@@ -97,8 +101,9 @@ impl Tunnel {
     /// `progress` as in [`handshake::respond`].
     ///
     /// # Errors
-    /// `Error::Handshake` (exit 3). `Ok(None)` when a signal stopped it, or
-    /// `progress` declined to confirm.
+    /// `Error::Handshake` (exit 3, or 1 for a peer that is not taptun).
+    /// `Ok(None)` when a signal stopped it, or `progress` declined to
+    /// confirm.
     pub fn respond(
         &self,
         stream: Stream,
@@ -118,13 +123,15 @@ impl Tunnel {
         self.ready(result, peer, framed, closer, stop)
     }
 
-    /// A finished handshake: ready to relay, or closed with the reason.
+    /// A finished handshake: ready to relay, or closed with the reason. A
+    /// stream that ended or failed is blamed on a -x command that exited
+    /// (its status says more than a guess about the peer).
     fn ready(
         &self,
         result: Result<Established, HandshakeError>,
         peer: String,
         mut framed: Framed,
-        closer: Closer,
+        mut closer: Closer,
         stop: Arc<Stop>,
     ) -> Result<Option<Ready>, Error> {
         match result {
@@ -139,11 +146,22 @@ impl Tunnel {
                 }))
             }
             Err(cause) => {
+                let exited = match cause {
+                    HandshakeError::Closed(_)
+                    | HandshakeError::Io(_)
+                    | HandshakeError::Timeout(_) => closer.command_exit(),
+                    _ => None,
+                };
                 closer.abort();
                 closer.finish();
-                match cause {
-                    HandshakeError::Stopped => Ok(None),
-                    cause => {
+                match (cause, exited) {
+                    (HandshakeError::Stopped, _) => Ok(None),
+                    (cause, Some(exited)) => {
+                        Counters::add(&self.counters.handshake_failures, 1);
+                        log::debug!("{peer}: handshake failed: {cause}");
+                        Err(exited)
+                    }
+                    (cause, None) => {
                         Counters::add(&self.counters.handshake_failures, 1);
                         Err(Error::Handshake { peer, cause })
                     }
@@ -195,20 +213,27 @@ impl Tunnel {
             peer: ready.peer.clone(),
             peer_key: ready.established.peer_key,
         };
+        if let Some(drain) = drain.take() {
+            drain.finish();
+        }
+        // Before the up hook and the relay start, after the relay stopped:
+        // the hook sees the link up, and the kernel only sends into the
+        // device while a session reads it.
+        self.device.set_carrier(true);
+        self.counters.session_up(&ready.peer);
         let failure = Arc::new(Mutex::new(None));
         let up = (before.is_some() || self.up.is_some()).then(|| {
             let (env, stop, failure) = (env.clone(), ready.stop.clone(), failure.clone());
             scope.spawn(move || self.up_hook(before, &env, &stop, &failure))
         });
-        if let Some(drain) = drain.take() {
-            drain.finish();
-        }
         let mut end = self.relay(ready);
+        self.device.set_carrier(false);
         *drain = self.drain(scope);
         let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let (End::Stopped, Some(why)) = (&end, failed) {
             end = End::HookFailed(why);
         }
+        self.counters.session_down(&end);
         (end, SessionHooks { env, up })
     }
 

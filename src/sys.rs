@@ -900,3 +900,20 @@ impl Drop for Argon2Blocks {
         };
     }
 }
+
+/// TUNSETCARRIER (Linux 5.0): the device's carrier on or off, which
+/// `ip link` shows as LOWER_UP or NO-CARRIER and routing daemons follow.
+///
+/// # Errors
+/// ioctl(2)'s errors (EINVAL: an older kernel; EPERM: a persistent device
+/// we do not own).
+pub fn tun_set_carrier(fd: RawFd, on: bool) -> io::Result<()> {
+    let value = libc::c_int::from(on);
+    // SAFETY: TUNSETCARRIER reads one c_int through the pointer, which is live.
+    let rc = unsafe { libc::ioctl(fd, libc::TUNSETCARRIER, &value as *const libc::c_int) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

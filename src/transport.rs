@@ -80,6 +80,10 @@ mod scrub_tests {
 
 /// How long a -x command may take to exit once its stdin is closed.
 const COMMAND_GRACE: Duration = Duration::from_secs(2);
+/// How long a failed handshake waits for a -x command's exit status: the end
+/// of its stdout usually comes with its exit, and its status explains the
+/// failure better than any guess about the peer.
+const COMMAND_EXIT_WAIT: Duration = Duration::from_secs(1);
 /// Backlog of the listening socket.
 const LISTEN_BACKLOG: i32 = 128;
 
@@ -239,8 +243,14 @@ pub struct Closer {
 enum CloseHow {
     /// shutdown(2) wakes both halves of a socket.
     Socket(OwnedFd),
-    /// Killing the command closes its pipes.
-    Command(Child),
+    /// Killing the command closes its pipes. Once `reaped`, its pid may
+    /// belong to another process and is never signalled.
+    Command {
+        child: Child,
+        /// The -x text, for messages.
+        command: String,
+        reaped: bool,
+    },
     /// Plain pipes (-i under ssh): nothing can wake a blocked read except
     /// the stops the reader watches.
     Nothing,
@@ -254,30 +264,61 @@ impl Closer {
             CloseHow::Socket(fd) => {
                 let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
             }
-            CloseHow::Command(child) => sys::kill(child.id(), libc::SIGTERM),
-            CloseHow::Nothing => {}
+            CloseHow::Command {
+                child,
+                reaped: false,
+                ..
+            } => sys::kill(child.id(), libc::SIGTERM),
+            CloseHow::Command { reaped: true, .. } | CloseHow::Nothing => {}
         }
+    }
+
+    /// A -x command that has exited by itself (waiting up to
+    /// [`COMMAND_EXIT_WAIT`] for it), as `Error::CommandExited`; `None` while
+    /// it runs, and for the other streams. Call it before [`Closer::abort`],
+    /// whose signal would otherwise be the cause.
+    pub fn command_exit(&mut self) -> Option<Error> {
+        let CloseHow::Command {
+            child,
+            command,
+            reaped,
+        } = &mut self.how
+        else {
+            return None;
+        };
+        let status = wait_exit(child, COMMAND_EXIT_WAIT)?;
+        *reaped = true;
+        Some(Error::CommandExited {
+            command: command.clone(),
+            status,
+        })
     }
 
     /// After both halves are closed: reaps a command, waiting a little for
     /// it to exit by itself before killing it.
     pub fn finish(self) {
-        if let CloseHow::Command(mut child) = self.how {
-            let deadline = Instant::now() + COMMAND_GRACE;
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        log::debug!("command exited: {status}");
-                        return;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    _ => break,
-                }
+        if let CloseHow::Command { mut child, .. } = self.how {
+            // The status is kept once reaped: a second wait returns it.
+            if let Some(status) = wait_exit(&mut child, COMMAND_GRACE) {
+                log::debug!("command exited: {status}");
+                return;
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// The exit status of `child` once it has exited, polled for up to `within`.
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => return None,
         }
     }
 }
@@ -322,10 +363,11 @@ impl Stream {
     /// too when it is the same socket as fd 0 (inetd and xinetd do that).
     ///
     /// # Errors
-    /// When fd 0 or fd 1 is not open.
+    /// When fd 0 or fd 1 is not open, or fd 0 is not a socket or a pipe.
     pub fn stdio() -> Result<Stream, Error> {
         let io_err = |e| Error::io("-i: cannot take the stream from fd 0 and fd 1", e);
         let read = sys::dup_high(0).map_err(io_err)?;
+        refuse_stdin_that_is_no_connection(&read)?;
         let write = sys::dup_high(1).map_err(io_err)?;
         let mut redirect = vec![0, 1];
         if stderr_is_stream() {
@@ -378,7 +420,11 @@ impl Stream {
             peer: "exec".into(),
             read: stdout.into(),
             write: stdin.into(),
-            how: CloseHow::Command(child),
+            how: CloseHow::Command {
+                child,
+                command: command.to_owned(),
+                reaped: false,
+            },
         })
     }
 
@@ -406,6 +452,7 @@ impl Stream {
             reader: FrameReader::with_capacity(reader, frame::MAX_WIRE),
             writer,
             scratch: Vec::new(),
+            peer: self.peer,
         };
         Ok((framed, Closer { how: self.how }))
     }
@@ -423,6 +470,39 @@ fn limit_unsent(socket: &impl AsRawFd) {
     }
 }
 
+/// -i run by hand from a terminal, or with stdin at /dev/null or a file,
+/// would wait for a handshake that cannot come and end as an
+/// authentication failure: say what fd 0 is instead. Whoever starts -i
+/// gives it a socket (inetd, xinetd, systemd) or a pipe (ssh, -x).
+fn refuse_stdin_that_is_no_connection(fd: &OwnedFd) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    use std::os::unix::fs::FileTypeExt;
+    let kind = File::from(
+        fd.try_clone()
+            .map_err(|e| Error::io("-i: cannot look at fd 0", e))?,
+    )
+    .metadata()
+    .map_err(|e| Error::io("-i: cannot look at fd 0", e))?
+    .file_type();
+    let what = if kind.is_socket() || kind.is_fifo() {
+        return Ok(());
+    } else if fd.is_terminal() {
+        "a terminal"
+    } else if kind.is_char_device() {
+        "a character device such as /dev/null"
+    } else if kind.is_file() {
+        "a file"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "neither a socket nor a pipe"
+    };
+    Err(Error::Usage(format!(
+        "-i: fd 0 is not a connection (it is {what}): -i is for inetd, xinetd, systemd \
+         or ssh to start, with the connection as fds 0 and 1; to run a server, use -s"
+    )))
+}
+
 /// Whether fd 2 is the same socket as fd 0 (inetd, xinetd): then nothing may
 /// be written to it and the log goes to syslog.
 pub fn stderr_is_stream() -> bool {
@@ -435,9 +515,15 @@ pub struct Framed {
     pub reader: FrameReader<StreamReader>,
     pub writer: StreamWriter,
     scratch: Vec<u8>,
+    /// The stream's peer, for the handshake's debug lines.
+    peer: String,
 }
 
 impl MessageIo for Framed {
+    fn peer(&self) -> &str {
+        &self.peer
+    }
+
     fn send(&mut self, msg: &[u8]) -> io::Result<()> {
         // Prefix and message in one write: one segment on the wire.
         self.scratch.clear();
@@ -448,6 +534,10 @@ impl MessageIo for Framed {
 
     fn recv(&mut self) -> io::Result<Option<&[u8]>> {
         self.reader.next_message()
+    }
+
+    fn peek(&mut self) -> io::Result<&[u8]> {
+        self.reader.fill_prefix()
     }
 
     fn set_deadline(&mut self, deadline: Option<Instant>) {
@@ -836,6 +926,8 @@ enum HostState {
 struct Attempt {
     socket: socket2::Socket,
     addr: SocketAddr,
+    /// For the debug log: how long the connect took.
+    started: Instant,
 }
 
 impl Host {
@@ -866,6 +958,7 @@ impl Host {
             Err(e) => return self.fail(e),
         };
         let (tx, answer) = std::sync::mpsc::channel();
+        log::debug!("{}: looking up", self.name);
         let (host, done) = (self.host.clone(), ready.clone());
         // Never joined: when the stop comes first, the process exits
         // without waiting for getaddrinfo.
@@ -895,13 +988,21 @@ impl Host {
         if let HostState::Resolving { answer, .. } = &self.state {
             match answer.try_recv() {
                 Ok(Ok(addrs)) => {
+                    log::debug!(
+                        "{}: resolved to {addrs:?} in {:.0?}",
+                        self.name,
+                        self.started.map(|t| t.elapsed()).unwrap_or_default()
+                    );
                     self.state = HostState::Dialing {
                         queue: interleave(addrs),
                         attempts: Vec::new(),
                         last_start: None,
                     };
                 }
-                Ok(Err(e)) => self.fail(e),
+                Ok(Err(e)) => {
+                    log::debug!("{}: lookup failed: {e}", self.name);
+                    self.fail(e)
+                }
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     self.fail(io::Error::other("the lookup thread died"));
@@ -921,10 +1022,15 @@ impl Host {
                 break;
             };
             *last_start = Some(now);
+            log::debug!("{addr}: connecting");
             match dial(addr, fwmark) {
-                Ok(socket) => attempts.push(Attempt { socket, addr }),
+                Ok(socket) => attempts.push(Attempt {
+                    socket,
+                    addr,
+                    started: now,
+                }),
                 Err(e) => {
-                    log::debug!("{addr}: {e}");
+                    log::debug!("{addr}: connect failed: {e}");
                     self.last = Some(e);
                 }
             }
@@ -956,10 +1062,14 @@ impl Host {
                 Ok(None) => attempt.socket.set_nonblocking(false),
             };
             let attempt = attempts.swap_remove(i);
+            let took = attempt.started.elapsed();
             match outcome {
-                Ok(()) => return Some((attempt.socket.into(), attempt.addr)),
+                Ok(()) => {
+                    log::debug!("{}: connected in {took:.0?}", attempt.addr);
+                    return Some((attempt.socket.into(), attempt.addr));
+                }
                 Err(e) => {
-                    log::debug!("{}: {e}", attempt.addr);
+                    log::debug!("{}: connect failed after {took:.0?}: {e}", attempt.addr);
                     self.last = Some(e);
                 }
             }

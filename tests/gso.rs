@@ -63,7 +63,8 @@ fn log_lines(proc: &Proc, needles: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// (frames, bytes) from the "DIR F frames/B bytes" part of a counters line (DIR: "in" or "out").
+/// (frames, bytes) from the "DIR F frames/B bytes" part of a counters line (DIR: "from peer" or
+/// "to peer").
 fn frames_bytes(line: &str, dir: &str) -> Option<(u64, u64)> {
     line.split(", ").find_map(|part| {
         let rest = part.strip_prefix(dir)?.strip_prefix(' ')?;
@@ -99,7 +100,7 @@ fn counters(proc: &Proc) -> Counters {
         frames_bytes(&line, dir)
             .unwrap_or_else(|| panic!("no `{dir} F frames/B bytes` in the counters line: {line}"))
     };
-    let ((frames_in, bytes_in), (frames_out, bytes_out)) = (parse("in"), parse("out"));
+    let ((frames_in, bytes_in), (frames_out, bytes_out)) = (parse("from peer"), parse("to peer"));
     // Neither can happen in these tests: both ends agree on the framing before any TCP traffic.
     for what in [
         "super-frames for a peer without GSO",
@@ -531,7 +532,11 @@ fn a_gso_peer_s_invalid_virtio_headers_are_dropped_counted_and_never_reach_the_d
     );
     p.a.wait_for_device("tt0");
     let invalid = |line: &str| count(line, "invalid virtio header").expect("invalid virtio header");
-    let frames_in = |line: &str| frames_bytes(line, "in").expect("in F frames").0;
+    let frames_in = |line: &str| {
+        frames_bytes(line, "from peer")
+            .expect("from peer F frames")
+            .0
+    };
 
     // A valid super-frame reaches the device: the way to see a frame arrive works.
     let valid = vnet::tcp_super_frame(Kind::Ethernet, false, 0, 3000);

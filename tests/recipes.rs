@@ -96,18 +96,18 @@ fn count(line: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `{what} N` in {line}"))
 }
 
-/// (frames, bytes) of the "out F frames/B bytes" part of a counters line: what the server read
+/// (frames, bytes) of the "to peer F frames/B bytes" part of a counters line: what the server read
 /// from its device and sent to the client.
 fn frames_out(line: &str) -> (u64, u64) {
     line.split(", ")
         .find_map(|part| {
-            let (frames, bytes) = part.strip_prefix("out ")?.split_once(" frames/")?;
+            let (frames, bytes) = part.strip_prefix("to peer ")?.split_once(" frames/")?;
             Some((
                 frames.parse().ok()?,
                 bytes.strip_suffix(" bytes")?.parse().ok()?,
             ))
         })
-        .unwrap_or_else(|| panic!("no `out F frames/B bytes` in {line}"))
+        .unwrap_or_else(|| panic!("no `to peer F frames/B bytes` in {line}"))
 }
 
 /// Runs `transfer` and returns its rate with the average size of the frames the server read
