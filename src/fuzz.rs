@@ -1,6 +1,8 @@
-//! Entry points for the fuzz targets in `fuzz/` and for the test that
-//! replays their corpus under `cargo test`: one function per target, so
-//! the fuzzer and CI run exactly the same code.
+//! Entry points for the fuzz targets in `fuzz/` and for the tests at the end
+//! of this file that replay their corpora under `cargo test`: one function
+//! per target, so that the fuzzer and CI run exactly the same code. Built
+//! only for those two (`cfg(fuzzing)`, which cargo-fuzz sets, or
+//! `cfg(test)`): the shipped library carries none of it.
 //!
 //! Each function takes arbitrary bytes and must never panic, hang or grow
 //! without bound; a panic here is a finding. Besides "does not crash", each
@@ -748,9 +750,6 @@ pub fn session_transport(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------
-// Seed corpus.
-
-// ---------------------------------------------------------------------------
 // Target 4: virtio headers.
 
 /// Fuzz target: [`vnet::check`] (for a TAP and for a TUN device) and
@@ -865,9 +864,12 @@ fn tcp_header_of(frame: &[u8], kind: vnet::Kind) -> Option<(u8, usize)> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Seed corpus.
+
 /// The meaningful seed inputs of each target, by target name and file name:
-/// valid messages, truncated and altered ones. `tests/fuzz_corpus.rs` writes
-/// them to `fuzz/corpus/TARGET/` on request and replays them always.
+/// valid messages, truncated and altered ones. The tests below write
+/// them to `fuzz/corpus/TARGET/` on request and replay them always.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut seeds = Vec::new();
     let t = transcript(Cipher::ChaChaPoly);
@@ -1091,4 +1093,95 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add("truncated", 1, cut);
     add("max-prefix-trickle", 0, vec![0xff, 0xff, 0, 0, 0, 0]);
     seeds
+}
+
+/// Replays the committed corpora (`fuzz/corpus/TARGET/`) and the seeds
+/// through the functions above, so that plain `cargo test` checks every
+/// input the fuzzer found interesting, in seconds, without libFuzzer or a
+/// nightly compiler. `cargo test --lib fuzz:: -- --ignored` (re)writes the
+/// seeds into the corpus directories as `seed-NAME`.
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::{Path, PathBuf};
+    use std::time::Instant;
+
+    fn corpus_dir(target: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz")
+            .join("corpus")
+            .join(target)
+    }
+
+    /// Runs `fuzz` over every file of the target's corpus and over its
+    /// seeds; a panic names the input.
+    fn replay(target: &str, fuzz: fn(&[u8])) {
+        let dir = corpus_dir(target);
+        let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.expect("a directory entry").path())
+            .filter(|path| path.is_file())
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "{} holds no inputs", dir.display());
+        let start = Instant::now();
+        for path in &files {
+            let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            run_one(&path.display().to_string(), &data, fuzz);
+        }
+        let seeds: Vec<_> = super::seeds()
+            .into_iter()
+            .filter(|(t, _, _)| *t == target)
+            .collect();
+        assert!(!seeds.is_empty(), "no seeds for {target}");
+        for (_, name, data) in &seeds {
+            run_one(&format!("seed {name}"), data, fuzz);
+        }
+        println!(
+            "{target}: {} corpus files and {} seeds in {:?}",
+            files.len(),
+            seeds.len(),
+            start.elapsed()
+        );
+    }
+
+    fn run_one(what: &str, data: &[u8], fuzz: fn(&[u8])) {
+        let result = std::panic::catch_unwind(|| fuzz(data));
+        if let Err(panic) = result {
+            eprintln!("input {what} ({} bytes) failed", data.len());
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    #[test]
+    fn frame_decoder_corpus() {
+        replay("frame_decoder", super::frame_decoder);
+    }
+
+    #[test]
+    fn responder_handshake_corpus() {
+        replay("responder_handshake", super::responder_handshake);
+    }
+
+    #[test]
+    fn session_transport_corpus() {
+        replay("session_transport", super::session_transport);
+    }
+
+    #[test]
+    fn virtio_header_corpus() {
+        replay("virtio_header", super::virtio_header);
+    }
+
+    /// Writes the seed inputs into the corpus directories.
+    #[test]
+    #[ignore = "writes fuzz/corpus/: run on purpose to regenerate the seeds"]
+    fn write_seed_corpus() {
+        for (target, name, data) in super::seeds() {
+            let dir = corpus_dir(target);
+            fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let path = dir.join(format!("seed-{name}"));
+            fs::write(&path, &data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
 }
