@@ -333,7 +333,7 @@ fn make_transcript(cipher: Cipher) -> Transcript {
 /// What the input of [`responder_handshake`] replaces, chosen by its first
 /// byte (`byte & 0x7f` modulo 6; bit 7 picks AES-GCM over ChaCha20-Poly1305).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandshakeMode {
+enum HandshakeMode {
     /// The rest is the whole stream a server reads, through the frame codec
     /// and the real [`handshake::respond`]; run twice on one replay cache.
     Stream,
@@ -360,7 +360,7 @@ const MODES: [HandshakeMode; 6] = [
 ];
 
 /// The mode and cipher an input of [`responder_handshake`] selects.
-pub fn handshake_mode(data: &[u8]) -> Option<(HandshakeMode, Cipher)> {
+fn handshake_mode(data: &[u8]) -> Option<(HandshakeMode, Cipher)> {
     let (&first, _) = data.split_first()?;
     let mode = MODES[usize::from(first & 0x7f) % MODES.len()];
     let cipher = if first & 0x80 == 0 {
@@ -372,7 +372,7 @@ pub fn handshake_mode(data: &[u8]) -> Option<(HandshakeMode, Cipher)> {
 }
 
 /// The first byte of an input for `mode` and `cipher`.
-pub fn handshake_mode_byte(mode: HandshakeMode, cipher: Cipher) -> u8 {
+fn handshake_mode_byte(mode: HandshakeMode, cipher: Cipher) -> u8 {
     let index = MODES.iter().position(|m| *m == mode).unwrap_or(0);
     let index = u8::try_from(index).unwrap_or(0);
     match cipher {
@@ -593,7 +593,7 @@ fn respond_stream(t: &Transcript, stream: &[u8]) {
 /// The plaintext the peer seals at `nonce` in [`session_transport`]'s
 /// streams: any frame that reaches the device must be one of these, at its
 /// own nonce. Every fourth is a keepalive.
-pub fn genuine_frame(nonce: u64) -> Vec<u8> {
+fn genuine_frame(nonce: u64) -> Vec<u8> {
     let len = match nonce % 4 {
         0 => 1 + nonce % 61,
         1 => 1514,
@@ -607,7 +607,7 @@ pub fn genuine_frame(nonce: u64) -> Vec<u8> {
 
 /// `count` genuine frames, sealed by the client from nonce `from`, each with
 /// its length prefix: what an honest client sends.
-pub fn sealed_frames(cipher: Cipher, from: u64, count: u64) -> Vec<u8> {
+fn sealed_frames(cipher: Cipher, from: u64, count: u64) -> Vec<u8> {
     let t = transcript(cipher);
     let mut out = Vec::new();
     let mut buf = vec![0u8; frame::MAX_MESSAGE];
@@ -649,7 +649,7 @@ impl PacketDevice for RecordingDevice {
 
 /// How many genuine frames an input of [`session_transport`] puts first
 /// (its first byte, modulo 4).
-pub fn genuine_prefix(data: &[u8]) -> u64 {
+fn genuine_prefix(data: &[u8]) -> u64 {
     data.first().map_or(0, |b| u64::from(b % 4))
 }
 
