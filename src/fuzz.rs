@@ -616,8 +616,7 @@ fn sealed_frames(cipher: Cipher, from: u64, count: u64) -> Vec<u8> {
             .client_transport
             .seal(nonce, &genuine_frame(nonce), &mut buf)
             .expect("seal");
-        out.extend_from_slice(&frame::header(n));
-        out.extend_from_slice(&buf[..n]);
+        frame::encode(&buf[..n], &mut out);
     }
     out
 }
@@ -876,8 +875,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let framed = |messages: &[&[u8]]| {
         let mut out = Vec::new();
         for m in messages {
-            out.extend_from_slice(&frame::header(m.len()));
-            out.extend_from_slice(m);
+            frame::encode(m, &mut out);
         }
         out
     };

@@ -625,10 +625,9 @@ fn seal_into(
     plaintext: &[u8],
     out: &mut [u8],
 ) -> Result<usize, snow::Error> {
-    let room = frame::HEADER_LEN + plaintext.len() + TAG_LEN;
-    let sealed = transport.seal(nonce, plaintext, &mut out[frame::HEADER_LEN..room])?;
-    out[..frame::HEADER_LEN].copy_from_slice(&frame::header(sealed));
-    Ok(frame::HEADER_LEN + sealed)
+    frame::encode_with(out, |body| {
+        transport.seal(nonce, plaintext, &mut body[..plaintext.len() + TAG_LEN])
+    })
 }
 
 /// Reads and drops what the device sends while no session is up (counted),
@@ -868,12 +867,11 @@ mod tests {
         // A valid message from the initiator, then a copy with a flipped bit.
         let mut sealed = vec![0u8; 100];
         let n = ti.seal(0, b"good", &mut sealed).unwrap();
-        let mut bytes = frame::header(n).to_vec();
-        bytes.extend_from_slice(&sealed[..n]);
+        let mut bytes = Vec::new();
+        frame::encode(&sealed[..n], &mut bytes);
         let n = ti.seal(1, b"evil", &mut sealed).unwrap();
         sealed[5] ^= 1;
-        bytes.extend_from_slice(&frame::header(n));
-        bytes.extend_from_slice(&sealed[..n]);
+        frame::encode(&sealed[..n], &mut bytes);
         wire.write_all(&bytes).unwrap();
         let result = run(&b, sa, &tr);
         assert!(matches!(result, End::Protocol(_)), "{result}");
@@ -905,8 +903,8 @@ mod tests {
         let (sa, mut wire) = UnixStream::pair().unwrap();
         let mut sealed = vec![0u8; 100];
         let n = ti.seal(0, b"once", &mut sealed).unwrap();
-        let mut bytes = frame::header(n).to_vec();
-        bytes.extend_from_slice(&sealed[..n]);
+        let mut bytes = Vec::new();
+        frame::encode(&sealed[..n], &mut bytes);
         bytes.extend_from_slice(&bytes.clone());
         wire.write_all(&bytes).unwrap();
         let b = end();
