@@ -502,11 +502,16 @@ impl Sealer<'_> {
         self.seal(plaintext, out)
     }
 
-    /// Seals `plaintext` into `out` (room for a full message) behind its
-    /// prefix; returns the bytes used.
+    /// Seals `plaintext` into `out` behind its prefix; returns the bytes
+    /// used. `out` has room for the prefix, the plaintext (at most MAX_FRAME
+    /// and a virtio header) and the tag, so sealing only fails on a bug.
     fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, End> {
-        let used = seal_into(self.transport, self.nonce, plaintext, out)
-            .map_err(|e| End::Protocol(format!("cannot seal a frame: {e}")))?;
+        let room = plaintext.len() + TAG_LEN;
+        let used = frame::encode_with(out, |body| {
+            self.transport
+                .seal(self.nonce, plaintext, &mut body[..room])
+        })
+        .map_err(|e| End::Protocol(format!("cannot seal a frame: {e}")))?;
         self.nonce += 1;
         if plaintext.is_empty() {
             Counters::add(&self.counters.keepalives_out, 1);
@@ -613,21 +618,6 @@ fn write_failed(e: io::Error, stop: &Stop) -> End {
     } else {
         End::StreamError(e)
     }
-}
-
-/// Seals `plaintext` with `nonce` into `out` behind its length prefix;
-/// returns the bytes used. `out` has room for the prefix, the plaintext
-/// (at most MAX_FRAME and a virtio header) and the tag, so sealing only
-/// fails on a bug.
-fn seal_into(
-    transport: &Transport,
-    nonce: u64,
-    plaintext: &[u8],
-    out: &mut [u8],
-) -> Result<usize, snow::Error> {
-    frame::encode_with(out, |body| {
-        transport.seal(nonce, plaintext, &mut body[..plaintext.len() + TAG_LEN])
-    })
 }
 
 /// Reads and drops what the device sends while no session is up (counted),
