@@ -188,8 +188,8 @@ wait_for "the client's $device" "$client_pid" "taptun -c" "$tmp/client.log" \
     ip -n "$ns_client" link show dev "$device"
 
 # Addresses are the administrator's job; taptun only brings the link up.
-in_server ip addr add "$tunnel_server/24" dev "$device"
-in_client ip addr add "$tunnel_client/24" dev "$device"
+in_server ip addr replace "$tunnel_server/24" dev "$device"
+in_client ip addr replace "$tunnel_client/24" dev "$device"
 say "$device addresses: $tunnel_server (server), $tunnel_client (client)"
 
 # --- pings across the tunnel -------------------------------------------------

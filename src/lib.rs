@@ -134,6 +134,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         counters: Default::default(),
         up: config.up.clone(),
         down: config.down.clone(),
+        up_failures: Default::default(),
     };
     let finished = Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?;
     if let Some(waits_for) = waits_for(&config.mode) {

@@ -42,6 +42,9 @@ pub struct Tunnel {
     pub up: Option<String>,
     /// -D
     pub down: Option<String>,
+    /// The up hook's latest failure, so that one repeated at every
+    /// reconnect is logged as an error once.
+    pub up_failures: hooks::Repeats,
 }
 
 /// The hooks of a session that no longer relays: its up hook may still be
@@ -254,15 +257,47 @@ impl Tunnel {
         if stop.is_set() {
             return false;
         }
-        match hooks::run("up", up, env, HOOK_LIMIT, &self.shutdown, Duration::ZERO) {
-            Ok(()) => true,
+        let echo = self.up_failures.echo_level();
+        let ran = hooks::run(
+            "up",
+            up,
+            env,
+            HOOK_LIMIT,
+            &self.shutdown,
+            Duration::ZERO,
+            echo,
+        );
+        match ran {
+            Ok(()) => {
+                let failures = self.up_failures.succeeded();
+                if failures > 0 {
+                    log::info!("up hook succeeded after {failures} failures in a row");
+                }
+                true
+            }
             // SIGINT or SIGTERM: the down hook still runs.
             Err(why) if self.shutdown.is_set() => {
                 log::info!("{why}");
                 true
             }
             Err(why) => {
-                log::error!("{}: {why}; closing the session", env.peer);
+                let peer = &env.peer;
+                match self.up_failures.failed(&why) {
+                    hooks::Failure::New { previous: 0 } => {
+                        log::error!("{peer}: closing the session: {why}");
+                    }
+                    hooks::Failure::New { previous } => log::error!(
+                        "{peer}: closing the session: {why} (the failure before failed {previous} times in a row)"
+                    ),
+                    hooks::Failure::Repeat { count, remind } => log::log!(
+                        if remind {
+                            log::Level::Warn
+                        } else {
+                            log::Level::Debug
+                        },
+                        "{peer}: closing the session: the same failure, {count} times in a row: {why}"
+                    ),
+                }
                 *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 stop.trigger();
                 false
@@ -286,6 +321,7 @@ impl Tunnel {
                 HOOK_LIMIT,
                 &self.shutdown,
                 after_stop,
+                log::Level::Info,
             );
             if let Err(why) = ran {
                 log::error!("{why}");
