@@ -12,7 +12,8 @@
 //! - `transport`: `handshake::Transport::seal` then `open`, with keys from a
 //!   real handshake run in memory (snow's `StatelessTransportState`);
 //! - `path`: what the relay does per frame in user space: seal behind a
-//!   2-byte prefix in an output buffer, then a `frame::FrameReader` reads the
+//!   2-byte prefix in an output buffer (`frame::encode_with`, as the relay
+//!   does), then a `frame::FrameReader` reads the
 //!   bytes back (one in-memory read, standing in for the kernel's copy),
 //!   parses the prefix and hands out the message, which is opened.
 //!
@@ -146,10 +147,10 @@ fn bench_cipher(c: &mut Criterion, cipher: Cipher) {
         group.bench_with_input(BenchmarkId::new("path", size), &frame, |b, frame| {
             b.iter(|| {
                 let wire = reader.get_mut();
-                let body = &mut wire.bytes[frame::HEADER_LEN..];
-                let n = sender.seal(nonce, black_box(frame), body).expect("seals");
-                wire.bytes[..frame::HEADER_LEN].copy_from_slice(&frame::header(n));
-                wire.len = frame::HEADER_LEN + n;
+                wire.len = frame::encode_with(&mut wire.bytes, |body| {
+                    sender.seal(nonce, black_box(frame), body)
+                })
+                .expect("seals");
                 wire.pos = 0;
                 let msg = reader
                     .next_message()

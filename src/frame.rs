@@ -12,6 +12,8 @@
 //! protocol error. The end of the stream at a message boundary is a clean
 //! close; in the middle of a message it is an error. Reading goes through one
 //! large buffer allocated once, so that a burst of messages costs one read.
+//! Every writer of the prefix goes through [`encode`] or, to seal a frame in
+//! place, [`encode_with`].
 
 use std::fmt;
 use std::io::{self, Read};
@@ -67,8 +69,32 @@ pub fn decode(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
     Ok((buf.len() >= end).then_some((HEADER_LEN, end)))
 }
 
-/// The prefix for a message of `len` bytes (1..=65535).
-pub fn header(len: usize) -> [u8; HEADER_LEN] {
+/// Appends one message to `out` as it goes on the wire: its prefix, then
+/// its bytes (1..=65535 of them).
+pub fn encode(msg: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&header(msg.len()));
+    out.extend_from_slice(msg);
+}
+
+/// Writes one message into `out` in place, behind its prefix: `body` writes
+/// the message into `out[HEADER_LEN..]` and returns its length
+/// (1..=65535), so that a frame is sealed straight into the output buffer
+/// with no copy. Returns the bytes used, prefix included.
+///
+/// # Errors
+/// `body`'s error; then the prefix is not written.
+pub fn encode_with<E>(
+    out: &mut [u8],
+    body: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+) -> Result<usize, E> {
+    let (prefix, rest) = out.split_at_mut(HEADER_LEN);
+    let len = body(rest)?;
+    prefix.copy_from_slice(&header(len));
+    Ok(HEADER_LEN + len)
+}
+
+/// The prefix for a message of `len` bytes.
+fn header(len: usize) -> [u8; HEADER_LEN] {
     debug_assert!((1..=MAX_MESSAGE).contains(&len));
     // The callers' buffers cap len at MAX_MESSAGE, so the cast cannot wrap.
     (len as u16).to_be_bytes()
@@ -198,11 +224,10 @@ impl<R: Read> FrameReader<R> {
 mod tests {
     use super::*;
 
-    fn encode(messages: &[&[u8]]) -> Vec<u8> {
+    fn encode_all(messages: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for m in messages {
-            out.extend_from_slice(&header(m.len()));
-            out.extend_from_slice(m);
+            encode(m, &mut out);
         }
         out
     }
@@ -225,7 +250,7 @@ mod tests {
     #[test]
     fn decodes_messages_split_at_every_byte() {
         let big = vec![0xabu8; MAX_MESSAGE];
-        let wire = encode(&[b"a", &big, b"xyz", &big]);
+        let wire = encode_all(&[b"a", &big, b"xyz", &big]);
         for step in [1, 2, 3, 1000, MAX_WIRE + 7] {
             let mut r = FrameReader::with_capacity(Trickle { data: &wire, step }, MAX_WIRE);
             assert_eq!(r.next_message().unwrap().unwrap(), b"a");
@@ -238,7 +263,7 @@ mod tests {
 
     #[test]
     fn growing_keeps_buffered_messages() {
-        let wire = encode(&[b"one", b"two", b"three"]);
+        let wire = encode_all(&[b"one", b"two", b"three"]);
         let mut r = FrameReader::with_capacity(&wire[..], MAX_WIRE);
         assert_eq!(r.next_message().unwrap().unwrap(), b"one");
         r.grow(READ_BUFFER);
@@ -267,7 +292,7 @@ mod tests {
 
     #[test]
     fn eof_inside_the_body_is_an_error() {
-        let mut wire = encode(&[b"hello"]);
+        let mut wire = encode_all(&[b"hello"]);
         wire.pop();
         let mut r = FrameReader::new(&wire[..]);
         let err = r.next_message().unwrap_err();
@@ -282,7 +307,7 @@ mod tests {
 
     #[test]
     fn fill_prefix_reads_only_until_the_prefix_is_in_and_consumes_nothing() {
-        let wire = encode(&[b"hello", b"x"]);
+        let wire = encode_all(&[b"hello", b"x"]);
         let mut r = FrameReader::with_capacity(
             Trickle {
                 data: &wire,
@@ -304,6 +329,23 @@ mod tests {
             r.next_message().unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
+    }
+
+    #[test]
+    fn encode_and_encode_with_write_the_same_bytes() {
+        let mut appended = vec![9];
+        encode(b"abc", &mut appended);
+        assert_eq!(appended, [9, 0, 3, b'a', b'b', b'c']);
+        let mut out = [0u8; 8];
+        let used = encode_with(&mut out, |body| {
+            body[..3].copy_from_slice(b"abc");
+            Ok::<_, ()>(3)
+        });
+        assert_eq!(used, Ok(5));
+        assert_eq!(out[..5], appended[1..]);
+        let mut out = [7u8; 4];
+        assert_eq!(encode_with(&mut out, |_| Err("no")), Err("no"));
+        assert_eq!(out, [7; 4], "no prefix without a message");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Entry points for the fuzz targets in `fuzz/` and for the test that
-//! replays their corpus under `cargo test`: one function per target, so
-//! the fuzzer and CI run exactly the same code.
+//! Entry points for the fuzz targets in `fuzz/` and for the tests at the end
+//! of this file that replay their corpora under `cargo test`: one function
+//! per target, so that the fuzzer and CI run exactly the same code. Built
+//! only for those two (`cfg(fuzzing)`, which cargo-fuzz sets, or
+//! `cfg(test)`): the shipped library carries none of it.
 //!
 //! Each function takes arbitrary bytes and must never panic, hang or grow
 //! without bound; a panic here is a finding. Besides "does not crash", each
@@ -331,7 +333,7 @@ fn make_transcript(cipher: Cipher) -> Transcript {
 /// What the input of [`responder_handshake`] replaces, chosen by its first
 /// byte (`byte & 0x7f` modulo 6; bit 7 picks AES-GCM over ChaCha20-Poly1305).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandshakeMode {
+enum HandshakeMode {
     /// The rest is the whole stream a server reads, through the frame codec
     /// and the real [`handshake::respond`]; run twice on one replay cache.
     Stream,
@@ -358,7 +360,7 @@ const MODES: [HandshakeMode; 6] = [
 ];
 
 /// The mode and cipher an input of [`responder_handshake`] selects.
-pub fn handshake_mode(data: &[u8]) -> Option<(HandshakeMode, Cipher)> {
+fn handshake_mode(data: &[u8]) -> Option<(HandshakeMode, Cipher)> {
     let (&first, _) = data.split_first()?;
     let mode = MODES[usize::from(first & 0x7f) % MODES.len()];
     let cipher = if first & 0x80 == 0 {
@@ -370,13 +372,9 @@ pub fn handshake_mode(data: &[u8]) -> Option<(HandshakeMode, Cipher)> {
 }
 
 /// The first byte of an input for `mode` and `cipher`.
-pub fn handshake_mode_byte(mode: HandshakeMode, cipher: Cipher) -> u8 {
-    let index = MODES.iter().position(|m| *m == mode).unwrap_or(0);
-    let index = u8::try_from(index).unwrap_or(0);
-    match cipher {
-        Cipher::ChaChaPoly => index,
-        Cipher::AesGcm => index | 0x80,
-    }
+fn handshake_mode_byte(mode: HandshakeMode, cipher: Cipher) -> u8 {
+    // The variants are declared in the order of MODES.
+    mode as u8 | if cipher == Cipher::AesGcm { 0x80 } else { 0 }
 }
 
 /// Fuzz target: a responder (and, in two modes, an initiator) fed hostile
@@ -591,7 +589,7 @@ fn respond_stream(t: &Transcript, stream: &[u8]) {
 /// The plaintext the peer seals at `nonce` in [`session_transport`]'s
 /// streams: any frame that reaches the device must be one of these, at its
 /// own nonce. Every fourth is a keepalive.
-pub fn genuine_frame(nonce: u64) -> Vec<u8> {
+fn genuine_frame(nonce: u64) -> Vec<u8> {
     let len = match nonce % 4 {
         0 => 1 + nonce % 61,
         1 => 1514,
@@ -605,7 +603,7 @@ pub fn genuine_frame(nonce: u64) -> Vec<u8> {
 
 /// `count` genuine frames, sealed by the client from nonce `from`, each with
 /// its length prefix: what an honest client sends.
-pub fn sealed_frames(cipher: Cipher, from: u64, count: u64) -> Vec<u8> {
+fn sealed_frames(cipher: Cipher, from: u64, count: u64) -> Vec<u8> {
     let t = transcript(cipher);
     let mut out = Vec::new();
     let mut buf = vec![0u8; frame::MAX_MESSAGE];
@@ -614,8 +612,7 @@ pub fn sealed_frames(cipher: Cipher, from: u64, count: u64) -> Vec<u8> {
             .client_transport
             .seal(nonce, &genuine_frame(nonce), &mut buf)
             .expect("seal");
-        out.extend_from_slice(&frame::header(n));
-        out.extend_from_slice(&buf[..n]);
+        frame::encode(&buf[..n], &mut out);
     }
     out
 }
@@ -647,7 +644,7 @@ impl PacketDevice for RecordingDevice {
 
 /// How many genuine frames an input of [`session_transport`] puts first
 /// (its first byte, modulo 4).
-pub fn genuine_prefix(data: &[u8]) -> u64 {
+fn genuine_prefix(data: &[u8]) -> u64 {
     data.first().map_or(0, |b| u64::from(b % 4))
 }
 
@@ -746,9 +743,6 @@ pub fn session_transport(data: &[u8]) {
         );
     }
 }
-
-// ---------------------------------------------------------------------------
-// Seed corpus.
 
 // ---------------------------------------------------------------------------
 // Target 4: virtio headers.
@@ -865,17 +859,19 @@ fn tcp_header_of(frame: &[u8], kind: vnet::Kind) -> Option<(u8, usize)> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Seed corpus.
+
 /// The meaningful seed inputs of each target, by target name and file name:
-/// valid messages, truncated and altered ones. `tests/fuzz_corpus.rs` writes
-/// them to `fuzz/corpus/TARGET/` on request and replays them always.
+/// valid messages, truncated and altered ones. The tests below write
+/// them to `fuzz/corpus/TARGET/` on request and replay them always.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut seeds = Vec::new();
     let t = transcript(Cipher::ChaChaPoly);
     let framed = |messages: &[&[u8]]| {
         let mut out = Vec::new();
         for m in messages {
-            out.extend_from_slice(&frame::header(m.len()));
-            out.extend_from_slice(m);
+            frame::encode(m, &mut out);
         }
         out
     };
@@ -1091,4 +1087,95 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add("truncated", 1, cut);
     add("max-prefix-trickle", 0, vec![0xff, 0xff, 0, 0, 0, 0]);
     seeds
+}
+
+/// Replays the committed corpora (`fuzz/corpus/TARGET/`) and the seeds
+/// through the functions above, so that plain `cargo test` checks every
+/// input the fuzzer found interesting, in seconds, without libFuzzer or a
+/// nightly compiler. `cargo test --lib fuzz:: -- --ignored` (re)writes the
+/// seeds into the corpus directories as `seed-NAME`.
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::{Path, PathBuf};
+    use std::time::Instant;
+
+    fn corpus_dir(target: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz")
+            .join("corpus")
+            .join(target)
+    }
+
+    /// Runs `fuzz` over every file of the target's corpus and over its
+    /// seeds; a panic names the input.
+    fn replay(target: &str, fuzz: fn(&[u8])) {
+        let dir = corpus_dir(target);
+        let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.expect("a directory entry").path())
+            .filter(|path| path.is_file())
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "{} holds no inputs", dir.display());
+        let start = Instant::now();
+        for path in &files {
+            let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            run_one(&path.display().to_string(), &data, fuzz);
+        }
+        let seeds: Vec<_> = super::seeds()
+            .into_iter()
+            .filter(|(t, _, _)| *t == target)
+            .collect();
+        assert!(!seeds.is_empty(), "no seeds for {target}");
+        for (_, name, data) in &seeds {
+            run_one(&format!("seed {name}"), data, fuzz);
+        }
+        println!(
+            "{target}: {} corpus files and {} seeds in {:?}",
+            files.len(),
+            seeds.len(),
+            start.elapsed()
+        );
+    }
+
+    fn run_one(what: &str, data: &[u8], fuzz: fn(&[u8])) {
+        let result = std::panic::catch_unwind(|| fuzz(data));
+        if let Err(panic) = result {
+            eprintln!("input {what} ({} bytes) failed", data.len());
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    #[test]
+    fn frame_decoder_corpus() {
+        replay("frame_decoder", super::frame_decoder);
+    }
+
+    #[test]
+    fn responder_handshake_corpus() {
+        replay("responder_handshake", super::responder_handshake);
+    }
+
+    #[test]
+    fn session_transport_corpus() {
+        replay("session_transport", super::session_transport);
+    }
+
+    #[test]
+    fn virtio_header_corpus() {
+        replay("virtio_header", super::virtio_header);
+    }
+
+    /// Writes the seed inputs into the corpus directories.
+    #[test]
+    #[ignore = "writes fuzz/corpus/: run on purpose to regenerate the seeds"]
+    fn write_seed_corpus() {
+        for (target, name, data) in super::seeds() {
+            let dir = corpus_dir(target);
+            fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let path = dir.join(format!("seed-{name}"));
+            fs::write(&path, &data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
 }

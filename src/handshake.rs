@@ -1019,8 +1019,9 @@ mod tests {
 
     impl MessageIo for Pipe {
         fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-            self.writer.write_all(&crate::frame::header(msg.len()))?;
-            self.writer.write_all(msg)
+            let mut wire = Vec::new();
+            crate::frame::encode(msg, &mut wire);
+            self.writer.write_all(&wire)
         }
         fn recv(&mut self) -> io::Result<Option<&[u8]>> {
             self.reader.next_message().map_err(deadline_passed)

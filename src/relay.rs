@@ -502,11 +502,16 @@ impl Sealer<'_> {
         self.seal(plaintext, out)
     }
 
-    /// Seals `plaintext` into `out` (room for a full message) behind its
-    /// prefix; returns the bytes used.
+    /// Seals `plaintext` into `out` behind its prefix; returns the bytes
+    /// used. `out` has room for the prefix, the plaintext (at most MAX_FRAME
+    /// and a virtio header) and the tag, so sealing only fails on a bug.
     fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, End> {
-        let used = seal_into(self.transport, self.nonce, plaintext, out)
-            .map_err(|e| End::Protocol(format!("cannot seal a frame: {e}")))?;
+        let room = plaintext.len() + TAG_LEN;
+        let used = frame::encode_with(out, |body| {
+            self.transport
+                .seal(self.nonce, plaintext, &mut body[..room])
+        })
+        .map_err(|e| End::Protocol(format!("cannot seal a frame: {e}")))?;
         self.nonce += 1;
         if plaintext.is_empty() {
             Counters::add(&self.counters.keepalives_out, 1);
@@ -613,22 +618,6 @@ fn write_failed(e: io::Error, stop: &Stop) -> End {
     } else {
         End::StreamError(e)
     }
-}
-
-/// Seals `plaintext` with `nonce` into `out` behind its length prefix;
-/// returns the bytes used. `out` has room for the prefix, the plaintext
-/// (at most MAX_FRAME and a virtio header) and the tag, so sealing only
-/// fails on a bug.
-fn seal_into(
-    transport: &Transport,
-    nonce: u64,
-    plaintext: &[u8],
-    out: &mut [u8],
-) -> Result<usize, snow::Error> {
-    let room = frame::HEADER_LEN + plaintext.len() + TAG_LEN;
-    let sealed = transport.seal(nonce, plaintext, &mut out[frame::HEADER_LEN..room])?;
-    out[..frame::HEADER_LEN].copy_from_slice(&frame::header(sealed));
-    Ok(frame::HEADER_LEN + sealed)
 }
 
 /// Reads and drops what the device sends while no session is up (counted),
@@ -868,12 +857,11 @@ mod tests {
         // A valid message from the initiator, then a copy with a flipped bit.
         let mut sealed = vec![0u8; 100];
         let n = ti.seal(0, b"good", &mut sealed).unwrap();
-        let mut bytes = frame::header(n).to_vec();
-        bytes.extend_from_slice(&sealed[..n]);
+        let mut bytes = Vec::new();
+        frame::encode(&sealed[..n], &mut bytes);
         let n = ti.seal(1, b"evil", &mut sealed).unwrap();
         sealed[5] ^= 1;
-        bytes.extend_from_slice(&frame::header(n));
-        bytes.extend_from_slice(&sealed[..n]);
+        frame::encode(&sealed[..n], &mut bytes);
         wire.write_all(&bytes).unwrap();
         let result = run(&b, sa, &tr);
         assert!(matches!(result, End::Protocol(_)), "{result}");
@@ -905,8 +893,8 @@ mod tests {
         let (sa, mut wire) = UnixStream::pair().unwrap();
         let mut sealed = vec![0u8; 100];
         let n = ti.seal(0, b"once", &mut sealed).unwrap();
-        let mut bytes = frame::header(n).to_vec();
-        bytes.extend_from_slice(&sealed[..n]);
+        let mut bytes = Vec::new();
+        frame::encode(&sealed[..n], &mut bytes);
         bytes.extend_from_slice(&bytes.clone());
         wire.write_all(&bytes).unwrap();
         let b = end();

@@ -527,8 +527,7 @@ impl MessageIo for Framed {
     fn send(&mut self, msg: &[u8]) -> io::Result<()> {
         // Prefix and message in one write: one segment on the wire.
         self.scratch.clear();
-        self.scratch.extend_from_slice(&frame::header(msg.len()));
-        self.scratch.extend_from_slice(msg);
+        frame::encode(msg, &mut self.scratch);
         self.writer.write_all(&self.scratch)
     }
 

@@ -296,7 +296,8 @@ fn fold(mut sum: u64) -> u16 {
 /// An IPv4 UDP packet in an Ethernet frame with a partial checksum, as the
 /// kernel hands it over, and its fully checksummed twin: for tests and the
 /// fuzz seeds.
-pub fn udp_frame(payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
+#[cfg(any(test, fuzzing))]
+pub(crate) fn udp_frame(payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let (src, dst) = ([10u8, 0, 0, 1], [10u8, 0, 0, 2]);
     let udp_len = 8 + payload.len();
     let mut frame = vec![0u8; 14];

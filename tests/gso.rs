@@ -344,8 +344,8 @@ fn private_key(secret: &str) -> PrivateKey {
 }
 
 fn framed(message: &[u8]) -> Vec<u8> {
-    let mut out = frame::header(message.len()).to_vec();
-    out.extend_from_slice(message);
+    let mut out = Vec::new();
+    frame::encode(message, &mut out);
     out
 }
 

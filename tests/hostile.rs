@@ -500,8 +500,8 @@ fn valid_message1(identity: &Identity) -> Vec<u8> {
 }
 
 fn framed(message: &[u8]) -> Vec<u8> {
-    let mut out = frame::header(message.len()).to_vec();
-    out.extend_from_slice(message);
+    let mut out = Vec::new();
+    frame::encode(message, &mut out);
     out
 }
 

@@ -48,8 +48,8 @@ fn captured_message1(p: &Pair) -> Vec<u8> {
     let mut init = Initiator::new(&identity, Hello::new(Layer::Tap, 1500)).expect("initiator");
     let mut buf = vec![0u8; frame::MAX_MESSAGE];
     let n = init.write_message1(&mut buf).expect("message 1");
-    let mut out = frame::header(n).to_vec();
-    out.extend_from_slice(&buf[..n]);
+    let mut out = Vec::new();
+    frame::encode(&buf[..n], &mut out);
     out
 }
 

@@ -1,6 +1,6 @@
 //! The length-prefix codec: decode and FrameReader agree on any bytes.
-//! The checks live in `taptun::fuzz::frame_decoder`, which `tests/fuzz_corpus.rs`
-//! also runs over this target's corpus.
+//! The checks live in `taptun::fuzz::frame_decoder` (src/fuzz.rs), whose unit tests
+//! replay this target's corpus under `cargo test`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

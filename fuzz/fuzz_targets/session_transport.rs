@@ -1,6 +1,6 @@
 //! An established session's receiving side (the real relay) reading a hostile stream.
-//! The checks live in `taptun::fuzz::session_transport`, which `tests/fuzz_corpus.rs`
-//! also runs over this target's corpus.
+//! The checks live in `taptun::fuzz::session_transport` (src/fuzz.rs), whose unit tests
+//! replay this target's corpus under `cargo test`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
