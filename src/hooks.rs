@@ -3,15 +3,15 @@
 //!
 //! A hook sees TAPTUN_DEVICE, TAPTUN_TYPE, TAPTUN_MTU, TAPTUN_PEER and
 //! TAPTUN_PEER_KEY, and never the secrets or systemd's hand-over variables
-//! (see [`crate::transport::is_scrubbed`]). Its stdin is /dev/null and its
-//! stdout is ours (in -i mode /dev/null). Its stderr is a pipe: each line
-//! goes to our log as it comes (under inetd our own stderr may go nowhere),
-//! and the last [`STDERR_TAIL`] bytes end the failure's text, so that the
-//! error says what the hook said. It runs in a process group of its own. A
-//! hook that runs past [`HOOK_LIMIT`] is killed, and so is an up hook
-//! running when SIGINT or SIGTERM arrives; the down hook then gets
-//! [`DOWN_LIMIT_ON_STOP`]. Either way the failure is logged, and a failed up
-//! hook ends the session.
+//! (see `child::is_scrubbed`). Its stdin is /dev/null and its stdout is
+//! ours (in -i mode /dev/null). Its stderr is a pipe: each line goes to our
+//! log as it comes (under inetd our own stderr may go nowhere), and the last
+//! [`STDERR_TAIL`] bytes end the failure's text, so that the error says what
+//! the hook said. It runs in a process group of its own. A hook that runs
+//! past [`HOOK_LIMIT`] is stopped (`Child::stop`: SIGTERM to its group,
+//! SIGKILL a second later), and so is an up hook running when SIGINT or
+//! SIGTERM arrives; the down hook then gets [`DOWN_LIMIT_ON_STOP`]. Either
+//! way the failure is logged, and a failed up hook ends the session.
 //!
 //! An up hook that fails the same way at every reconnect (an address that
 //! is already there, say) would log the same error every time; [`Repeats`]
@@ -19,25 +19,20 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{ChildStderr, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::child::{self, Child, POLL};
 use crate::device::Layer;
 use crate::keys::PublicKey;
 use crate::sys::{self, Stop};
-use crate::transport::scrub_env;
 
 /// How long a hook may run.
 pub const HOOK_LIMIT: Duration = Duration::from_secs(30);
 /// How long the down hook may run once SIGINT or SIGTERM has arrived.
 pub const DOWN_LIMIT_ON_STOP: Duration = Duration::from_secs(5);
-/// How long a hook that must go has between SIGTERM and SIGKILL.
-pub const KILL_GRACE: Duration = Duration::from_secs(1);
-/// How often a running hook is checked.
-const POLL: Duration = Duration::from_millis(10);
 /// How much of a hook's stderr, its last lines, a failure's text carries.
 pub const STDERR_TAIL: usize = 4096;
 /// A longer line of a hook's stderr is cut here, so that a hook writing
@@ -75,10 +70,9 @@ impl HookEnv {
 
 /// Runs hook `name` (for the log: "up" or "down") and waits for it, at
 /// most `limit`. Once `stop` is set the hook has at most `after_stop` left
-/// (zero for an up hook: it is stopped at once). A hook that must go gets
-/// SIGTERM, and SIGKILL [`KILL_GRACE`] later, sent to its process group so
-/// that what it started goes too. Each line of its stderr is logged at
-/// `echo` as it comes.
+/// (zero for an up hook: it is stopped at once). A hook that must go is
+/// stopped with its whole process group (`Child::stop`). Each line of its
+/// stderr is logged at `echo` as it comes.
 ///
 /// # Errors
 /// A text saying why the hook failed: it could not start, exited non-zero
@@ -93,25 +87,16 @@ pub fn run(
     after_stop: Duration,
     echo: log::Level,
 ) -> Result<(), String> {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(command)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
-    scrub_env(&mut cmd);
-    cmd.envs(env.vars());
-    // Its own group, so that a stop reaches the commands it runs too.
-    cmd.process_group(0);
-    sys::unblock_signals_on_exec(&mut cmd);
+    let mut cmd = child::shell(command);
+    cmd.stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .envs(env.vars());
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
+    // Its own group, so that a stop reaches the commands it runs too.
+    let mut child = Child::spawn(cmd, true)
         .map_err(|e| format!("{name} hook `{command}` could not start: {e}"))?;
     log::debug!("{name} hook `{command}` started (pid {})", child.id());
-    let stderr = child
-        .stderr
-        .take()
-        .map(|pipe| Stderr::forward(pipe, name, echo));
+    let stderr = child.take_pipes().2.map(|p| Stderr::forward(p, name, echo));
     let failed = |why: String| match &stderr {
         Some(stderr) => Err(stderr.append_to(why)),
         None => Err(why),
@@ -149,7 +134,7 @@ pub fn run(
                 }
             }
             Ok(None) => {
-                terminate(&mut child);
+                child.stop();
                 return failed(if stopped {
                     format!("{name} hook `{command}` was stopped")
                 } else {
@@ -300,23 +285,6 @@ impl Repeats {
     pub fn succeeded(&self) -> u64 {
         self.last().take().map_or(0, |(_, count)| count)
     }
-}
-
-/// SIGTERM to the hook's process group, SIGKILL [`KILL_GRACE`] later if the
-/// hook is still there, then reaps it.
-fn terminate(child: &mut Child) {
-    sys::kill_group(child.id(), libc::SIGTERM);
-    let deadline = Instant::now() + KILL_GRACE;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            // Reaped: its pid may be reused now, so the group is not
-            // signalled again.
-            return;
-        }
-        std::thread::sleep(POLL);
-    }
-    sys::kill_group(child.id(), libc::SIGKILL);
-    let _ = child.wait();
 }
 
 #[cfg(test)]

@@ -10,13 +10,15 @@
 //!   that -i processes share.
 //! - [`frame`]: the u16 big-endian length-prefix codec.
 //! - [`device`]: opening TAP and TUN devices; the `PacketDevice` trait.
-//! - [`transport`]: the streams: TCP listen and dial, stdio, a command's pipes.
+//! - [`transport`]: the streams: TCP listen and dial, stdio, a command's pipes;
+//!   `child`: running and stopping a hook or a -x command with /bin/sh -c.
 //! - [`relay`]: the two directions of an established session, and counters.
 //! - [`session`]: handshake, hooks and relay for one stream; [`client`]: -c with
 //!   reconnection; [`server`]: -s with many connections; [`hooks`]: -u and -D.
 //! - [`log`]: stderr or syslog. [`error`]: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
 
+pub(crate) mod child;
 pub mod client;
 pub mod config;
 pub mod device;

@@ -363,12 +363,13 @@ pub fn point_at_dev_null(fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `signal` to process `pid` (a child we have not yet reaped, so the
-/// pid cannot have been reused).
-pub fn kill(pid: u32, signal: i32) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill takes plain integers.
-        unsafe { libc::kill(pid, signal) };
+/// Sends `signal` to process `pid`, or with `group` to the process group it
+/// leads (a hook, with whatever it started itself). It must be a child we
+/// have not yet reaped, so that the id cannot have been reused.
+pub fn kill(pid: u32, group: bool, signal: i32) {
+    if let Ok(pid @ 1..) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill takes plain integers; a negative pid names a group.
+        unsafe { libc::kill(if group { -pid } else { pid }, signal) };
     }
 }
 
@@ -792,19 +793,6 @@ pub fn poll_ready(watch: &[(RawFd, Interest)], deadline: Option<Instant>) -> io:
         }
         if rc > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(fds.iter().map(|p| p.revents != 0).collect());
-        }
-    }
-}
-
-/// Sends `signal` to the process group `pgid`: a hook started as the
-/// leader of its own group, with whatever it started itself. The leader
-/// must be our child and not yet reaped, so the group id cannot have been
-/// reused.
-pub fn kill_group(pgid: u32, signal: i32) {
-    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
-        if pgid > 0 {
-            // SAFETY: kill takes plain integers; a negative pid names a group.
-            unsafe { libc::kill(-pgid, signal) };
         }
     }
 }

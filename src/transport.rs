@@ -12,74 +12,16 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::child::{self, Child};
 use crate::error::Error;
 use crate::frame::{self, FrameReader};
 use crate::handshake::MessageIo;
 use crate::sys::{self, Stop, Wait};
 
-/// Environment variables a child (-x command, hook) must never see: the
-/// secrets and systemd's hand-over to us. A variable added later that holds
-/// a secret (a proxy's credentials, say) belongs here.
-pub const SCRUBBED_ENV: &[&str] = &["TAPTUN_LOCAL", "TAPTUN_REMOTE", "NOTIFY_SOCKET"];
-/// Prefixes of more such variables: systemd's socket activation sets
-/// LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, LISTEN_PIDFDID, and may add more.
-pub const SCRUBBED_ENV_PREFIXES: &[&str] = &["LISTEN_"];
-
-/// Whether environment variable `name` must be kept from a child.
-pub fn is_scrubbed(name: &std::ffi::OsStr) -> bool {
-    let name = name.as_encoded_bytes();
-    SCRUBBED_ENV.iter().any(|var| name == var.as_bytes())
-        || SCRUBBED_ENV_PREFIXES
-            .iter()
-            .any(|prefix| name.starts_with(prefix.as_bytes()))
-}
-
-/// Removes from `cmd`'s environment (ours, inherited) every variable
-/// [`is_scrubbed`] names.
-pub fn scrub_env(cmd: &mut Command) {
-    for (name, _) in std::env::vars_os() {
-        if is_scrubbed(&name) {
-            cmd.env_remove(name);
-        }
-    }
-}
-#[cfg(test)]
-mod scrub_tests {
-    use super::is_scrubbed;
-    use crate::config::{ENV_LOCAL, ENV_REMOTE};
-
-    #[test]
-    fn secrets_and_every_listen_variable_are_scrubbed() {
-        for name in [
-            ENV_LOCAL,
-            ENV_REMOTE,
-            "NOTIFY_SOCKET",
-            "LISTEN_FDS",
-            "LISTEN_PID",
-            "LISTEN_FDNAMES",
-            "LISTEN_PIDFDID",
-            "LISTEN_ANYTHING_NEW",
-        ] {
-            assert!(is_scrubbed(name.as_ref()), "{name}");
-        }
-        for name in [
-            "PATH",
-            "TAPTUN_DEVICE",
-            "TAPTUN_PEER_KEY",
-            "XLISTEN_FDS",
-            "LISTEN",
-        ] {
-            assert!(!is_scrubbed(name.as_ref()), "{name}");
-        }
-    }
-}
-
-/// How long a -x command may take to exit once its stdin is closed.
-const COMMAND_GRACE: Duration = Duration::from_secs(2);
 /// How long a failed handshake waits for a -x command's exit status: the end
 /// of its stdout usually comes with its exit, and its status explains the
 /// failure better than any guess about the peer.
@@ -243,13 +185,11 @@ pub struct Closer {
 enum CloseHow {
     /// shutdown(2) wakes both halves of a socket.
     Socket(OwnedFd),
-    /// Killing the command closes its pipes. Once `reaped`, its pid may
-    /// belong to another process and is never signalled.
+    /// Killing the command closes its pipes.
     Command {
         child: Child,
         /// The -x text, for messages.
         command: String,
-        reaped: bool,
     },
     /// Plain pipes (-i under ssh): nothing can wake a blocked read except
     /// the stops the reader watches.
@@ -264,61 +204,32 @@ impl Closer {
             CloseHow::Socket(fd) => {
                 let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
             }
-            CloseHow::Command {
-                child,
-                reaped: false,
-                ..
-            } => sys::kill(child.id(), libc::SIGTERM),
-            CloseHow::Command { reaped: true, .. } | CloseHow::Nothing => {}
+            CloseHow::Command { child, .. } => child.signal(libc::SIGTERM),
+            CloseHow::Nothing => {}
         }
     }
 
     /// A -x command that has exited by itself (waiting up to
-    /// [`COMMAND_EXIT_WAIT`] for it), as `Error::CommandExited`; `None` while
+    /// `COMMAND_EXIT_WAIT` for it), as `Error::CommandExited`; `None` while
     /// it runs, and for the other streams. Call it before [`Closer::abort`],
     /// whose signal would otherwise be the cause.
     pub fn command_exit(&mut self) -> Option<Error> {
-        let CloseHow::Command {
-            child,
-            command,
-            reaped,
-        } = &mut self.how
-        else {
+        let CloseHow::Command { child, command } = &mut self.how else {
             return None;
         };
-        let status = wait_exit(child, COMMAND_EXIT_WAIT)?;
-        *reaped = true;
+        let status = child.wait_exit(COMMAND_EXIT_WAIT)?;
         Some(Error::CommandExited {
             command: command.clone(),
             status,
         })
     }
 
-    /// After both halves are closed: reaps a command, waiting a little for
-    /// it to exit by itself before killing it.
+    /// After both halves are closed: stops and reaps a command (`Child::stop`).
     pub fn finish(self) {
         if let CloseHow::Command { mut child, .. } = self.how {
-            // The status is kept once reaped: a second wait returns it.
-            if let Some(status) = wait_exit(&mut child, COMMAND_GRACE) {
+            if let Some(status) = child.stop() {
                 log::debug!("command exited: {status}");
-                return;
             }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The exit status of `child` once it has exited, polled for up to `within`.
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            _ => return None,
         }
     }
 }
@@ -397,23 +308,17 @@ impl Stream {
     /// # Errors
     /// `Error::Command` when the shell cannot be started.
     pub fn command(command: &str) -> Result<Stream, Error> {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // Or the SIGTERM of Closer::abort would wait in its mask.
-        sys::unblock_signals_on_exec(&mut cmd);
-        scrub_env(&mut cmd);
+        let mut cmd = child::shell(command);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let cmd_err = |source| Error::Command {
             command: command.to_owned(),
             source,
         };
-        let mut child = cmd.spawn().map_err(cmd_err)?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            let _ = child.kill();
-            let _ = child.wait();
+        // In our process group: ssh may have to ask for a password on the
+        // terminal, which a background group cannot read.
+        let mut child = Child::spawn(cmd, false).map_err(cmd_err)?;
+        let (Some(stdin), Some(stdout), _) = child.take_pipes() else {
+            child.stop();
             return Err(cmd_err(io::Error::other("no pipes to the command")));
         };
         Ok(Stream {
@@ -423,7 +328,6 @@ impl Stream {
             how: CloseHow::Command {
                 child,
                 command: command.to_owned(),
-                reaped: false,
             },
         })
     }

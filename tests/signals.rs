@@ -241,6 +241,26 @@ fn sigterm_while_a_handshake_write_is_blocked_is_a_clean_exit_not_a_handshake_fa
     );
 }
 
+/// The -x command is a shell that ignores SIGTERM and, once its `taptun -i` has gone, sleeps:
+/// only SIGKILL, after the 1 s grace, ends it.
+#[test]
+fn sigterm_during_a_relay_over_a_command_that_ignores_sigterm_exits_within_2_s() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let command = format!(
+        "trap '' TERM; {TAPTUN} -i -d tt1 {} 2>/dev/null; exec sleep 30",
+        p.server_secrets()
+    );
+    let mut cmd =
+        p.b.taptun(&format!("-c --once -v -d tt0 {}", p.client_secrets()));
+    cmd.args(["-x", &command]);
+    let mut client = Proc::start("client", cmd, &p.scratch);
+    assert!(wait_log(&client, ESTABLISHED, 1), "no session");
+    assert_quick_clean_exit(&mut client, "a relay over a command that ignores SIGTERM");
+}
+
 #[test]
 fn sighup_and_sigusr1_do_not_end_the_process_and_sigterm_ends_a_relay() {
     if !common::require_root() {
