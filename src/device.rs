@@ -364,17 +364,3 @@ impl PacketDevice for Device {
         )
     }
 }
-
-impl PacketDevice for std::os::unix::net::UnixDatagram {
-    fn raw_fd(&self) -> RawFd {
-        self.as_raw_fd()
-    }
-
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        std::os::unix::net::UnixDatagram::recv(self, buf)
-    }
-
-    fn send(&self, packet: &[u8]) -> io::Result<usize> {
-        std::os::unix::net::UnixDatagram::send(self, packet)
-    }
-}

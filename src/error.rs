@@ -13,8 +13,6 @@ use std::process::ExitStatus;
 
 use crate::handshake::HandshakeError;
 
-/// Exit status for a clean end (the peer closed the stream, or a signal).
-pub const EXIT_OK: u8 = 0;
 /// Exit status for a failure at run time.
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status for a usage or configuration error.

@@ -362,14 +362,6 @@ impl Identity {
         self.local.public_key()
     }
 
-    pub fn remote(&self) -> PublicKey {
-        self.remote
-    }
-
-    pub fn cipher(&self) -> Cipher {
-        self.cipher
-    }
-
     fn builder<'a>(&'a self, fixed_ephemeral: Option<&'a [u8; KEY_LEN]>) -> snow::Builder<'a> {
         let params: snow::params::NoiseParams = self
             .cipher

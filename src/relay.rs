@@ -725,7 +725,7 @@ mod tests {
 
     impl PacketDevice for FakeDevice {
         fn raw_fd(&self) -> std::os::fd::RawFd {
-            self.socket.raw_fd()
+            std::os::fd::AsRawFd::as_raw_fd(&self.socket)
         }
         fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
             self.socket.recv(buf)

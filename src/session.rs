@@ -10,7 +10,6 @@
 //! routes set on it survive a reconnect. The [`Counters`] keep whether a
 //! session is up, for SIGUSR1.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
@@ -63,14 +62,6 @@ pub struct Ready {
     pub closer: Closer,
     /// This session's own stop (the reader and writer already watch it).
     pub stop: Arc<Stop>,
-}
-
-impl Ready {
-    /// Closes the stream without relaying.
-    pub fn close(self) {
-        self.closer.abort();
-        self.closer.finish();
-    }
 }
 
 impl Tunnel {
@@ -425,11 +416,6 @@ impl Tunnel {
             );
         }
         if gso { Framing::Gso } else { Framing::Strip }
-    }
-
-    /// Sessions established so far.
-    pub fn sessions(&self) -> u64 {
-        self.counters.sessions.load(Ordering::Relaxed)
     }
 }
 

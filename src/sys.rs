@@ -84,16 +84,6 @@ impl Stop {
             )
     }
 
-    /// Clears a triggered eventfd stop so that it can be waited on again
-    /// (for a signal stop: takes the pending signal).
-    pub fn reset(&self) {
-        self.triggered.store(false, Ordering::SeqCst);
-        let mut value: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a live u64 (eventfd), or fails
-        // harmlessly (a signalfd needs a larger buffer: see take_signal).
-        unsafe { libc::read(self.fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
-    }
-
     /// For a signal stop: the number of the signal that arrived, if any.
     pub fn take_signal(&self) -> Option<i32> {
         let mut info: libc::signalfd_siginfo = zeroed_siginfo();
@@ -534,12 +524,6 @@ pub fn set_tcp_notsent_lowat(fd: RawFd, bytes: u32) -> io::Result<()> {
     } else {
         Ok(())
     }
-}
-
-/// The real user id.
-pub fn real_uid() -> libc::uid_t {
-    // SAFETY: getuid takes nothing and cannot fail.
-    unsafe { libc::getuid() }
 }
 
 /// The offloads taptun asks of a device whose peer takes GSO super-frames:
