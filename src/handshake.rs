@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::Layer;
 use crate::keys::{self, KEY_LEN, PrivateKey, Psk, PublicKey};
+use crate::stream_error::StreamEnd;
 
 /// Mixed into the handshake hash by both ends, for every version.
 pub const PROLOGUE: &[u8] = b"taptun/1";
@@ -684,15 +685,14 @@ pub trait MessageIo {
     }
 }
 
-fn recv_error(e: io::Error, role: Role, waiting_for: &'static str) -> HandshakeError {
-    if crate::transport::is_stopped(&e) {
-        HandshakeError::Stopped
-    } else if e.kind() == io::ErrorKind::TimedOut {
-        HandshakeError::Timeout(waiting_for)
-    } else if is_disconnect(&e) {
-        HandshakeError::Closed(role)
-    } else {
-        HandshakeError::Io(e)
+/// The handshake's name for a failed read or write; `waiting_for` names
+/// the phase for a deadline.
+fn stream_error(e: io::Error, role: Role, waiting_for: &'static str) -> HandshakeError {
+    match StreamEnd::from(e) {
+        StreamEnd::Stopped => HandshakeError::Stopped,
+        StreamEnd::Closed => HandshakeError::Closed(role),
+        StreamEnd::TimedOut(_) => HandshakeError::Timeout(waiting_for),
+        StreamEnd::Malformed(e) | StreamEnd::Other(e) => HandshakeError::Io(e),
     }
 }
 
@@ -704,7 +704,7 @@ fn recv_or<'a, M: MessageIo>(
     match io.recv() {
         Ok(Some(msg)) => Ok(msg),
         Ok(None) => Err(HandshakeError::Closed(role)),
-        Err(e) => Err(recv_error(e, role, waiting_for)),
+        Err(e) => Err(stream_error(e, role, waiting_for)),
     }
 }
 
@@ -726,7 +726,7 @@ fn recv_first<'a, M: MessageIo>(
     role: Role,
     waiting_for: &'static str,
 ) -> Result<&'a [u8], HandshakeError> {
-    let held = io.peek().map_err(|e| recv_error(e, role, waiting_for))?;
+    let held = io.peek().map_err(|e| stream_error(e, role, waiting_for))?;
     if let Some(&[high, low]) = held.get(..crate::frame::HEADER_LEN) {
         if !plausible_first_length(role, usize::from(u16::from_be_bytes([high, low]))) {
             let first = held.get(..EXCERPT_LEN).unwrap_or(held).to_vec();
@@ -736,28 +736,15 @@ fn recv_first<'a, M: MessageIo>(
     recv_or(io, role, waiting_for)
 }
 
-/// Errors that mean the peer went away rather than something broke here.
-pub fn is_disconnect(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
-    )
-}
-
-fn send<M: MessageIo>(io: &mut M, role: Role, msg: &[u8]) -> Result<(), HandshakeError> {
-    io.send(msg).map_err(|e| {
-        // A stop while the write waited for room is not the peer's doing.
-        if crate::transport::is_stopped(&e) {
-            HandshakeError::Stopped
-        } else if is_disconnect(&e) {
-            HandshakeError::Closed(role)
-        } else {
-            HandshakeError::Io(e)
-        }
-    })
+/// Sends `msg`; `waiting_for` names it for a deadline that passes while
+/// the peer takes nothing.
+fn send<M: MessageIo>(
+    io: &mut M,
+    role: Role,
+    msg: &[u8],
+    waiting_for: &'static str,
+) -> Result<(), HandshakeError> {
+    io.send(msg).map_err(|e| stream_error(e, role, waiting_for))
 }
 
 /// Runs the initiator's handshake up to key confirmation.
@@ -779,7 +766,7 @@ pub fn initiate<M: MessageIo>(
 
     // -> psk, e
     let n = init.write_message1(&mut buf)?;
-    send(io, Role::Initiator, &buf[..n])?;
+    send(io, Role::Initiator, &buf[..n], "room to send message 1")?;
     log::debug!("{}: handshake: message 1 sent", io.peer());
 
     // <- e, ee, s, es
@@ -793,7 +780,7 @@ pub fn initiate<M: MessageIo>(
 
     // -> s, se (sent on a layer mismatch too, so that both ends can name it)
     let n = init.write_message3(&mut buf)?;
-    send(io, Role::Initiator, &buf[..n])?;
+    send(io, Role::Initiator, &buf[..n], "room to send message 3")?;
     log::debug!("{}: handshake: message 3 sent", io.peer());
     layer_check?;
     let (transport, peer_key) = init.into_transport()?;
@@ -864,7 +851,7 @@ pub fn respond<M: MessageIo>(
     // <- e, ee, s, es
     io.set_deadline(Some(accepted + RESPONDER_DEADLINE));
     let n = resp.write_message2(&mut buf)?;
-    send(io, Role::Responder, &buf[..n])?;
+    send(io, Role::Responder, &buf[..n], "room to send message 2")?;
     log::debug!("{}: handshake: message 2 sent", io.peer());
 
     // -> s, se
@@ -883,7 +870,12 @@ pub fn respond<M: MessageIo>(
     let n = transport
         .seal(0, &[], &mut buf)
         .map_err(HandshakeError::Noise)?;
-    send(io, Role::Responder, &buf[..n])?;
+    send(
+        io,
+        Role::Responder,
+        &buf[..n],
+        "room to send key confirmation",
+    )?;
     log::debug!("{}: handshake: key confirmation sent", io.peer());
     io.set_deadline(None);
     Ok(Established {
@@ -1038,6 +1030,40 @@ mod tests {
         } else {
             e
         }
+    }
+
+    /// A stream that takes nothing: each send times out, as the real one
+    /// does once the peer stops reading and the deadline passes.
+    struct Full;
+
+    impl MessageIo for Full {
+        fn send(&mut self, _: &[u8]) -> io::Result<()> {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "nothing could be written for 0 s",
+            ))
+        }
+        fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+            Ok(None)
+        }
+        fn set_deadline(&mut self, _: Option<Instant>) {}
+    }
+
+    #[test]
+    fn a_send_past_the_deadline_is_a_timeout_as_a_receive_is() {
+        let (_, client) = pair(1, 2);
+        let r = initiate(
+            &mut Full,
+            &client,
+            Hello::new(Layer::Tap, 1500),
+            Instant::now(),
+        );
+        let e = r.err().expect("nothing was sent");
+        assert!(matches!(e, HandshakeError::Timeout(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "timed out waiting for room to send message 1"
+        );
     }
 
     fn key(seed: u8) -> PrivateKey {

@@ -8,7 +8,8 @@
 //! - [`handshake`]: the Noise handshake as state machines, key confirmation, the replay cache;
 //!   [`resolver`]: its crypto, with X25519 keys zeroed on drop; [`replay`]: the replay cache
 //!   that -i processes share.
-//! - [`frame`]: the u16 big-endian length-prefix codec.
+//! - [`frame`]: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
+//!   write failed, for the handshake and the relay alike.
 //! - [`device`]: opening TAP and TUN devices; the `PacketDevice` trait.
 //! - [`transport`]: the streams: TCP listen and dial, stdio, a command's pipes;
 //!   `child`: running and stopping a hook or a -x command with /bin/sh -c.
@@ -38,6 +39,7 @@ pub mod replay;
 pub mod resolver;
 pub mod server;
 pub mod session;
+pub(crate) mod stream_error;
 pub mod sys;
 pub mod transport;
 pub mod vnet;

@@ -32,9 +32,10 @@ use std::time::{Duration, Instant};
 
 use crate::device::{MAX_FRAME, PacketDevice};
 use crate::frame::{self, FrameReader};
-use crate::handshake::{TAG_LEN, Transport, is_disconnect};
+use crate::handshake::{TAG_LEN, Transport};
+use crate::stream_error::StreamEnd;
 use crate::sys::{self, Interest, Stop, Wait, WaitAny};
-use crate::transport::{Closer, Framed, StreamReader, StreamWriter, is_stopped};
+use crate::transport::{Closer, Framed, StreamReader, StreamWriter};
 use crate::vnet::{self, Reject};
 
 /// The output buffer holds this many full-size messages; a batch is written
@@ -252,6 +253,19 @@ impl std::fmt::Display for End {
     }
 }
 
+/// A failed read or write, as the reason a session ended.
+impl From<StreamEnd> for End {
+    fn from(e: StreamEnd) -> End {
+        match e {
+            StreamEnd::Stopped => End::Stopped,
+            StreamEnd::Closed => End::PeerClosed,
+            StreamEnd::TimedOut(e) => End::Dead(e.to_string()),
+            StreamEnd::Malformed(e) => End::Protocol(e.to_string()),
+            StreamEnd::Other(e) => End::StreamError(e),
+        }
+    }
+}
+
 /// How frames and the device's virtio headers cross the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -349,13 +363,7 @@ fn stream_to_device<D: PacketDevice>(
         let msg = match reader.next_message() {
             Ok(Some(msg)) => msg,
             Ok(None) => return End::PeerClosed,
-            Err(e) if is_stopped(&e) => return End::Stopped,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return End::Protocol(e.to_string());
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => return End::Dead(e.to_string()),
-            Err(e) if is_disconnect(&e) => return End::PeerClosed,
-            Err(e) => return End::StreamError(e),
+            Err(e) => return End::from(StreamEnd::from(e)),
         };
         if msg.len() < TAG_LEN {
             return End::Protocol(format!(
@@ -442,7 +450,9 @@ fn device_to_stream<D: PacketDevice>(
                 continue;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return write_failed(e, stop),
+            // After a stop, the aborted stream's error is not the peer's doing.
+            Err(_) if stop.is_set() => return End::Stopped,
+            Err(e) => return End::from(StreamEnd::from(e)),
         }
         // The stream is backed up: wait for it, and meanwhile take frames
         // from the device into a small backlog, dropping (counted) what does
@@ -605,19 +615,6 @@ fn backlog<D: PacketDevice>(
         }
     }
     Ok(used)
-}
-
-/// The session's end after a failed write.
-fn write_failed(e: io::Error, stop: &Stop) -> End {
-    if stop.is_set() || is_stopped(&e) {
-        End::Stopped
-    } else if e.kind() == io::ErrorKind::TimedOut {
-        End::Dead(e.to_string())
-    } else if is_disconnect(&e) {
-        End::PeerClosed
-    } else {
-        End::StreamError(e)
-    }
 }
 
 /// Reads and drops what the device sends while no session is up (counted),

@@ -20,6 +20,7 @@ use crate::child::{self, Child};
 use crate::error::Error;
 use crate::frame::{self, FrameReader};
 use crate::handshake::MessageIo;
+use crate::stream_error::Stopped;
 use crate::sys::{self, Stop, Wait};
 
 /// How long a failed handshake waits for a -x command's exit status: the end
@@ -62,7 +63,7 @@ impl Read for StreamReader {
                     other => return other,
                 },
                 Wait::Stopped => {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, Stopped));
+                    return Err(Stopped::error());
                 }
                 Wait::TimedOut if deadline == self.deadline => {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
@@ -84,24 +85,6 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// The error a [`StreamReader`] or [`StreamWriter`] returns when one of its
-/// stops is set.
-#[derive(Debug)]
-pub struct Stopped;
-
-impl std::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("stopped")
-    }
-}
-
-impl std::error::Error for Stopped {}
-
-/// Whether a read or a write failed because a stop was set.
-pub fn is_stopped(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
 }
 
 /// The write half. Its descriptor is non-blocking, so that a peer that
@@ -159,7 +142,7 @@ impl Write for StreamWriter {
             match sys::wait_writable(self.file.as_raw_fd(), &self.stops, deadline)? {
                 Wait::Ready => {}
                 Wait::Stopped => {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, Stopped));
+                    return Err(Stopped::error());
                 }
                 Wait::TimedOut => {
                     let secs = self.stall.unwrap_or_default().as_secs();
