@@ -11,8 +11,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
-use crate::handshake::HandshakeError;
-
 /// Exit status for a failure at run time.
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status for a usage or configuration error.
@@ -49,8 +47,17 @@ pub enum Error {
     Command { command: String, source: io::Error },
     /// The -x command exited, or was killed, before the handshake finished.
     CommandExited { command: String, status: ExitStatus },
-    /// The handshake with a peer failed (authentication, version, layer...).
-    Handshake { peer: String, cause: HandshakeError },
+    /// The handshake with a peer failed (authentication, version, layer...);
+    /// made by `HandshakeError::for_peer`, which knows the two facts below.
+    Handshake {
+        peer: String,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+        /// The failure proves the peer is not who we expect or cannot talk
+        /// to us: a client gives up instead of retrying.
+        provable: bool,
+        /// An authentication failure (exit 3).
+        authentication: bool,
+    },
     /// The peer broke the protocol after the handshake.
     Protocol { peer: String, what: String },
     /// A hook failed: the text says which and how.
@@ -75,7 +82,10 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => EXIT_USAGE,
-            Error::Handshake { cause, .. } if cause.is_authentication() => EXIT_AUTH,
+            Error::Handshake {
+                authentication: true,
+                ..
+            } => EXIT_AUTH,
             // A taptun at the other end of the command that failed its
             // handshake (through ssh, its status is ssh's).
             Error::CommandExited { status, .. } if status.code() == Some(EXIT_AUTH.into()) => {
@@ -185,7 +195,7 @@ impl fmt::Display for Error {
                 let hint = status.code().map_or("", command_hint);
                 write!(f, " before the handshake{hint}")
             }
-            Error::Handshake { peer, cause } => write!(f, "{peer}: handshake failed: {cause}"),
+            Error::Handshake { peer, cause, .. } => write!(f, "{peer}: handshake failed: {cause}"),
             Error::Protocol { peer, what } => write!(f, "{peer}: protocol error: {what}"),
             Error::Hook(why) => f.write_str(why),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
@@ -204,7 +214,6 @@ impl std::error::Error for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::Role;
 
     fn exited(command: &str, raw_wait_status: i32) -> Error {
         Error::CommandExited {
@@ -236,25 +245,5 @@ mod tests {
         assert_eq!(e.exit_code(), EXIT_FAILURE);
         // A taptun behind the command that refused us (ssh passes its status on).
         assert_eq!(exited("ssh gw taptun -i", 3 << 8).exit_code(), EXIT_AUTH);
-    }
-
-    #[test]
-    fn only_a_stream_that_is_not_taptun_is_no_authentication_failure() {
-        let handshake = |cause| Error::Handshake {
-            peer: "exec".into(),
-            cause,
-        };
-        let not_taptun = HandshakeError::NotTaptun {
-            role: Role::Initiator,
-            first: b"hello ba".to_vec(),
-        };
-        assert_eq!(handshake(not_taptun).exit_code(), EXIT_FAILURE);
-        for cause in [
-            HandshakeError::Closed(Role::Initiator),
-            HandshakeError::Message1NotAuthentic,
-            HandshakeError::Timeout("message 2"),
-        ] {
-            assert_eq!(handshake(cause).exit_code(), EXIT_AUTH);
-        }
     }
 }

@@ -51,6 +51,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::device::Layer;
+use crate::error::Error;
 use crate::keys::{self, KEY_LEN, PrivateKey, Psk, PublicKey};
 use crate::stream_error::StreamEnd;
 
@@ -238,6 +239,16 @@ impl HandshakeError {
     /// banner or another service's port.
     pub fn is_authentication(&self) -> bool {
         !matches!(self, HandshakeError::NotTaptun { .. })
+    }
+
+    /// The crate's error for this failure of the handshake with `peer`.
+    pub fn for_peer(self, peer: String) -> Error {
+        Error::Handshake {
+            peer,
+            provable: self.is_provable(),
+            authentication: self.is_authentication(),
+            cause: Box::new(self),
+        }
     }
 }
 
@@ -1462,6 +1473,24 @@ mod tests {
             "{:?}",
             r.err()
         );
+    }
+
+    #[test]
+    fn only_a_stream_that_is_not_taptun_is_no_authentication_failure() {
+        use crate::error::{EXIT_AUTH, EXIT_FAILURE};
+        let handshake = |cause: HandshakeError| cause.for_peer("exec".into());
+        let not_taptun = HandshakeError::NotTaptun {
+            role: Role::Initiator,
+            first: b"hello ba".to_vec(),
+        };
+        assert_eq!(handshake(not_taptun).exit_code(), EXIT_FAILURE);
+        for cause in [
+            HandshakeError::Closed(Role::Initiator),
+            HandshakeError::Message1NotAuthentic,
+            HandshakeError::Timeout("message 2"),
+        ] {
+            assert_eq!(handshake(cause).exit_code(), EXIT_AUTH);
+        }
     }
 
     #[test]

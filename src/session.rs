@@ -154,7 +154,7 @@ impl Tunnel {
                     }
                     (cause, None) => {
                         Counters::add(&self.counters.handshake_failures, 1);
-                        Err(Error::Handshake { peer, cause })
+                        Err(cause.for_peer(peer))
                     }
                 }
             }
