@@ -12,10 +12,10 @@ use std::path::PathBuf;
 
 use getopts::Options;
 
-use crate::device::{Layer, MAX_NAME_LEN, MIN_MTU};
+use crate::device::{MAX_NAME_LEN, MIN_MTU};
 use crate::error::Error;
-use crate::handshake::Cipher;
 use crate::keys::{Origin, PublicKey, SecretSpec};
+use crate::wire::{Cipher, Layer};
 
 /// TCP port of -s and -c -m, as taptunnel used.
 pub const DEFAULT_PORT: u16 = 1980;

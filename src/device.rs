@@ -18,7 +18,6 @@
 //! the link down while no peer is there. A persistent device keeps the
 //! state it was left in, which at exit is off: no session.
 
-use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +27,7 @@ use tun::AbstractDevice;
 use crate::error::Error;
 use crate::sys;
 use crate::vnet;
+pub use crate::wire::Layer;
 
 /// Largest tap MTU: frame = MTU + 14 (Ethernet) + 4 (VLAN tag), which with
 /// the 10-byte GSO header and the 16-byte tag must fit 65535.
@@ -41,30 +41,7 @@ pub const MAX_FRAME: usize = 65509;
 /// Linux's limit on interface names, without the NUL.
 pub const MAX_NAME_LEN: usize = 15;
 
-/// TAP (Ethernet frames) or TUN (IP packets).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layer {
-    Tap,
-    Tun,
-}
-
 impl Layer {
-    /// The value in hello byte 1.
-    pub fn wire_value(self) -> u8 {
-        match self {
-            Layer::Tap => 0,
-            Layer::Tun => 1,
-        }
-    }
-
-    pub fn from_wire(value: u8) -> Option<Layer> {
-        match value {
-            0 => Some(Layer::Tap),
-            1 => Some(Layer::Tun),
-            _ => None,
-        }
-    }
-
     pub fn max_mtu(self) -> u32 {
         match self {
             Layer::Tap => MAX_MTU_TAP,
@@ -78,15 +55,6 @@ impl Layer {
             Layer::Tap => "tap%d",
             Layer::Tun => "tun%d",
         }
-    }
-}
-
-impl fmt::Display for Layer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Layer::Tap => "tap",
-            Layer::Tun => "tun",
-        })
     }
 }
 

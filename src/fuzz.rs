@@ -480,17 +480,24 @@ fn check_transport_works(
     assert_eq!(&opened[..m], b"frame");
 }
 
-/// A valid message 3 carrying a hello made of the input's first 6 bytes:
-/// accepted exactly when version and layer are right.
+/// The input's first bytes as a hello: decoded exactly when version and
+/// layer are right; then, in a valid message 3, accepted exactly when the
+/// layer is ours too. A hello with an unknown layer cannot be sent: it is
+/// refused by `Hello::decode`, which message 3 goes through.
 fn fuzz_hello(t: &Transcript, rest: &[u8]) {
-    let decoded = Hello::decode(rest);
-    if let Ok(h) = &decoded {
-        assert!(rest.len() >= 2 && h.version == handshake::VERSION && h.layer <= 1);
-    }
     let byte = |i: usize| rest.get(i).copied().unwrap_or(0);
+    let decoded = Hello::decode(rest);
+    let wellformed = rest.len() >= 2 && byte(0) == handshake::VERSION && byte(1) <= 1;
+    assert_eq!(decoded.is_ok(), wellformed, "{decoded:?}");
+    if let (Err(e), true) = (&decoded, rest.len() >= 2) {
+        assert!(e.is_provable(), "a bad hello is named as such: {e}");
+    }
+    let Some(layer) = Layer::from_wire(byte(1)) else {
+        return;
+    };
     let theirs = Hello {
         version: byte(0),
-        layer: byte(1),
+        layer,
         flags: byte(2),
         keepalive: byte(3),
         mtu: u16::from_be_bytes([byte(4), byte(5)]),

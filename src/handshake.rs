@@ -50,10 +50,10 @@ use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::device::Layer;
 use crate::error::Error;
 use crate::keys::{self, KEY_LEN, PrivateKey, Psk, PublicKey};
 use crate::stream_error::StreamEnd;
+pub use crate::wire::{Cipher, Layer};
 
 /// Mixed into the handshake hash by both ends, for every version.
 pub const PROLOGUE: &[u8] = b"taptun/1";
@@ -93,35 +93,11 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(600);
 /// The most ephemeral keys remembered; each needs the psk to get in.
 pub const REPLAY_CAPACITY: usize = 65536;
 
-/// The AEAD both ends must agree on (-e).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cipher {
-    ChaChaPoly,
-    AesGcm,
-}
-
-impl Cipher {
-    pub fn noise_name(self) -> &'static str {
-        match self {
-            Cipher::ChaChaPoly => "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s",
-            Cipher::AesGcm => "Noise_XXpsk0_25519_AESGCM_BLAKE2s",
-        }
-    }
-
-    pub fn option_name(self) -> &'static str {
-        match self {
-            Cipher::ChaChaPoly => "chachapoly",
-            Cipher::AesGcm => "aesgcm",
-        }
-    }
-}
-
 /// What each end tells the other in messages 2 and 3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello {
     pub version: u8,
-    /// 0 tap, 1 tun; anything else is refused.
-    pub layer: u8,
+    pub layer: Layer,
     pub flags: u8,
     pub keepalive: u8,
     pub mtu: u16,
@@ -131,7 +107,7 @@ impl Hello {
     pub fn new(layer: Layer, mtu: u32) -> Hello {
         Hello {
             version: VERSION,
-            layer: layer.wire_value(),
+            layer,
             flags: 0,
             keepalive: 0,
             mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
@@ -140,7 +116,14 @@ impl Hello {
 
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         let [m0, m1] = self.mtu.to_be_bytes();
-        [self.version, self.layer, self.flags, self.keepalive, m0, m1]
+        [
+            self.version,
+            self.layer.wire_value(),
+            self.flags,
+            self.keepalive,
+            m0,
+            m1,
+        ]
     }
 
     /// Parses a hello: at least 2 bytes, absent bytes read as 0, extra bytes
@@ -156,20 +139,17 @@ impl Hello {
             )));
         }
         let byte = |i: usize| bytes.get(i).copied().unwrap_or(0);
-        let hello = Hello {
-            version: byte(0),
-            layer: byte(1),
+        if byte(0) != VERSION {
+            return Err(HandshakeError::Version(byte(0)));
+        }
+        let layer = Layer::from_wire(byte(1)).ok_or(HandshakeError::UnknownLayer(byte(1)))?;
+        Ok(Hello {
+            version: VERSION,
+            layer,
             flags: byte(2),
             keepalive: byte(3),
             mtu: u16::from_be_bytes([byte(4), byte(5)]),
-        };
-        if hello.version != VERSION {
-            return Err(HandshakeError::Version(hello.version));
-        }
-        if Layer::from_wire(hello.layer).is_none() {
-            return Err(HandshakeError::UnknownLayer(hello.layer));
-        }
-        Ok(hello)
+        })
     }
 }
 
@@ -442,16 +422,6 @@ fn peer_static(hs: &snow::HandshakeState) -> Result<PublicKey, HandshakeError> {
     Ok(PublicKey(key))
 }
 
-fn check_layers(ours: Layer, theirs: &Hello) -> Result<(), HandshakeError> {
-    // decode() already refused unknown layers.
-    let theirs = Layer::from_wire(theirs.layer).unwrap_or(ours);
-    if theirs == ours {
-        Ok(())
-    } else {
-        Err(HandshakeError::LayerMismatch { ours, theirs })
-    }
-}
-
 /// What both roles hold during the handshake.
 struct Party<'a> {
     hs: snow::HandshakeState,
@@ -515,8 +485,12 @@ impl<'a> Party<'a> {
     }
 
     fn check_layer(&self, peer: &Hello) -> Result<(), HandshakeError> {
-        let ours = Layer::from_wire(self.hello.layer).unwrap_or(Layer::Tap);
-        check_layers(ours, peer)
+        let (ours, theirs) = (self.hello.layer, peer.layer);
+        if ours == theirs {
+            Ok(())
+        } else {
+            Err(HandshakeError::LayerMismatch { ours, theirs })
+        }
     }
 
     fn into_transport(self) -> Result<(Transport, PublicKey), HandshakeError> {
@@ -1499,7 +1473,7 @@ mod tests {
             Hello::decode(&[1, 1]).unwrap(),
             Hello {
                 version: 1,
-                layer: 1,
+                layer: Layer::Tun,
                 flags: 0,
                 keepalive: 0,
                 mtu: 0

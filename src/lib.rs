@@ -43,6 +43,7 @@ pub(crate) mod stream_error;
 pub mod sys;
 pub mod transport;
 pub mod vnet;
+pub(crate) mod wire;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
