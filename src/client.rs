@@ -102,7 +102,7 @@ impl Dialer<'_> {
 /// Whether an error ends the client instead of a retry.
 fn is_final(e: &Error) -> bool {
     match e {
-        Error::Handshake { provable, .. } => *provable,
+        Error::Handshake { cause, .. } => cause.is_provable(),
         Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => true,
         _ => false,
     }

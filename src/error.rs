@@ -47,16 +47,10 @@ pub enum Error {
     Command { command: String, source: io::Error },
     /// The -x command exited, or was killed, before the handshake finished.
     CommandExited { command: String, status: ExitStatus },
-    /// The handshake with a peer failed (authentication, version, layer...);
-    /// made by `HandshakeError::for_peer`, which knows the two facts below.
+    /// The handshake with a peer failed (authentication, version, layer...).
     Handshake {
         peer: String,
-        cause: Box<dyn std::error::Error + Send + Sync>,
-        /// The failure proves the peer is not who we expect or cannot talk
-        /// to us: a client gives up instead of retrying.
-        provable: bool,
-        /// An authentication failure (exit 3).
-        authentication: bool,
+        cause: Box<dyn HandshakeCause>,
     },
     /// The peer broke the protocol after the handshake.
     Protocol { peer: String, what: String },
@@ -64,6 +58,17 @@ pub enum Error {
     Hook(String),
     /// An I/O failure on something the text names.
     Io { what: String, source: io::Error },
+}
+
+/// What [`Error`] needs to know of a handshake's failure; the handshake's
+/// error type implements it, so that this module imports nothing of the
+/// crate.
+pub trait HandshakeCause: std::error::Error + Send + Sync {
+    /// It proves the peer is not who we expect or cannot talk to us: a
+    /// client gives up instead of retrying.
+    fn is_provable(&self) -> bool;
+    /// It counts as an authentication failure (exit status 3).
+    fn is_authentication(&self) -> bool;
 }
 
 /// What a key file was for, to name it right in messages.
@@ -82,10 +87,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => EXIT_USAGE,
-            Error::Handshake {
-                authentication: true,
-                ..
-            } => EXIT_AUTH,
+            Error::Handshake { cause, .. } if cause.is_authentication() => EXIT_AUTH,
             // A taptun at the other end of the command that failed its
             // handshake (through ssh, its status is ssh's).
             Error::CommandExited { status, .. } if status.code() == Some(EXIT_AUTH.into()) => {
@@ -195,7 +197,7 @@ impl fmt::Display for Error {
                 let hint = status.code().map_or("", command_hint);
                 write!(f, " before the handshake{hint}")
             }
-            Error::Handshake { peer, cause, .. } => write!(f, "{peer}: handshake failed: {cause}"),
+            Error::Handshake { peer, cause } => write!(f, "{peer}: handshake failed: {cause}"),
             Error::Protocol { peer, what } => write!(f, "{peer}: protocol error: {what}"),
             Error::Hook(why) => f.write_str(why),
             Error::Io { what, source } => write!(f, "{what}: {source}"),

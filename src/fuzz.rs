@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::device::{Layer, PacketDevice};
+use crate::error::HandshakeCause;
 use crate::frame::{self, FrameError, FrameReader};
 use crate::handshake::{
     self, Cipher, HandshakeError, Hello, Identity, Initiator, MESSAGE1_LEN, MessageIo, ReplayCache,

@@ -50,7 +50,7 @@ use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
+use crate::error::HandshakeCause;
 use crate::keys::{self, KEY_LEN, PrivateKey, Psk, PublicKey};
 use crate::stream_error::StreamEnd;
 pub use crate::wire::{Cipher, Layer};
@@ -116,14 +116,8 @@ impl Hello {
 
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         let [m0, m1] = self.mtu.to_be_bytes();
-        [
-            self.version,
-            self.layer.wire_value(),
-            self.flags,
-            self.keepalive,
-            m0,
-            m1,
-        ]
+        let layer = self.layer.wire_value();
+        [self.version, layer, self.flags, self.keepalive, m0, m1]
     }
 
     /// Parses a hello: at least 2 bytes, absent bytes read as 0, extra bytes
@@ -200,10 +194,10 @@ pub enum HandshakeError {
     Noise(snow::Error),
 }
 
-impl HandshakeError {
+impl HandshakeCause for HandshakeError {
     /// Whether the failure proves the peer is not who we expect or cannot
     /// talk to us (as opposed to a network hiccup or a busy server).
-    pub fn is_provable(&self) -> bool {
+    fn is_provable(&self) -> bool {
         matches!(
             self,
             HandshakeError::WrongPeerKey { .. }
@@ -217,18 +211,8 @@ impl HandshakeError {
     /// Whether the failure counts as one of authentication (exit status 3):
     /// all do but a stream that is not taptun's at all, such as a login
     /// banner or another service's port.
-    pub fn is_authentication(&self) -> bool {
+    fn is_authentication(&self) -> bool {
         !matches!(self, HandshakeError::NotTaptun { .. })
-    }
-
-    /// The crate's error for this failure of the handshake with `peer`.
-    pub fn for_peer(self, peer: String) -> Error {
-        Error::Handshake {
-            peer,
-            provable: self.is_provable(),
-            authentication: self.is_authentication(),
-            cause: Box::new(self),
-        }
     }
 }
 
@@ -855,12 +839,7 @@ pub fn respond<M: MessageIo>(
     let n = transport
         .seal(0, &[], &mut buf)
         .map_err(HandshakeError::Noise)?;
-    send(
-        io,
-        Role::Responder,
-        &buf[..n],
-        "room to send key confirmation",
-    )?;
+    send(io, Role::Responder, &buf[..n], "room for key confirmation")?;
     log::debug!("{}: handshake: key confirmation sent", io.peer());
     io.set_deadline(None);
     Ok(Established {
@@ -1451,8 +1430,11 @@ mod tests {
 
     #[test]
     fn only_a_stream_that_is_not_taptun_is_no_authentication_failure() {
-        use crate::error::{EXIT_AUTH, EXIT_FAILURE};
-        let handshake = |cause: HandshakeError| cause.for_peer("exec".into());
+        use crate::error::{EXIT_AUTH, EXIT_FAILURE, Error};
+        let handshake = |cause: HandshakeError| Error::Handshake {
+            peer: "exec".into(),
+            cause: Box::new(cause),
+        };
         let not_taptun = HandshakeError::NotTaptun {
             role: Role::Initiator,
             first: b"hello ba".to_vec(),

@@ -154,7 +154,10 @@ impl Tunnel {
                     }
                     (cause, None) => {
                         Counters::add(&self.counters.handshake_failures, 1);
-                        Err(cause.for_peer(peer))
+                        Err(Error::Handshake {
+                            peer,
+                            cause: Box::new(cause),
+                        })
                     }
                 }
             }

@@ -62,9 +62,7 @@ impl Read for StreamReader {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     other => return other,
                 },
-                Wait::Stopped => {
-                    return Err(Stopped::error());
-                }
+                Wait::Stopped => return Err(Stopped::error()),
                 Wait::TimedOut if deadline == self.deadline => {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
                 }
@@ -141,9 +139,7 @@ impl Write for StreamWriter {
             }
             match sys::wait_writable(self.file.as_raw_fd(), &self.stops, deadline)? {
                 Wait::Ready => {}
-                Wait::Stopped => {
-                    return Err(Stopped::error());
-                }
+                Wait::Stopped => return Err(Stopped::error()),
                 Wait::TimedOut => {
                     let secs = self.stall.unwrap_or_default().as_secs();
                     return Err(io::Error::new(

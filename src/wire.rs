@@ -7,18 +7,16 @@ use std::fmt;
 
 /// TAP (Ethernet frames) or TUN (IP packets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Layer {
-    Tap,
-    Tun,
+    Tap = 0,
+    Tun = 1,
 }
 
 impl Layer {
     /// The value in hello byte 1.
     pub fn wire_value(self) -> u8 {
-        match self {
-            Layer::Tap => 0,
-            Layer::Tun => 1,
-        }
+        self as u8
     }
 
     pub fn from_wire(value: u8) -> Option<Layer> {
