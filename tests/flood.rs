@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Pair, in_netns, private_key};
+use common::{Pair, framed, in_netns, private_key};
 use taptun::device::Layer;
 use taptun::frame::{self, FrameReader};
 use taptun::handshake::{Cipher, Hello, Identity, Initiator, TAG_LEN};
@@ -34,12 +34,6 @@ const FLOOD_INTERVAL: Duration = Duration::from_millis(2);
 const HEAD_START: Duration = Duration::from_millis(150);
 /// The most silent connections in one trial (the flood stops at the client's outcome).
 const FLOOD_BOUND: usize = 500;
-
-fn framed(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    frame::encode(message, &mut out);
-    out
-}
 
 /// The slow client: message 1 at once, message 3 after HOLD, then key confirmation.
 fn slow_handshake(identity: &Identity, addr: &str) -> Result<(), String> {

@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Netns, Pair, Proc, in_netns, private_key, pseudo_random_bytes, wait_for};
+use common::{
+    DEADLINE, Netns, Pair, Proc, framed, in_netns, private_key, pseudo_random_bytes, wait_for,
+};
 use taptun::device::Layer;
 use taptun::frame::{self, FrameReader};
 use taptun::handshake::{self, Cipher, Hello, Identity, Initiator, MessageIo};
@@ -485,12 +487,6 @@ fn valid_message1(identity: &Identity) -> Vec<u8> {
     let mut buf = vec![0u8; frame::MAX_MESSAGE];
     let n = init.write_message1(&mut buf).expect("message 1");
     framed(&buf[..n])
-}
-
-fn framed(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    frame::encode(message, &mut out);
-    out
 }
 
 /// A TCP stream as the handshake's message I/O.

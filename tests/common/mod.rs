@@ -740,3 +740,10 @@ pub fn private_key(secret: &str) -> taptun::keys::PrivateKey {
         .unwrap_or_else(|e| panic!("{path}: {e}"))
         .private_key()
 }
+
+/// `message` behind its length prefix, as it goes on the wire.
+pub fn framed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    taptun::frame::encode(message, &mut out);
+    out
+}
