@@ -9,11 +9,10 @@
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, run, wait_for};
-use std::fs;
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::Stdio;
+use common::{
+    DEADLINE, NetnsEtc, Pair, Proc, blackholed_address, daddr, nft_delete_table, nft_drop_input,
+    run, wait_for,
+};
 use std::time::{Duration, Instant};
 
 /// "session with PEER established on DEV ..."
@@ -36,70 +35,13 @@ fn session_within(
     wait_for(deadline, || log_count(proc, ESTABLISHED) >= count).then(|| since.elapsed())
 }
 
-/// Drops in `ns` everything that arrives for `addrs` (IPv4 or IPv6), with no answer.
-fn blackhole(ns: &Netns, addrs: &[&str]) {
-    let rules: String = addrs
-        .iter()
-        .map(|a| {
-            let family = if a.contains(':') { "ip6" } else { "ip" };
-            format!("\t\t{family} daddr {a} drop\n")
-        })
-        .collect();
-    let ruleset = format!(
-        "table inet taptunblackhole {{\n\
-         \tchain in {{\n\
-         \t\ttype filter hook input priority 0; policy accept;\n\
-         {rules}\
-         \t}}\n\
-         }}\n"
-    );
-    let mut nft = ns.command("nft");
-    nft.args(["-f", "-"]).stdin(Stdio::piped());
-    let mut nft = nft.spawn().expect("nft (install nftables)");
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(ruleset.as_bytes())
-        .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft -f -: {ruleset}");
-}
-
-/// 10.213.N.3 on the server's veth, where nothing answers: the blackholed first host.
-fn blackholed_v4(p: &Pair) -> String {
-    let addr = format!("10.213.{}.3", p.n);
-    p.a.ip(&format!("addr add {addr}/24 dev {}", p.a.name));
-    blackhole(&p.a, &[&addr]);
-    addr
-}
-
-/// /etc/netns/NS/FILE, which `ip netns exec NS` mounts over /etc/FILE; removed when dropped.
-struct NetnsEtc {
-    dir: PathBuf,
-}
-
-impl NetnsEtc {
-    fn new(ns: &Netns, file: &str, text: &str) -> NetnsEtc {
-        let dir = PathBuf::from("/etc/netns").join(&ns.name);
-        fs::create_dir_all(&dir).unwrap();
-        let guard = NetnsEtc { dir };
-        fs::write(guard.dir.join(file), text).unwrap();
-        guard
-    }
-}
-
-impl Drop for NetnsEtc {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn a_blackholed_first_host_delays_the_session_by_2_s_on_every_reconnect() {
     if !common::require_root() {
         return;
     }
     let p = Pair::new();
-    let dead = blackholed_v4(&p);
+    let dead = blackholed_address(&p);
     let mut server = p.server("");
     let started = Instant::now();
     let args = format!(
@@ -142,7 +84,7 @@ fn a_name_whose_ipv6_address_drops_connects_over_ipv4_within_a_second() {
     }
     let dead = format!("{v6}3");
     p.a.ip(&format!("addr add {dead}/64 dev {} nodad", p.a.name));
-    blackhole(&p.a, &[&dead]);
+    nft_drop_input(&p.a, "taptunblackhole", &[daddr(&dead)]);
     let name = format!("taptun-server-{}.test", p.n);
     let _hosts = NetnsEtc::new(
         &p.b,
@@ -205,7 +147,7 @@ fn a_slow_primary_that_answers_within_2_s_wins_over_the_backup() {
         );
     }
 
-    blackhole(&p.a, &[&primary]);
+    nft_drop_input(&p.a, "taptunblackhole", &[daddr(&primary)]);
     let args = format!(
         "-c -m {primary} -m {backup} -p {} -v -d tt0 {}",
         p.port,
@@ -214,10 +156,7 @@ fn a_slow_primary_that_answers_within_2_s_wins_over_the_backup() {
     let started = Instant::now();
     let client = Proc::start("client", p.b.taptun(&args), &p.scratch);
     std::thread::sleep(Duration::from_millis(700));
-    run(p
-        .a
-        .command("nft")
-        .args(["delete", "table", "inet", "taptunblackhole"]));
+    nft_delete_table(&p.a, "taptunblackhole");
     let first = session_within(&client, 1, started, DEADLINE);
     eprintln!("a primary answering after about 1 s: session after {first:?}");
     let log = client.stderr();

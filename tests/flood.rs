@@ -20,11 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Pair, in_netns};
+use common::{Pair, framed, in_netns, private_key};
 use taptun::device::Layer;
 use taptun::frame::{self, FrameReader};
 use taptun::handshake::{Cipher, Hello, Identity, Initiator, TAG_LEN};
-use taptun::keys::{PrivateKey, SecretText};
 
 const TRIALS: usize = 20;
 /// How long the client holds message 3 back.
@@ -35,23 +34,6 @@ const FLOOD_INTERVAL: Duration = Duration::from_millis(2);
 const HEAD_START: Duration = Duration::from_millis(150);
 /// The most silent connections in one trial (the flood stops at the client's outcome).
 const FLOOD_BOUND: usize = 500;
-
-/// The private key in a SECRET of the form "@PATH".
-fn private_key(secret: &str) -> PrivateKey {
-    let path = secret
-        .strip_prefix('@')
-        .expect("a secret of the form @PATH");
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    SecretText::parse(&text)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .private_key()
-}
-
-fn framed(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    frame::encode(message, &mut out);
-    out
-}
 
 /// The slow client: message 1 at once, message 3 after HOLD, then key confirmation.
 fn slow_handshake(identity: &Identity, addr: &str) -> Result<(), String> {

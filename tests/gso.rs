@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, in_netns, wait_for};
+use common::{DEADLINE, Netns, Pair, Proc, framed, in_netns, private_key, wait_for};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use taptun::device::Layer;
 use taptun::frame::{self, FrameReader};
 use taptun::handshake::{self, Cipher, FLAG_GSO, Hello, Identity, MessageIo};
-use taptun::keys::{PrivateKey, SecretText};
 use taptun::vnet::{self, Header, Kind};
 
 const MIB: usize = 1 << 20;
@@ -331,23 +330,6 @@ fn a_persistent_device_keeps_a_smaller_gso_max_size_and_still_carries_super_fram
 
 // ---------------------------------------------------------------------------------------------
 // A GSO peer driven by the library, sending virtio headers of its choosing.
-
-/// The private key in a SECRET of the form "@PATH".
-fn private_key(secret: &str) -> PrivateKey {
-    let path = secret
-        .strip_prefix('@')
-        .expect("a secret of the form @PATH");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    SecretText::parse(&text)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .private_key()
-}
-
-fn framed(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    frame::encode(message, &mut out);
-    out
-}
 
 /// A TCP stream as the handshake's message I/O.
 struct TcpMessages {

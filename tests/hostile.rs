@@ -27,11 +27,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Netns, Pair, Proc, in_netns, pseudo_random_bytes, wait_for};
+use common::{
+    DEADLINE, Netns, Pair, Proc, framed, in_netns, private_key, pseudo_random_bytes, wait_for,
+};
 use taptun::device::Layer;
 use taptun::frame::{self, FrameReader};
 use taptun::handshake::{self, Cipher, Hello, Identity, Initiator, MessageIo};
-use taptun::keys::{PrivateKey, SecretText};
 
 /// The server's peak resident memory must stay below this.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
@@ -469,17 +470,6 @@ fn flood(
 // ---------------------------------------------------------------------------------------------
 // The library's initiator, for attackers that hold the client's keys.
 
-/// The private key in a SECRET of the form "@PATH".
-fn private_key(secret: &str) -> PrivateKey {
-    let path = secret
-        .strip_prefix('@')
-        .expect("a secret of the form @PATH");
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    SecretText::parse(&text)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .private_key()
-}
-
 /// The client's identity, as the real client has it: an attacker who stole its keys.
 fn client_identity(p: &Pair) -> Identity {
     let server_public = private_key(&p.server_key).public_key();
@@ -497,12 +487,6 @@ fn valid_message1(identity: &Identity) -> Vec<u8> {
     let mut buf = vec![0u8; frame::MAX_MESSAGE];
     let n = init.write_message1(&mut buf).expect("message 1");
     framed(&buf[..n])
-}
-
-fn framed(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    frame::encode(message, &mut out);
-    out
 }
 
 /// A TCP stream as the handshake's message I/O.

@@ -15,10 +15,12 @@
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, Scratch, TAPTUN, in_netns, pubkey, run, wait_for};
+use common::{
+    DEADLINE, Netns, Pair, Proc, Scratch, TAPTUN, in_netns, nft_delete_table, nft_drop_input,
+    pubkey, run, wait_for,
+};
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File};
-use std::io::Write;
 use std::net::UdpSocket;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -283,34 +285,6 @@ fn third_namespace(p: &Pair) -> Netns {
     c.ip(&format!("addr add 10.216.{}.2/24 dev {}", p.n, c.name));
     c.ip(&format!("link set {} up", c.name));
     c
-}
-
-/// An nftables table in `ns` that silently drops everything arriving on `dev`, as a NAT that
-/// forgot the flow or a cable pulled further away does: no RST, no ICMP, both TCP ends half open.
-fn blackhole(ns: &Netns, dev: &str) {
-    let ruleset = format!(
-        "table inet taptuncut {{\n\
-         \tchain in {{\n\
-         \t\ttype filter hook input priority 0; policy accept;\n\
-         \t\tiifname \"{dev}\" drop\n\
-         \t}}\n\
-         }}\n"
-    );
-    let mut nft = ns.command("nft");
-    nft.args(["-f", "-"]).stdin(Stdio::piped());
-    let mut nft = nft.spawn().expect("nft (install nftables)");
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(ruleset.as_bytes())
-        .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft -f -: {ruleset}");
-}
-
-fn lift_blackhole(ns: &Netns) {
-    run(ns
-        .command("nft")
-        .args(["delete", "table", "inet", "taptuncut"]));
 }
 
 /// Deadline left until `start + total`, at least zero.
@@ -721,12 +695,12 @@ fn keepalives_find_a_silently_dropping_underlay_and_the_tunnel_recovers() {
     keepalive_finds_a_cut(
         &p,
         || {
-            blackhole(&p.a, &p.a.name);
-            blackhole(&p.b, &p.b.name);
+            nft_drop_input(&p.a, "taptuncut", &[format!("iifname \"{}\"", p.a.name)]);
+            nft_drop_input(&p.b, "taptuncut", &[format!("iifname \"{}\"", p.b.name)]);
         },
         || {
-            lift_blackhole(&p.a);
-            lift_blackhole(&p.b);
+            nft_delete_table(&p.a, "taptuncut");
+            nft_delete_table(&p.b, "taptuncut");
         },
     );
 }

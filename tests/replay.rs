@@ -15,25 +15,13 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Pair, Proc, accept_within, in_netns};
+use common::{DEADLINE, Pair, Proc, accept_within, in_netns, private_key};
 use taptun::device::Layer;
 use taptun::frame;
 use taptun::handshake::{Cipher, Hello, Identity, Initiator};
-use taptun::keys::{PrivateKey, SecretText};
 
 /// Message 2 with its length prefix: 102 bytes and 2.
 const MESSAGE2_FRAMED: usize = 104;
-
-/// The private key in a SECRET of the form "@PATH".
-fn private_key(secret: &str) -> PrivateKey {
-    let path = secret
-        .strip_prefix('@')
-        .expect("a secret of the form @PATH");
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    SecretText::parse(&text)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .private_key()
-}
 
 /// A genuine message 1 from the client's keys, with its length prefix: what an eavesdropper
 /// captures from a real client's first connection.

@@ -9,11 +9,10 @@
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, TAPTUN, wait_for};
+use common::{DEADLINE, NetnsEtc, Pair, Proc, TAPTUN, blackholed_address, wait_for};
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 /// What the issue allows between SIGTERM and the end of the process.
@@ -59,56 +58,6 @@ fn assert_quick_clean_exit(proc: &mut Proc, what: &str) {
         Some(0),
         "SIGTERM during {what}: exit status"
     );
-}
-
-/// Drops in `ns` everything that arrives for `addr`, with no answer.
-fn blackhole(ns: &Netns, addr: &str) {
-    let ruleset = format!(
-        "table inet taptunblackhole {{\n\
-         \tchain in {{\n\
-         \t\ttype filter hook input priority 0; policy accept;\n\
-         \t\tip daddr {addr} drop\n\
-         \t}}\n\
-         }}\n"
-    );
-    let mut nft = ns.command("nft");
-    nft.args(["-f", "-"]).stdin(Stdio::piped());
-    let mut nft = nft.spawn().expect("nft (install nftables)");
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(ruleset.as_bytes())
-        .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft -f -: {ruleset}");
-}
-
-/// 10.213.N.3 on the server's veth, where nothing answers, neither TCP nor DNS.
-fn blackholed_address(p: &Pair) -> String {
-    let addr = format!("10.213.{}.3", p.n);
-    p.a.ip(&format!("addr add {addr}/24 dev {}", p.a.name));
-    blackhole(&p.a, &addr);
-    addr
-}
-
-/// /etc/netns/NS/FILE, which `ip netns exec NS` mounts over /etc/FILE; removed when dropped.
-struct NetnsEtc {
-    dir: PathBuf,
-}
-
-impl NetnsEtc {
-    fn new(ns: &Netns, file: &str, text: &str) -> NetnsEtc {
-        let dir = PathBuf::from("/etc/netns").join(&ns.name);
-        fs::create_dir_all(&dir).unwrap();
-        let guard = NetnsEtc { dir };
-        fs::write(guard.dir.join(file), text).unwrap();
-        guard
-    }
-}
-
-impl Drop for NetnsEtc {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Whether process `pid` still exists (and is not a zombie).

@@ -665,3 +665,85 @@ pub fn iperf3(
         })
         .ok_or_else(|| format!("no receiver rate in the iperf3 output:\n{}", output()))
 }
+
+/// Loads nftables table `inet TABLE` in `ns`, dropping on input every packet that matches one of
+/// `matches` (each an nft match such as `ip daddr 10.213.1.3` or `iifname "veth"`), with no answer:
+/// a firewall that drops, not one that refuses. Remove it with [`nft_delete_table`].
+pub fn nft_drop_input(ns: &Netns, table: &str, matches: &[String]) {
+    let rules: String = matches.iter().map(|m| format!("\t\t{m} drop\n")).collect();
+    let ruleset = format!(
+        "table inet {table} {{\n\
+         \tchain in {{\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         {rules}\
+         \t}}\n\
+         }}\n"
+    );
+    let mut nft = ns.command("nft");
+    nft.args(["-f", "-"]).stdin(Stdio::piped());
+    let mut nft = nft.spawn().expect("nft (install nftables)");
+    nft.stdin
+        .take()
+        .expect("nft's stdin")
+        .write_all(ruleset.as_bytes())
+        .expect("write the ruleset to nft");
+    assert!(nft.wait().expect("nft").success(), "nft -f -: {ruleset}");
+}
+
+pub fn nft_delete_table(ns: &Netns, table: &str) {
+    run(ns.command("nft").args(["delete", "table", "inet", table]));
+}
+
+/// The nft match for packets to `addr` (IPv4 or IPv6).
+pub fn daddr(addr: &str) -> String {
+    let family = if addr.contains(':') { "ip6" } else { "ip" };
+    format!("{family} daddr {addr}")
+}
+
+/// 10.213.N.3 on the server's veth, where nothing answers (table `taptunblackhole`): neither a
+/// TCP connect nor a DNS query gets a reply.
+pub fn blackholed_address(p: &Pair) -> String {
+    let addr = format!("10.213.{}.3", p.n);
+    p.a.ip(&format!("addr add {addr}/24 dev {}", p.a.name));
+    nft_drop_input(&p.a, "taptunblackhole", &[daddr(&addr)]);
+    addr
+}
+
+/// /etc/netns/NS/FILE, which `ip netns exec NS` mounts over /etc/FILE; removed when dropped.
+pub struct NetnsEtc {
+    dir: PathBuf,
+}
+
+impl NetnsEtc {
+    pub fn new(ns: &Netns, file: &str, text: &str) -> NetnsEtc {
+        let dir = PathBuf::from("/etc/netns").join(&ns.name);
+        fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        let guard = NetnsEtc { dir };
+        fs::write(guard.dir.join(file), text).expect("write /etc/netns/NS/FILE");
+        guard
+    }
+}
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The private key in a SECRET of the form "@PATH", for tests that drive the library's handshake.
+pub fn private_key(secret: &str) -> taptun::keys::PrivateKey {
+    let path = secret
+        .strip_prefix('@')
+        .expect("a secret of the form @PATH");
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    taptun::keys::SecretText::parse(&text)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .private_key()
+}
+
+/// `message` behind its length prefix, as it goes on the wire.
+pub fn framed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    taptun::frame::encode(message, &mut out);
+    out
+}
