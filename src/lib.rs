@@ -7,7 +7,7 @@
 //! - [`keys`]: secret forms, Argon2id, public keys, the psk.
 //! - [`handshake`]: the Noise handshake as state machines, key confirmation, the replay cache;
 //!   [`resolver`]: its crypto, with X25519 keys zeroed on drop; [`replay`]: the replay cache
-//!   that -i processes share.
+//!   that -i processes share; `wire`: the layer and the cipher, the values both ends agree on.
 //! - [`frame`]: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
 //!   write failed, for the handshake and the relay alike.
 //! - [`device`]: opening TAP and TUN devices; the `PacketDevice` trait.
