@@ -26,7 +26,6 @@ impl Stopped {
 
 /// How a stream read or write failed. A clean end between messages is no
 /// error (`Ok(None)` from the frame reader): callers treat it as `Closed`.
-#[derive(Debug)]
 pub enum StreamEnd {
     /// One of our stops was set: not the peer's doing.
     Stopped,
