@@ -13,7 +13,10 @@
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, TAPTUN, accept_within, in_netns, pubkey, run, wait_for};
+use common::{
+    DEADLINE, Netns, Pair, Proc, TAPTUN, accept_within, in_netns, pubkey, run, server_with_hooks,
+    wait_for,
+};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
@@ -1519,28 +1522,6 @@ mod scripts {
 
     fn script(name: &str) -> String {
         contrib(&format!("scripts/{name}")).display().to_string()
-    }
-
-    /// Starts the server in `a` with HOOK-up and HOOK-down as --up and --down, the environment
-    /// `env` (the scripts' settings) and `extra` options, and waits until it listens.
-    fn server_with_hooks(p: &Pair, hook: &str, env: &[(&str, &str)], extra: &str) -> Proc {
-        let mut cmd = p.a.taptun(&format!(
-            "-s -p {} -v -d tt0 {} {extra}",
-            p.port,
-            p.server_secrets()
-        ));
-        cmd.arg("-u")
-            .arg(script(&format!("{hook}-up")))
-            .arg("-D")
-            .arg(script(&format!("{hook}-down")))
-            .envs(env.iter().copied());
-        let mut server = Proc::start("server", cmd, &p.scratch);
-        assert!(
-            wait_for(DEADLINE, || !server.running() || p.a.listening(p.port)),
-            "taptun -s did not listen"
-        );
-        assert!(server.running(), "taptun -s exited");
-        server
     }
 
     /// The name of the master (bridge) of `dev` in `ns`, if any.

@@ -15,14 +15,14 @@
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, framed, in_netns, private_key, wait_for};
+use common::{DEADLINE, Netns, Pair, Proc, TcpMessages, framed, in_netns, private_key, wait_for};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use taptun::device::Layer;
-use taptun::frame::{self, FrameReader};
-use taptun::handshake::{self, Cipher, FLAG_GSO, Hello, Identity, MessageIo};
+use taptun::frame;
+use taptun::handshake::{self, Cipher, FLAG_GSO, Hello, Identity};
 use taptun::vnet::{self, Header, Kind};
 
 const MIB: usize = 1 << 20;
@@ -331,30 +331,6 @@ fn a_persistent_device_keeps_a_smaller_gso_max_size_and_still_carries_super_fram
 // ---------------------------------------------------------------------------------------------
 // A GSO peer driven by the library, sending virtio headers of its choosing.
 
-/// A TCP stream as the handshake's message I/O.
-struct TcpMessages {
-    reader: FrameReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl MessageIo for TcpMessages {
-    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-        self.writer.write_all(&framed(msg))
-    }
-
-    fn recv(&mut self) -> io::Result<Option<&[u8]>> {
-        self.reader.next_message()
-    }
-
-    fn set_deadline(&mut self, deadline: Option<Instant>) {
-        let timeout = deadline.map(|d| {
-            d.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1))
-        });
-        let _ = self.reader.get_ref().set_read_timeout(timeout);
-    }
-}
-
 /// The client's side of a session with GSO announced, with the client's keys, from `p.b`.
 struct GsoPeer {
     stream: TcpStream,
@@ -374,10 +350,7 @@ impl GsoPeer {
         let stream = in_netns(&p.b, move || {
             TcpStream::connect_timeout(&addr, DEADLINE).expect("connect")
         });
-        let mut io = TcpMessages {
-            reader: FrameReader::with_capacity(stream.try_clone().unwrap(), frame::MAX_WIRE),
-            writer: stream.try_clone().unwrap(),
-        };
+        let mut io = TcpMessages::new(&stream);
         let mut hello = Hello::new(Layer::Tap, 1500);
         hello.flags = FLAG_GSO;
         let established = handshake::initiate(&mut io, &identity, hello, Instant::now() + DEADLINE)

@@ -28,11 +28,12 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{
-    DEADLINE, Netns, Pair, Proc, framed, in_netns, private_key, pseudo_random_bytes, wait_for,
+    DEADLINE, Netns, Pair, Proc, TcpMessages, framed, in_netns, private_key, pseudo_random_bytes,
+    wait_for,
 };
 use taptun::device::Layer;
-use taptun::frame::{self, FrameReader};
-use taptun::handshake::{self, Cipher, Hello, Identity, Initiator, MessageIo};
+use taptun::frame;
+use taptun::handshake::{self, Cipher, Hello, Identity, Initiator};
 
 /// The server's peak resident memory must stay below this.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
@@ -487,30 +488,6 @@ fn valid_message1(identity: &Identity) -> Vec<u8> {
     let mut buf = vec![0u8; frame::MAX_MESSAGE];
     let n = init.write_message1(&mut buf).expect("message 1");
     framed(&buf[..n])
-}
-
-/// A TCP stream as the handshake's message I/O.
-struct TcpMessages {
-    reader: FrameReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl MessageIo for TcpMessages {
-    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-        self.writer.write_all(&framed(msg))
-    }
-
-    fn recv(&mut self) -> io::Result<Option<&[u8]>> {
-        self.reader.next_message()
-    }
-
-    fn set_deadline(&mut self, deadline: Option<Instant>) {
-        let timeout = deadline.map(|d| {
-            d.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1))
-        });
-        let _ = self.reader.get_ref().set_read_timeout(timeout);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1061,10 +1038,7 @@ fn a_peer_that_never_reads_does_not_grow_the_server_and_the_right_peer_gets_back
             .expect("connect");
         TcpStream::from(socket)
     });
-    let mut io = TcpMessages {
-        reader: FrameReader::with_capacity(stream.try_clone().expect("clone"), frame::MAX_WIRE),
-        writer: stream.try_clone().expect("clone"),
-    };
+    let mut io = TcpMessages::new(&stream);
     let established = handshake::initiate(
         &mut io,
         &identity,

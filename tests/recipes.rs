@@ -10,8 +10,7 @@
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, run, wait_for};
-use std::path::Path;
+use common::{DEADLINE, Netns, Pair, Proc, run, server_with_hooks, wait_for};
 use std::process::Command;
 use std::time::Duration;
 
@@ -39,35 +38,6 @@ fn lan_host(p: &Pair) -> Netns {
         .args(["-K", "lan0", "tso", "off", "gso", "off"]));
     run(p.a.command("ethtool").args(["-K", "lan0", "gro", "on"]));
     h
-}
-
-fn script(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("contrib/scripts")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-/// The server in `a` with HOOK-up and HOOK-down as its hooks and `env` for them.
-fn server_with_hooks(p: &Pair, hook: &str, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = p.a.taptun(&format!(
-        "-s -p {} -v -d tt0 {}",
-        p.port,
-        p.server_secrets()
-    ));
-    cmd.arg("-u")
-        .arg(script(&format!("{hook}-up")))
-        .arg("-D")
-        .arg(script(&format!("{hook}-down")))
-        .envs(env.iter().copied());
-    let mut server = Proc::start("server", cmd, &p.scratch);
-    assert!(
-        wait_for(DEADLINE, || !server.running() || p.a.listening(p.port)),
-        "taptun -s did not listen"
-    );
-    assert!(server.running(), "taptun -s exited");
-    server
 }
 
 /// Sends SIGUSR1 to `proc` and returns the `counters:` line it logs.
@@ -179,7 +149,7 @@ fn bulk_tcp_forwarded_through_the_bridge_recipe_is_never_dropped_as_oversize() {
     let h = lan_host(&p);
     let host_h = format!("10.214.{}.3", p.n);
     h.ip(&format!("addr add {host_h}/24 dev lan0"));
-    let server = server_with_hooks(&p, "bridge", &[("TAPTUN_BRIDGE_IF", "lan0")]);
+    let server = server_with_hooks(&p, "bridge", &[("TAPTUN_BRIDGE_IF", "lan0")], "");
     let client = p.good_client("client", "tt0");
     p.address_client_tap("tt0");
     assert!(p.b.ping(&host_h), "ping from the client to {host_h}");
@@ -211,7 +181,7 @@ fn bulk_tcp_forwarded_through_the_nat_recipe_is_never_dropped_as_oversize() {
     let (lan_a, lan_h) = (format!("10.216.{}.1", p.n), format!("10.216.{}.3", p.n));
     p.a.ip(&format!("addr add {lan_a}/24 dev lan0"));
     h.ip(&format!("addr add {lan_h}/24 dev lan0"));
-    let server = server_with_hooks(&p, "nat", &[("TAPTUN_NAT_IF", "lan0")]);
+    let server = server_with_hooks(&p, "nat", &[("TAPTUN_NAT_IF", "lan0")], "");
     let client = p.good_client("client", "tt0");
     p.address_tap();
     p.b.ip(&format!(

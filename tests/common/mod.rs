@@ -747,3 +747,71 @@ pub fn framed(message: &[u8]) -> Vec<u8> {
     taptun::frame::encode(message, &mut out);
     out
 }
+
+/// A TCP stream as the handshake's message I/O, for tests that drive the library's handshake
+/// against a real taptun.
+pub struct TcpMessages {
+    reader: taptun::frame::FrameReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl TcpMessages {
+    pub fn new(stream: &TcpStream) -> TcpMessages {
+        TcpMessages {
+            reader: taptun::frame::FrameReader::with_capacity(
+                stream.try_clone().expect("clone the stream"),
+                taptun::frame::MAX_WIRE,
+            ),
+            writer: stream.try_clone().expect("clone the stream"),
+        }
+    }
+}
+
+impl taptun::handshake::MessageIo for TcpMessages {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        self.writer.write_all(&framed(msg))
+    }
+
+    fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+        self.reader.next_message()
+    }
+
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        let timeout = deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        let _ = self.reader.get_ref().set_read_timeout(timeout);
+    }
+}
+
+/// The path of contrib/scripts/NAME in this repository.
+pub fn contrib_script(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib/scripts")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Starts the server in `a` with contrib/scripts/HOOK-up and HOOK-down as -u and -D, the
+/// environment `env` (the scripts' settings) and `extra` options, and waits until it listens.
+pub fn server_with_hooks(p: &Pair, hook: &str, env: &[(&str, &str)], extra: &str) -> Proc {
+    let mut cmd = p.a.taptun(&format!(
+        "-s -p {} -v -d tt0 {} {extra}",
+        p.port,
+        p.server_secrets()
+    ));
+    cmd.arg("-u")
+        .arg(contrib_script(&format!("{hook}-up")))
+        .arg("-D")
+        .arg(contrib_script(&format!("{hook}-down")))
+        .envs(env.iter().copied());
+    let mut server = Proc::start("server", cmd, &p.scratch);
+    assert!(
+        wait_for(DEADLINE, || !server.running() || p.a.listening(p.port)),
+        "taptun -s did not listen"
+    );
+    assert!(server.running(), "taptun -s exited");
+    server
+}
