@@ -10,20 +10,13 @@
 mod common;
 
 use common::{
-    DEADLINE, NetnsEtc, Pair, Proc, blackholed_address, daddr, nft_delete_table, nft_drop_input,
-    run, wait_for,
+    DEADLINE, NetnsEtc, Pair, Proc, blackholed_address, daddr, log_count, nft_delete_table,
+    nft_drop_input, run, wait_for,
 };
 use std::time::{Duration, Instant};
 
 /// "session with PEER established on DEV ..."
 const ESTABLISHED: &[&str] = &["session with", " established"];
-
-fn log_count(proc: &Proc, needles: &[&str]) -> usize {
-    proc.stderr()
-        .lines()
-        .filter(|line| needles.iter().all(|n| line.contains(n)))
-        .count()
-}
 
 /// Waits until `proc` has logged `count` sessions; returns how long that took from `since`.
 fn session_within(

@@ -15,7 +15,9 @@
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, TcpMessages, framed, in_netns, private_key, wait_for};
+use common::{
+    DEADLINE, Netns, Pair, Proc, TcpMessages, framed, in_netns, log_lines, private_key, wait_for,
+};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
@@ -51,15 +53,6 @@ impl Counters {
     fn average_out(&self) -> u64 {
         self.bytes_out / self.frames_out.max(1)
     }
-}
-
-/// Lines of `proc`'s stderr that contain all of `needles`.
-fn log_lines(proc: &Proc, needles: &[&str]) -> Vec<String> {
-    proc.stderr()
-        .lines()
-        .filter(|line| needles.iter().all(|n| line.contains(n)))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// (frames, bytes) from the "DIR F frames/B bytes" part of a counters line (DIR: "from peer" or

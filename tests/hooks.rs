@@ -7,22 +7,8 @@
 
 mod common;
 
-use common::{DEADLINE, Pair, Proc, wait_for};
+use common::{DEADLINE, Pair, Proc, log_lines, wait_for, wait_log};
 use std::time::Duration;
-
-/// Lines of `proc`'s stderr that contain every one of `needles`.
-fn log_lines(proc: &Proc, needles: &[&str]) -> Vec<String> {
-    proc.stderr()
-        .lines()
-        .filter(|line| needles.iter().all(|n| line.contains(n)))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Waits until `proc` has logged at least `count` lines containing all of `needles`.
-fn wait_log(proc: &Proc, needles: &[&str], count: usize, deadline: Duration) -> bool {
-    wait_for(deadline, || log_lines(proc, needles).len() >= count)
-}
 
 /// "session with PEER established on DEV ..."
 const ESTABLISHED: &[&str] = &["session with", " established"];

@@ -16,8 +16,8 @@
 mod common;
 
 use common::{
-    DEADLINE, Netns, Pair, Proc, Scratch, TAPTUN, in_netns, nft_delete_table, nft_drop_input,
-    pubkey, run, wait_for,
+    DEADLINE, Netns, Pair, Proc, Scratch, TAPTUN, in_netns, log_count, log_lines, nft_delete_table,
+    nft_drop_input, pubkey, run, wait_for, wait_log,
 };
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File};
@@ -35,24 +35,6 @@ const NOBODY: &str = "65534";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: logs, pings, processes, guards.
-
-/// Lines of `proc`'s stderr that contain every one of `needles`.
-fn log_lines(proc: &Proc, needles: &[&str]) -> Vec<String> {
-    proc.stderr()
-        .lines()
-        .filter(|line| needles.iter().all(|n| line.contains(n)))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn log_count(proc: &Proc, needles: &[&str]) -> usize {
-    log_lines(proc, needles).len()
-}
-
-/// Waits until `proc` has logged at least `count` lines containing all of `needles`.
-fn wait_log(proc: &Proc, needles: &[&str], count: usize, deadline: Duration) -> bool {
-    wait_for(deadline, || log_count(proc, needles) >= count)
-}
 
 /// "session with PEER established on DEV ..."
 const ESTABLISHED: &[&str] = &["session with", " established"];

@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{DEADLINE, NetnsEtc, Pair, Proc, TAPTUN, blackholed_address, wait_for};
+use common::{
+    DEADLINE, NetnsEtc, Pair, Proc, TAPTUN, blackholed_address, log_count, wait_for, wait_log,
+};
 use std::fs;
 use std::path::Path;
 use std::process::ExitStatus;
@@ -24,17 +26,6 @@ const WAIT_FOR_FIGURE: Duration = Duration::from_secs(35);
 const ESTABLISHED: &[&str] = &["session with", " established"];
 /// "session with PEER ended: REASON (...)"
 const ENDED: &[&str] = &["session with", " ended"];
-
-fn log_count(proc: &Proc, needles: &[&str]) -> usize {
-    proc.stderr()
-        .lines()
-        .filter(|line| needles.iter().all(|n| line.contains(n)))
-        .count()
-}
-
-fn wait_log(proc: &Proc, needles: &[&str], count: usize) -> bool {
-    wait_for(DEADLINE, || log_count(proc, needles) >= count)
-}
 
 /// Sends SIGTERM and returns how long `proc` took to exit, with its status (None: still running
 /// after WAIT_FOR_FIGURE).
@@ -206,7 +197,7 @@ fn sigterm_during_a_relay_over_a_command_that_ignores_sigterm_exits_within_2_s()
         p.b.taptun(&format!("-c --once -v -d tt0 {}", p.client_secrets()));
     cmd.args(["-x", &command]);
     let mut client = Proc::start("client", cmd, &p.scratch);
-    assert!(wait_log(&client, ESTABLISHED, 1), "no session");
+    assert!(wait_log(&client, ESTABLISHED, 1, DEADLINE), "no session");
     assert_quick_clean_exit(&mut client, "a relay over a command that ignores SIGTERM");
 }
 
@@ -218,7 +209,7 @@ fn sighup_and_sigusr1_do_not_end_the_process_and_sigterm_ends_a_relay() {
     let p = Pair::new();
     let mut server = p.server("");
     let mut client = p.good_client("client", "tt0");
-    assert!(wait_log(&client, ESTABLISHED, 1), "no session");
+    assert!(wait_log(&client, ESTABLISHED, 1, DEADLINE), "no session");
     for proc in [&server, &client] {
         proc.signal(libc::SIGHUP);
     }
@@ -228,7 +219,7 @@ fn sighup_and_sigusr1_do_not_end_the_process_and_sigterm_ends_a_relay() {
     for proc in [&server, &client] {
         proc.signal(libc::SIGUSR1);
         assert!(
-            wait_log(proc, &["counters:"], 1),
+            wait_log(proc, &["counters:"], 1, DEADLINE),
             "SIGUSR1 logs the counters"
         );
     }
@@ -266,7 +257,7 @@ fn slow_up_hook_keeps_the_session(server_hook: bool) {
     ));
     hook(&mut client, !server_hook);
     let client = Proc::start("client", client, &p.scratch);
-    assert!(wait_log(&client, ESTABLISHED, 1), "no session");
+    assert!(wait_log(&client, ESTABLISHED, 1, DEADLINE), "no session");
     std::thread::sleep(Duration::from_secs(12));
     let (sessions, ended) = (log_count(&client, ESTABLISHED), log_count(&client, ENDED));
     let end = if server_hook { "server" } else { "client" };
@@ -318,11 +309,20 @@ fn a_slow_down_hook_of_a_replaced_session_does_not_hold_up_the_new_one() {
         p.b.taptun(&format!("--once {}", client_args("tt0"))),
         &p.scratch,
     );
-    assert!(wait_log(&first, ESTABLISHED, 1), "no first session");
+    assert!(
+        wait_log(&first, ESTABLISHED, 1, DEADLINE),
+        "no first session"
+    );
     // The same keys from a second client: it replaces the first, whose down hook takes 8 s.
     let second = Proc::start("second", p.b.taptun(&client_args("tt1")), &p.scratch);
-    assert!(wait_log(&second, ESTABLISHED, 1), "no second session");
-    assert!(wait_log(&server, &["replaces"], 1), "no replacement");
+    assert!(
+        wait_log(&second, ESTABLISHED, 1, DEADLINE),
+        "no second session"
+    );
+    assert!(
+        wait_log(&server, &["replaces"], 1, DEADLINE),
+        "no replacement"
+    );
     std::thread::sleep(Duration::from_secs(12));
     let (sessions, ended) = (log_count(&second, ESTABLISHED), log_count(&second, ENDED));
     eprintln!(

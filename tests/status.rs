@@ -8,21 +8,7 @@
 
 mod common;
 
-use common::{DEADLINE, Netns, Pair, Proc, wait_for};
-
-/// Lines of `proc`'s stderr that contain all of `needles`.
-fn lines(proc: &Proc, needles: &[&str]) -> Vec<String> {
-    proc.stderr()
-        .lines()
-        .filter(|line| needles.iter().all(|n| line.contains(n)))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Waits until `proc` has logged at least `count` lines with all of `needles`.
-fn wait_log(proc: &Proc, needles: &[&str], count: usize) -> bool {
-    wait_for(DEADLINE, || lines(proc, needles).len() >= count)
-}
+use common::{DEADLINE, Netns, Pair, Proc, log_lines, wait_for, wait_log};
 
 const ESTABLISHED: &[&str] = &["session with", "established"];
 const ENDED: &[&str] = &["session with", "ended: "];
@@ -48,18 +34,18 @@ fn assert_carrier(ns: &Netns, dev: &str, carrier: bool, when: &str) {
 
 /// Sends SIGUSR1 to `proc` and returns the new `counters:` line it logs.
 fn status_line(proc: &Proc) -> String {
-    let before = lines(proc, &["counters:"]).len();
+    let before = log_lines(proc, &["counters:"]).len();
     proc.signal(libc::SIGUSR1);
     assert!(
-        wait_log(proc, &["counters:"], before + 1),
+        wait_log(proc, &["counters:"], before + 1, DEADLINE),
         "no `counters:` line after SIGUSR1"
     );
-    lines(proc, &["counters:"]).pop().unwrap()
+    log_lines(proc, &["counters:"]).pop().unwrap()
 }
 
 /// The reason in `proc`'s last "session with PEER ended: REASON (counters)" line.
 fn last_end_reason(proc: &Proc) -> String {
-    let line = lines(proc, ENDED).pop().expect("no `ended` line");
+    let line = log_lines(proc, ENDED).pop().expect("no `ended` line");
     let reason = line.split_once("ended: ").unwrap().1;
     reason
         .rsplit_once(" (")
@@ -93,8 +79,8 @@ fn the_carrier_is_off_without_a_session_and_on_while_one_relays() {
     assert_carrier(&p.a, "tt0", false, "server, before any session");
 
     let mut client = p.good_client("client", "tt0");
-    assert!(wait_log(&server, ESTABLISHED, 1), "no session");
-    assert!(wait_log(&client, ESTABLISHED, 1), "no session");
+    assert!(wait_log(&server, ESTABLISHED, 1, DEADLINE), "no session");
+    assert!(wait_log(&client, ESTABLISHED, 1, DEADLINE), "no session");
     assert_carrier(&p.a, "tt0", true, "server, session up");
     assert_carrier(&p.b, "tt0", true, "client, session up");
     assert!(
@@ -114,18 +100,21 @@ fn the_carrier_is_off_without_a_session_and_on_while_one_relays() {
     client.signal(libc::SIGKILL);
     let _ = client.wait();
     assert!(
-        wait_log(&server, ENDED, 1),
+        wait_log(&server, ENDED, 1, DEADLINE),
         "the server did not see the end"
     );
     assert_carrier(&p.a, "tt0", false, "server, after the session ended");
 
     // And the other way: a new client, then the server goes.
     let client = p.good_client("client again", "tt1");
-    assert!(wait_log(&client, ESTABLISHED, 1), "no second session");
+    assert!(
+        wait_log(&client, ESTABLISHED, 1, DEADLINE),
+        "no second session"
+    );
     assert_carrier(&p.b, "tt1", true, "client, session up");
     drop(server);
     assert!(
-        wait_log(&client, ENDED, 1),
+        wait_log(&client, ENDED, 1, DEADLINE),
         "the client did not see the end"
     );
     assert_carrier(&p.b, "tt1", false, "client, after the session ended");
@@ -145,8 +134,8 @@ fn sigusr1_starts_with_whether_a_session_is_up_and_names_the_directions() {
     );
 
     let mut client = p.good_client("client", "tt0");
-    assert!(wait_log(&server, ESTABLISHED, 1), "no session");
-    assert!(wait_log(&client, ESTABLISHED, 1), "no session");
+    assert!(wait_log(&server, ESTABLISHED, 1, DEADLINE), "no session");
+    assert!(wait_log(&client, ESTABLISHED, 1, DEADLINE), "no session");
     p.address_tap();
     p.assert_tap_ping();
     let during = status_line(&server);
@@ -174,7 +163,7 @@ fn sigusr1_starts_with_whether_a_session_is_up_and_names_the_directions() {
     client.signal(libc::SIGKILL);
     let _ = client.wait();
     assert!(
-        wait_log(&server, ENDED, 1),
+        wait_log(&server, ENDED, 1, DEADLINE),
         "the server did not see the end"
     );
     // The state changes just after the `ended` line: ask again until it does.
@@ -204,9 +193,9 @@ fn verbose_logs_each_connect_attempt_handshake_step_and_hook() {
     let p = Pair::new();
     let server = p.server("");
     let client = p.client("client", &format!("-d tt0 -u true {}", p.client_secrets()));
-    assert!(wait_log(&client, ESTABLISHED, 1), "no session");
+    assert!(wait_log(&client, ESTABLISHED, 1, DEADLINE), "no session");
     assert!(
-        wait_log(&client, &["up hook `true`", "succeeded"], 1),
+        wait_log(&client, &["up hook `true`", "succeeded"], 1, DEADLINE),
         "the up hook did not run"
     );
     let target = format!("{}:{}", p.server_addr(), p.port);
@@ -220,7 +209,7 @@ fn verbose_logs_each_connect_attempt_handshake_step_and_hook() {
         &["up hook `true` started"],
     ] {
         assert!(
-            !lines(&client, needles).is_empty(),
+            !log_lines(&client, needles).is_empty(),
             "client -v: no line with {needles:?}"
         );
     }
@@ -232,7 +221,7 @@ fn verbose_logs_each_connect_attempt_handshake_step_and_hook() {
         "handshake: key confirmation sent",
     ] {
         assert!(
-            !lines(&server, &[needle]).is_empty(),
+            !log_lines(&server, &[needle]).is_empty(),
             "server -v: no line with {needle:?}"
         );
     }
@@ -257,7 +246,7 @@ fn an_info_line_at_start_names_the_device_and_what_it_waits_for() {
     );
     let start = format!("tt0 ready; connecting to {}:{}", p.server_addr(), p.port);
     assert!(
-        wait_log(&client, &["ERROR"], 1),
+        wait_log(&client, &["ERROR"], 1, DEADLINE),
         "the client logged no error"
     );
     let log = client.stderr();
@@ -277,7 +266,8 @@ fn an_info_line_at_start_names_the_device_and_what_it_waits_for() {
         wait_log(
             &server,
             &["tt0 ready; listening on ", &format!(":{}", p.port)],
-            1
+            1,
+            DEADLINE
         ),
         "no start line from the server"
     );
@@ -294,7 +284,8 @@ fn an_info_line_at_start_names_the_device_and_what_it_waits_for() {
         wait_log(
             &inetd,
             &["ti0 ready; handshake with the peer on stdin/stdout"],
-            1
+            1,
+            DEADLINE
         ),
         "no start line with -i"
     );
@@ -304,7 +295,7 @@ fn an_info_line_at_start_names_the_device_and_what_it_waits_for() {
     cmd.args(["-x", "exit 1"]);
     let command = Proc::start("command", cmd, &p.scratch);
     assert!(
-        wait_log(&command, &["tt1 ready; running `exit 1`"], 1),
+        wait_log(&command, &["tt1 ready; running `exit 1`"], 1, DEADLINE),
         "no start line with -x"
     );
 }

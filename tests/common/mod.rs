@@ -815,3 +815,21 @@ pub fn server_with_hooks(p: &Pair, hook: &str, env: &[(&str, &str)], extra: &str
     assert!(server.running(), "taptun -s exited");
     server
 }
+
+/// Lines of `proc`'s stderr that contain every one of `needles`.
+pub fn log_lines(proc: &Proc, needles: &[&str]) -> Vec<String> {
+    proc.stderr()
+        .lines()
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn log_count(proc: &Proc, needles: &[&str]) -> usize {
+    log_lines(proc, needles).len()
+}
+
+/// Waits until `proc` has logged at least `count` lines containing all of `needles`.
+pub fn wait_log(proc: &Proc, needles: &[&str], count: usize, deadline: Duration) -> bool {
+    wait_for(deadline, || log_count(proc, needles) >= count)
+}
