@@ -19,6 +19,7 @@
 //! - [`log`]: stderr or syslog. [`error`]: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
 
+pub(crate) mod channel;
 pub(crate) mod child;
 pub mod client;
 pub mod config;

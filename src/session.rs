@@ -20,7 +20,7 @@ use crate::handshake::{
     self, Established, FLAG_GSO, HandshakeError, Hello, Identity, Progress, Replays,
 };
 use crate::hooks::{self, HOOK_LIMIT, HookEnv};
-use crate::relay::{self, Counters, Drain, End, Framing, Link};
+use crate::relay::{self, Channel, Counters, Drain, End, Framing};
 use crate::sys::Stop;
 use crate::transport::{Closer, Framed, Stream};
 
@@ -364,19 +364,14 @@ impl Tunnel {
         framed
             .writer
             .set_stall_limit(ours.map(|d| d * DEAD_AFTER_INTERVALS));
-        let link = Link {
-            send_nonce: established.send_nonce,
-            recv_nonce: established.recv_nonce,
-            keepalive: ours,
-            framing,
-        };
+        let channel = Channel::new(established, framing, self.device.vnet_kind());
         let before = self.counters.snapshot();
         let end = relay::relay(
             &self.device,
             framed,
             &closer,
-            &established.transport,
-            link,
+            channel,
+            ours,
             &stop,
             &self.counters,
         );
