@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::channel::{self, Opened, Receiver, Sealed, Sender, Unsent};
-pub use crate::channel::{Channel, Framing};
+use crate::channel::{Receiver, Sender, Unsent};
+// The channel's vocabulary, for the session and the benchmarks.
+pub use crate::channel::{Channel, Framing, OPEN_ROOM, Opened, Sealed};
 use crate::device::{MAX_FRAME, PacketDevice};
 use crate::frame::{self, FrameReader};
 use crate::handshake::TAG_LEN;
@@ -313,7 +314,7 @@ fn stream_to_device<D: PacketDevice>(
     mut receiver: Receiver,
     counters: &Counters,
 ) -> End {
-    let mut plain = vec![0u8; channel::OPEN_ROOM];
+    let mut plain = vec![0u8; OPEN_ROOM];
     loop {
         let msg = match reader.next_message() {
             Ok(Some(msg)) => msg,
