@@ -31,14 +31,11 @@ use snow::params::CipherChoice;
 use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
 use snow::types::Cipher as NoiseCipher;
 
-use taptun::device::{Layer, MAX_FRAME};
-use taptun::frame::{self, FrameReader};
-use taptun::handshake::{
-    Cipher, Established, Hello, Identity, Initiator, Responder, TAG_LEN, Transport,
+use taptun::{
+    Channel, Cipher, Established, FrameReader, Framing, Hello, Identity, Initiator, Layer,
+    MAX_FRAME, MAX_WIRE, OPEN_ROOM, Opened, PrivateKey, PublicKey, Responder, Sealed, TAG_LEN,
+    Transport, VirtioKind,
 };
-use taptun::keys::PrivateKey;
-use taptun::relay::{Channel, Framing, OPEN_ROOM, Opened, Sealed};
-use taptun::vnet;
 
 /// Frame sizes: a minimal frame, a full MTU-1500 IP packet, the largest frame.
 const SIZES: [usize; 3] = [64, 1500, MAX_FRAME];
@@ -60,16 +57,13 @@ fn channels(cipher: Cipher) -> (Channel, Channel) {
             send_nonce: 0,
             recv_nonce: 0,
         };
-        Channel::new(established, Framing::Plain, vnet::Kind::Ethernet)
+        Channel::new(established, Framing::Plain, VirtioKind::Ethernet)
     };
     (channel(ti, ki), channel(tr, kr))
 }
 
 /// A real handshake in memory: each side's transport and peer key.
-type Ends = (
-    (Transport, taptun::keys::PublicKey),
-    (Transport, taptun::keys::PublicKey),
-);
+type Ends = ((Transport, PublicKey), (Transport, PublicKey));
 
 fn handshake(cipher: Cipher) -> Ends {
     let (a, b) = (
@@ -171,7 +165,7 @@ fn bench_cipher(c: &mut Criterion, cipher: Cipher) {
         // read from the device, an output buffer with room for one full
         // message, and a framed reader.
         let wire = Wire {
-            bytes: vec![0u8; frame::MAX_WIRE],
+            bytes: vec![0u8; MAX_WIRE],
             len: 0,
             pos: 0,
         };

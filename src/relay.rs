@@ -26,9 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::channel::{Receiver, Sender, Unsent};
-// The channel's vocabulary, for the session and the benchmarks.
-pub use crate::channel::{Channel, Framing, OPEN_ROOM, Opened, Sealed};
+pub(crate) use crate::channel::{Channel, Framing};
+use crate::channel::{OPEN_ROOM, Opened, Receiver, Sealed, Sender, Unsent};
 use crate::device::{MAX_FRAME, PacketDevice};
 use crate::frame::{self, FrameReader};
 use crate::handshake::TAG_LEN;
