@@ -52,11 +52,11 @@ mod wire;
 // is private, so the compiler sees what nothing uses.
 pub use channel::{Channel, Framing, OPEN_ROOM, Opened, Sealed};
 pub use config::{Command, OPTIONS, help, mentions_inetd};
-pub use device::MAX_FRAME;
+pub use device::{MAX_FRAME, PacketDevice};
 pub use error::{Error, SEE_HELP};
 pub use frame::{
-    FrameReader, MAX_MESSAGE, MAX_WIRE, decode as decode_message, encode as encode_message,
-    encode_with as encode_message_with,
+    FrameReader, MAX_MESSAGE, MAX_WIRE, READ_BUFFER, decode as decode_message,
+    encode as encode_message, encode_with as encode_message_with,
 };
 pub use handshake::{
     Cipher, Established, FLAG_GSO, Hello, Identity, Initiator, MESSAGE1_LEN, MessageIo, Responder,
@@ -64,7 +64,9 @@ pub use handshake::{
 };
 pub use keys::{PrivateKey, PublicKey, SecretText, derive_psk, stretch_passphrase};
 pub use log::{Sink as LogSink, init as init_log};
-pub use sys::is_socket;
+pub use relay::{Counters, relay};
+pub use sys::{Stop, is_socket};
+pub use transport::Stream;
 pub use vnet::{
     F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, HDR_LEN as VIRTIO_HDR_LEN, Header as VirtioHeader,
     Kind as VirtioKind, tcp_super_frame,
@@ -79,8 +81,6 @@ use crate::config::{Config, Mode, Remote};
 use crate::device::Device;
 use crate::keys::{SHORT_PASSPHRASE, SecretSpec};
 use crate::session::Tunnel;
-use crate::sys::Stop;
-use crate::transport::Stream;
 
 /// Where logging should go for this configuration: syslog when -i was given
 /// a socket that is also fd 2 (inetd), stderr otherwise.
