@@ -11,17 +11,18 @@
 //! and per session, and the thread count. Then each session carries a burst
 //! of full-size frames both ways, and the same figures are printed once the
 //! sessions are idle again: what buffers that grew under load still hold.
+//! tests/idle_memory.rs runs [`measure`] too, with fewer sessions.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use taptun::{
-    Channel, Cipher, Counters, FrameReader, Framing, Hello, Identity, Layer, MAX_FRAME,
-    MAX_MESSAGE, PacketDevice, PrivateKey, READ_BUFFER, Responder, Stop, Stream, Transport,
-    VirtioKind, encode_message, initiate, relay,
+    Channel, Cipher, Counters, Framing, Hello, Identity, Layer, MAX_FRAME, MAX_MESSAGE,
+    PacketDevice, PrivateKey, READ_BUFFER, Responder, Stop, Stream, Transport, VirtioKind,
+    encode_message, initiate, relay,
 };
 
 /// Sessions started when neither the argument nor the environment says.
@@ -49,7 +50,6 @@ impl PacketDevice for FakeDevice {
 struct Session {
     outside: UnixDatagram,
     peer: UnixStream,
-    peer_reader: FrameReader<UnixStream>,
     peer_transport: Transport,
     /// The peer's next send nonce (its key confirmation took 0).
     peer_nonce: u64,
@@ -57,6 +57,16 @@ struct Session {
     session_nonce: u64,
     stop: Arc<Stop>,
     thread: std::thread::JoinHandle<()>,
+}
+
+/// Reads one message from the peer's end of the stream into `buf`: no
+/// reader per session, so that the peers' memory does not count.
+fn read_message<'a>(peer: &mut UnixStream, buf: &'a mut [u8]) -> &'a [u8] {
+    let mut prefix = [0u8; 2];
+    peer.read_exact(&mut prefix).expect("read");
+    let len = usize::from(u16::from_be_bytes(prefix));
+    peer.read_exact(&mut buf[..len]).expect("read");
+    &buf[..len]
 }
 
 /// A field of /proc/self/status (VmRSS in kB, Threads).
@@ -132,38 +142,30 @@ fn start(ours: &Arc<Identity>, theirs: &Identity, counters: &Arc<Counters>) -> S
         })
     };
 
-    let mut peer_reader = FrameReader::new(peer.try_clone().expect("dup"));
+    let mut peer = peer;
     let mut resp = Responder::new(theirs, hello).expect("responder");
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    let (mut buf, mut out) = (vec![0u8; 1024], vec![0u8; 1024]);
     let send = |peer: &mut UnixStream, msg: &[u8]| {
         let mut wire = Vec::new();
         encode_message(msg, &mut wire);
         peer.write_all(&wire).expect("send");
     };
-    let mut peer_w = peer.try_clone().expect("dup");
     // -> psk, e
-    let msg = peer_reader
-        .next_message()
-        .expect("read")
+    resp.read_message1(read_message(&mut peer, &mut buf))
         .expect("message 1");
-    resp.read_message1(msg).expect("message 1");
     // <- e, ee, s, es
-    let n = resp.write_message2(&mut buf).expect("message 2");
-    send(&mut peer_w, &buf[..n]);
+    let n = resp.write_message2(&mut out).expect("message 2");
+    send(&mut peer, &out[..n]);
     // -> s, se
-    let msg = peer_reader
-        .next_message()
-        .expect("read")
+    resp.read_message3(read_message(&mut peer, &mut buf))
         .expect("message 3");
-    resp.read_message3(msg).expect("message 3");
     let (peer_transport, _) = resp.into_transport().expect("transport");
     // The key confirmation: an empty message at nonce 0.
-    let n = peer_transport.seal(0, &[], &mut buf).expect("seal");
-    send(&mut peer_w, &buf[..n]);
+    let n = peer_transport.seal(0, &[], &mut out).expect("seal");
+    send(&mut peer, &out[..n]);
     Session {
         outside,
         peer,
-        peer_reader,
         peer_transport,
         peer_nonce: 1,
         session_nonce: 0,
@@ -175,19 +177,13 @@ fn start(ours: &Arc<Identity>, theirs: &Identity, counters: &Arc<Counters>) -> S
 /// Full-size frames both ways through one session, one at a time: the
 /// device's datagram queue holds only a few, and the relay drops frames
 /// while the stream is backed up.
-fn burst(s: &mut Session) {
-    let frame = vec![0x5au8; MAX_FRAME];
-    let mut buf = vec![0u8; MAX_MESSAGE];
+fn burst(s: &mut Session, frame: &[u8], buf: &mut [u8], plain: &mut [u8]) {
     for _ in 0..BURST_FRAMES {
-        s.outside.send(&frame).expect("device send");
-        let msg = s
-            .peer_reader
-            .next_message()
-            .expect("read")
-            .expect("message");
+        s.outside.send(frame).expect("device send");
+        let msg = read_message(&mut s.peer, buf);
         let n = s
             .peer_transport
-            .open(s.session_nonce, msg, &mut buf)
+            .open(s.session_nonce, msg, plain)
             .expect("opens");
         assert_eq!(n, MAX_FRAME);
         s.session_nonce += 1;
@@ -195,36 +191,28 @@ fn burst(s: &mut Session) {
     for _ in 0..BURST_FRAMES {
         let n = s
             .peer_transport
-            .seal(s.peer_nonce, &frame, &mut buf)
+            .seal(s.peer_nonce, frame, buf)
             .expect("seal");
         s.peer_nonce += 1;
         let mut wire = Vec::new();
         encode_message(&buf[..n], &mut wire);
         s.peer.write_all(&wire).expect("stream send");
-        let n = s.outside.recv(&mut buf).expect("device recv");
+        let n = s.outside.recv(plain).expect("device recv");
         assert_eq!(n, MAX_FRAME);
     }
 }
 
-fn report(what: &str, base: u64, rss: u64, sessions: usize) {
-    if let Ok(path) = std::env::var("TAPTUN_SMAPS") {
-        let _ = std::fs::copy("/proc/self/smaps", format!("{path}.{}", what.len()));
-    }
-    let per = (rss.saturating_sub(base)) as f64 / sessions as f64;
-    println!(
-        "{what}: VmRSS {base} kB before, {rss} kB after: {per:.1} KiB per session; {} threads",
-        status("Threads")
-    );
+/// VmRSS in kB: before any session, once all are idle after the
+/// handshake, and once all are idle again after a burst.
+pub struct Measured {
+    pub base: u64,
+    pub after_handshake: u64,
+    pub after_burst: u64,
+    pub threads: u64,
 }
 
-fn main() {
-    let sessions = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .or_else(|| std::env::var("TAPTUN_SESSIONS").ok())
-        .map_or(DEFAULT_SESSIONS, |n| {
-            n.parse().expect("a number of sessions")
-        });
+/// Starts `sessions` sessions, measures, and stops them; prints as it goes.
+pub fn measure(sessions: usize) -> Measured {
     let nofile = raise_nofile();
     let (a, b) = (
         PrivateKey::from_bytes([1; 32]),
@@ -249,14 +237,10 @@ fn main() {
         .collect();
     // Every session has read its key confirmation once it relays: a frame
     // from its device crosses.
+    let (mut buf, mut plain) = (vec![0u8; MAX_MESSAGE], vec![0u8; MAX_MESSAGE]);
     for s in &mut all {
         s.outside.send(b"up").expect("device send");
-        let msg = s
-            .peer_reader
-            .next_message()
-            .expect("read")
-            .expect("message");
-        let mut plain = [0u8; 16];
+        let msg = read_message(&mut s.peer, &mut buf);
         let n = s
             .peer_transport
             .open(s.session_nonce, msg, &mut plain)
@@ -265,17 +249,21 @@ fn main() {
         s.session_nonce += 1;
     }
     println!("{sessions} sessions up in {:?}", started.elapsed());
-    report("idle after the handshake", base, settled_rss(), sessions);
+    let after_handshake = settled_rss();
+    report("idle after the handshake", base, after_handshake, sessions);
 
+    let frame = vec![0x5au8; MAX_FRAME];
     for s in &mut all {
-        burst(s);
+        burst(s, &frame, &mut buf, &mut plain);
     }
+    let after_burst = settled_rss();
     report(
         &format!("idle after {BURST_FRAMES} frames of {MAX_FRAME} bytes each way"),
         base,
-        settled_rss(),
+        after_burst,
         sessions,
     );
+    let threads = status("Threads");
 
     for s in &all {
         s.stop.trigger();
@@ -283,4 +271,33 @@ fn main() {
     for s in all {
         s.thread.join().expect("session thread");
     }
+    Measured {
+        base,
+        after_handshake,
+        after_burst,
+        threads,
+    }
+}
+
+fn report(what: &str, base: u64, rss: u64, sessions: usize) {
+    if let Ok(path) = std::env::var("TAPTUN_SMAPS") {
+        let _ = std::fs::copy("/proc/self/smaps", format!("{path}.{}", what.len()));
+    }
+    let per = (rss.saturating_sub(base)) as f64 / sessions as f64;
+    println!(
+        "{what}: VmRSS {base} kB before, {rss} kB after: {per:.1} KiB per session; {} threads",
+        status("Threads")
+    );
+}
+
+#[allow(dead_code)] // tests/idle_memory.rs includes this file for `measure`.
+fn main() {
+    let sessions = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .or_else(|| std::env::var("TAPTUN_SESSIONS").ok())
+        .map_or(DEFAULT_SESSIONS, |n| {
+            n.parse().expect("a number of sessions")
+        });
+    measure(sessions);
 }

@@ -49,6 +49,12 @@ const SMALL_FRAME: usize = 256;
 /// Room in the output buffer kept for small frames.
 const SMALL_FRAME_RESERVE: usize = 16 * 1024;
 
+/// After this long with nothing to carry, a direction gives the pages of its
+/// buffers back (they are kept, and fill again under load): an idle session
+/// then costs little more than its threads' stacks, as a hub with many
+/// peers needs.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
 /// Counters of a process: sessions, handshakes and traffic. The relay adds
 /// to them as it goes; a session's own figures are the difference between
 /// two [`Snapshot`]s.
@@ -315,6 +321,21 @@ fn stream_to_device<D: PacketDevice>(
 ) -> End {
     let mut plain = vec![0u8; OPEN_ROOM];
     loop {
+        // Wait here for the stream, rather than in the read, to see when it
+        // goes idle.
+        if reader.is_empty() {
+            match reader.get_ref().wait(Some(Instant::now() + IDLE_RELEASE)) {
+                Ok(Wait::Ready) => {}
+                Ok(Wait::Stopped) => return End::Stopped,
+                Ok(Wait::TimedOut) => {
+                    if let Some(buf) = reader.idle_buffer() {
+                        sys::release_pages(buf);
+                    }
+                    sys::release_pages(&mut plain);
+                }
+                Err(e) => return End::StreamError(e),
+            }
+        }
         let msg = match reader.next_message() {
             Ok(Some(msg)) => msg,
             Ok(None) => return End::PeerClosed,
@@ -369,6 +390,7 @@ fn device_to_stream<D: PacketDevice>(
     let (mut start, mut end) = (0, 0);
     let mut last_send = Instant::now();
     let mut blocked_since: Option<Instant> = None;
+    let mut used = true;
     loop {
         if start == end {
             start = 0;
@@ -379,9 +401,10 @@ fn device_to_stream<D: PacketDevice>(
                 &mut packet,
                 &mut out,
                 keepalive_due,
+                used,
                 stop,
             ) {
-                Ok(used) => end = used,
+                Ok(n) => (end, used) = (n, true),
                 Err(why) => return why,
             }
         }
@@ -492,27 +515,40 @@ fn read_frame<D: PacketDevice>(
 }
 
 /// Waits for frames from the device (or the keepalive time) and seals what
-/// is queued, as long as a full message fits; returns the bytes used.
+/// is queued, as long as a full message fits; returns the bytes used. Once
+/// idle for [`IDLE_RELEASE`], gives the pages of the buffers back if they
+/// were `dirty`.
 fn gather<D: PacketDevice>(
     device: &D,
     sealer: &mut Sealer<'_>,
     packet: &mut [u8],
     out: &mut [u8],
     keepalive_due: Option<Instant>,
+    dirty: bool,
     stop: &Stop,
 ) -> Result<usize, End> {
     let mut used = 0;
+    let mut dirty = dirty;
     while out.len() - used >= frame::MAX_WIRE {
         match read_frame(device, packet, sealer.counters)? {
             Some(n) => used += sealer.seal_frame(&mut packet[..n], &mut out[used..]),
             None if used > 0 => break,
-            None => match sys::wait_readable(device.raw_fd(), &[stop], keepalive_due) {
-                Ok(Wait::Ready) => {}
-                Ok(Wait::Stopped) => return Err(End::Stopped),
-                // Idle for the keepalive interval: an empty message.
-                Ok(Wait::TimedOut) => return Ok(sealer.keepalive(out)),
-                Err(e) => return Err(End::DeviceError(e)),
-            },
+            None => {
+                let release_due = dirty.then(|| Instant::now() + IDLE_RELEASE);
+                let due = [keepalive_due, release_due].into_iter().flatten().min();
+                match sys::wait_readable(device.raw_fd(), &[stop], due) {
+                    Ok(Wait::Ready) => {}
+                    Ok(Wait::Stopped) => return Err(End::Stopped),
+                    // Idle for the keepalive interval: an empty message.
+                    Ok(Wait::TimedOut) if due == keepalive_due => return Ok(sealer.keepalive(out)),
+                    Ok(Wait::TimedOut) => {
+                        sys::release_pages(packet);
+                        sys::release_pages(out);
+                        dirty = false;
+                    }
+                    Err(e) => return Err(End::DeviceError(e)),
+                }
+            }
         }
     }
     if log::log_enabled!(log::Level::Trace) {
@@ -813,6 +849,46 @@ mod tests {
             assert!(matches!(run(&b, sa, &tr), End::Protocol(_)));
             assert_eq!(b.counters.frames_in.load(Ordering::Relaxed), 0);
         }
+    }
+
+    #[test]
+    fn a_silent_peer_is_dead_once_the_idle_limit_has_passed_since_its_last_message() {
+        let (ti, tr) = transports();
+        let (sa, mut wire) = UnixStream::pair().unwrap();
+        let b = end();
+        let stream = Stream::socket(sa.into(), "test".into()).unwrap();
+        let (mut framed, closer) = stream.split(std::slice::from_ref(&b.stop)).unwrap();
+        let limit = Duration::from_millis(1500);
+        framed.reader.get_mut().set_idle_limit(Some(limit));
+        let mut sealed = vec![0u8; 100];
+        let n = ti.seal(0, b"last words", &mut sealed).unwrap();
+        let mut bytes = Vec::new();
+        frame::encode(&sealed[..n], &mut bytes);
+        wire.write_all(&bytes).unwrap();
+        let channel = Channel {
+            sender: Sender::new(tr.clone(), 0, Framing::Plain),
+            receiver: Receiver::new(tr, 0, Framing::Plain, vnet::Kind::Ethernet),
+        };
+        let start = Instant::now();
+        let end = relay(
+            &b.device,
+            framed,
+            &closer,
+            channel,
+            None,
+            &b.stop,
+            &b.counters,
+        );
+        let took = start.elapsed();
+        assert!(matches!(end, End::Dead(_)), "{end}");
+        // Waiting for the stream to go idle (to give the buffers back) does
+        // not add to the limit.
+        assert!(
+            took >= limit && took < limit + IDLE_RELEASE / 2,
+            "declared dead after {took:?}"
+        );
+        assert_eq!(b.counters.frames_in.load(Ordering::Relaxed), 1);
+        drop(wire);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct StreamReader {
     /// Reads fail with `TimedOut` when nothing arrives for this long (a
     /// dead peer).
     idle: Option<Duration>,
+    /// When bytes last arrived: the idle limit counts from here.
+    heard: Instant,
 }
 
 impl StreamReader {
@@ -46,20 +48,36 @@ impl StreamReader {
         self.deadline = deadline;
     }
 
+    /// Waits until there is something to read (or a stop, or `deadline`),
+    /// without reading it.
+    ///
+    /// # Errors
+    /// poll(2)'s.
+    pub fn wait(&self, deadline: Option<Instant>) -> io::Result<Wait> {
+        sys::wait_readable(self.file.as_raw_fd(), &self.stops, deadline)
+    }
+
     pub fn set_idle_limit(&mut self, idle: Option<Duration>) {
         self.idle = idle;
+        self.heard = Instant::now();
     }
 }
 
 impl Read for StreamReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let idle_deadline = self.idle.map(|idle| Instant::now() + idle);
+        // From the last bytes received, not from this call: a caller may
+        // wait for the stream itself before reading.
+        let idle_deadline = self.idle.map(|idle| self.heard + idle);
         let deadline = earliest(self.deadline, idle_deadline);
         loop {
             match sys::wait_readable(self.file.as_raw_fd(), &self.stops, deadline)? {
                 Wait::Ready => match (&self.file).read(buf) {
                     // The descriptor may be shared with the non-blocking writer.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Ok(n) => {
+                        self.heard = Instant::now();
+                        return Ok(n);
+                    }
                     other => return other,
                 },
                 Wait::Stopped => return Err(Stopped::error()),
@@ -322,6 +340,7 @@ impl Stream {
             stops: stops.to_vec(),
             deadline: None,
             idle: None,
+            heard: Instant::now(),
         };
         let writer = StreamWriter {
             file: File::from(self.write),
