@@ -21,8 +21,8 @@
 //! - [`session_transport`]: an established session's receiving half (the
 //!   relay's own [`Receiver`]) opens the messages of a stream made of a few
 //!   genuinely sealed frames followed by the input, until one is fatal. The
-//!   genuine prefix opens, and nothing opens that was not sealed by the peer
-//!   at its nonce, in order.
+//!   genuine prefix opens, nothing opens that was not sealed by the peer at
+//!   its nonce, in order, and no genuine message is refused.
 //! - [`virtio_header`]: a frame with its virtio_net_hdr, as a GSO peer or the
 //!   device hands it over, read both as a TAP frame and as a TUN packet.
 //!   [`vnet::check`] only passes headers whose every offset lies inside the
@@ -668,7 +668,14 @@ pub fn session_transport(data: &[u8]) {
                 "message {opened} opened as a keepalive, the peer sealed a frame"
             ),
             Opened::Drop(why) => panic!("plain framing refused message {opened}: {why}"),
-            Opened::Fatal(why) => break Some(why.to_string()),
+            Opened::Fatal(why) => {
+                let genuine = sealed_frames(Cipher::ChaChaPoly, opened, 1);
+                assert!(
+                    genuine.get(frame::HEADER_LEN..) != Some(msg),
+                    "the genuine message {opened} was refused: {why}"
+                );
+                break Some(why.to_string());
+            }
         }
         opened += 1;
     };
