@@ -9,7 +9,7 @@
 //! but printable ASCII replaced and cut to [`REPLY_SHOWN`] characters: they
 //! come from the network.
 //!
-//! What the proxy says decides what the client does next: 407, 403 and
+//! What the proxy says decides what the client does next: 407 (or 401), 403 and
 //! SOCKS5's "not allowed" or refused credentials are [`Failure::Denied`]
 //! (the configuration is wrong: exit 3 at once, as a provable handshake
 //! failure); a target the proxy could not reach, and a proxy that does not
@@ -358,7 +358,8 @@ fn http_status(line: &[u8]) -> Result<(), Failure> {
     };
     match code {
         200..=299 => Ok(()),
-        407 => Err(Failure::Denied(format!(
+        // 407 is the standard's answer; tinyproxy 1.11 says 401.
+        401 | 407 => Err(Failure::Denied(format!(
             "the proxy wants credentials, or refused ours ({shown}): \
              set TAPTUN_PROXY_AUTH=user:password or --proxy-auth @FILE"
         ))),
@@ -676,8 +677,9 @@ mod tests {
     #[test]
     fn http_refusals_are_denied_or_retried_by_their_status() {
         let request_len = "CONNECT h:4242 HTTP/1.1\r\nHost: h:4242\r\n\r\n".len();
-        let cases: [(&[u8], bool); 5] = [
+        let cases: [(&[u8], bool); 6] = [
             (b"HTTP/1.0 407 Proxy Authentication Required\r\n\r\n", true),
+            (b"HTTP/1.0 401 Unauthorized\r\n\r\n", true),
             (b"HTTP/1.1 403 Access violation\r\n\r\n", true),
             (b"HTTP/1.1 502 Bad Gateway\r\n\r\n", false),
             (b"HTTP/1.1 503 Unavailable\r\n\r\n", false),
