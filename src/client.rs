@@ -68,7 +68,7 @@ impl Backoff {
 /// How the client reaches the server.
 pub struct Dialer<'a> {
     pub mode: &'a Mode,
-    pub fwmark: Option<u32>,
+    pub socket: &'a transport::SocketOptions,
     pub proxy_auth: Option<&'a crate::proxy::Credentials>,
 }
 
@@ -87,11 +87,11 @@ impl Dialer<'_> {
                         self.proxy_auth,
                         hosts,
                         *port,
-                        self.fwmark,
+                        self.socket,
                         deadline,
                         stop,
                     )?,
-                    None => transport::connect(hosts, *port, self.fwmark, deadline, stop)?
+                    None => transport::connect(hosts, *port, self.socket, deadline, stop)?
                         .map(|(tcp, addr)| (tcp, addr.to_string())),
                 };
                 let Some((tcp, peer)) = connected else {

@@ -126,6 +126,8 @@ pub struct Config {
     pub group: Option<String>,
     /// SO_MARK for the carrier socket.
     pub fwmark: Option<u32>,
+    /// TCP_CONGESTION for the carrier socket; `None` keeps the system's.
+    pub congestion: Option<String>,
     /// Number of -v.
     pub verbosity: u8,
     /// Warnings to log once logging is up.
@@ -190,6 +192,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "U", long: "user", hint: "USER", help: "drop root to USER once the device is open and the socket bound" },
     OptionSpec { short: "G", long: "group", hint: "GROUP", help: "the group to switch to (default: USER's primary group)" },
     OptionSpec { short: "F", long: "fwmark", hint: "MARK", help: "set SO_MARK on the carrier socket, for policy routing (-s, -c -m)" },
+    OptionSpec { short: "", long: "congestion", hint: "ALG", help: "TCP congestion control of the carrier socket (-s, -c -m, -i), e.g. bbr or cubic (default: the system's)" },
     OptionSpec { short: "C", long: "check", hint: "", help: "check the configuration and secrets, open nothing, exit 0 (or 2 with the reason)" },
     OptionSpec { short: "v", long: "verbose", hint: "", help: "log more (repeat for more); RUST_LOG overrides" },
     OptionSpec { short: "h", long: "help", hint: "", help: "print this help and exit" },
@@ -543,6 +546,24 @@ impl Config {
                 "-F cannot be combined with -U/-G in -c mode: setting the mark on each new connection needs CAP_NET_ADMIN",
             ));
         }
+        let congestion = m.opt_str("congestion");
+        if let Some(alg) = &congestion {
+            // The kernel's names: at most 15 bytes (TCP_CA_NAME_MAX with its NUL).
+            let name_ok = (1..=15).contains(&alg.len())
+                && alg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !name_ok {
+                return Err(usage(format!(
+                    "--congestion: `{alg}` is not an algorithm's name (e.g. cubic, bbr, reno; \
+                     see /proc/sys/net/ipv4/tcp_available_congestion_control)"
+                )));
+            }
+            if matches!(mode, Mode::Command { .. }) {
+                return Err(usage(
+                    "--congestion applies to taptun's own TCP socket (-s, -c -m, -i); \
+                     with -x the command makes the connection",
+                ));
+            }
+        }
         let once = m.opt_present("o");
         if once && !mode.is_initiator() {
             return Err(usage(
@@ -565,6 +586,7 @@ impl Config {
             user,
             group,
             fwmark,
+            congestion,
             verbosity: u8::try_from(m.opt_count("v")).unwrap_or(u8::MAX),
             warnings,
         })
@@ -797,6 +819,7 @@ mod tests {
                 user: None,
                 group: None,
                 fwmark: None,
+                congestion: None,
                 verbosity: 0,
                 warnings: vec![],
             }
@@ -859,6 +882,7 @@ mod tests {
                 user: None,
                 group: None,
                 fwmark: Some(16),
+                congestion: None,
                 verbosity: 2,
                 warnings: vec![],
             }
@@ -1311,6 +1335,41 @@ mod tests {
                 PUB,
             ][..],
             &["-c", "-m", "gw", "-P", "ftp://px", "-l", "@/k", "-k", PUB][..],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn congestion_takes_an_algorithm_name_for_taptuns_own_socket() {
+        let c = tunnel(&["-s", "--congestion", "bbr", "-l", "@/k", "-k", PUB]);
+        assert_eq!(c.congestion.as_deref(), Some("bbr"));
+        let c = tunnel(&["-i", "-l", "@/k", "-k", PUB]);
+        assert_eq!(c.congestion, None);
+        for bad in [
+            &["-s", "--congestion", "", "-l", "@/k", "-k", PUB][..],
+            &["-s", "--congestion", "cubic;reboot", "-l", "@/k", "-k", PUB][..],
+            &[
+                "-s",
+                "--congestion",
+                "a_name_far_too_long",
+                "-l",
+                "@/k",
+                "-k",
+                PUB,
+            ][..],
+            &[
+                "-c",
+                "-x",
+                "ssh gw",
+                "--congestion",
+                "bbr",
+                "-l",
+                "@/k",
+                "-k",
+                PUB,
+            ][..],
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{bad:?}: {err}");

@@ -104,7 +104,8 @@ pub fn run(config: Config) -> Result<(), Error> {
     // First of all, before taptun opens a descriptor of its own that could
     // take a number systemd's hand-over names.
     let serve = matches!(config.mode, Mode::Server { .. });
-    let inherited = transport::inherited_listener(&env, serve, config.fwmark)?;
+    let socket_options = transport::SocketOptions::new(config.fwmark, config.congestion.clone());
+    let inherited = transport::inherited_listener(&env, serve, &socket_options)?;
     if let Err(e) = sys::forbid_core_dumps() {
         ::log::warn!("cannot forbid core dumps (keys could leak into one): {e}");
     }
@@ -118,7 +119,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     // -i: take the stream first, so that nothing else can reach fd 1.
     let stdio = if config.mode == Mode::Inetd {
         std::panic::set_hook(Box::new(|info| ::log::error!("internal error: {info}")));
-        Some(Stream::stdio()?)
+        let stream = Stream::stdio()?;
+        socket_options.apply_to_stdio(&stream);
+        Some(stream)
     } else {
         None
     };
@@ -140,7 +143,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 ::log::info!("using the listening socket passed by systemd (fd 3)");
                 listener
             }
-            None => transport::listen(*bind, *port, config.fwmark)?,
+            None => transport::listen(*bind, *port, &socket_options)?,
         }),
         _ => None,
     };
@@ -199,7 +202,7 @@ pub fn run(config: Config) -> Result<(), Error> {
             (mode, _, _) => {
                 let dialer = client::Dialer {
                     mode,
-                    fwmark: config.fwmark,
+                    socket: &socket_options,
                     proxy_auth: proxy_auth.as_ref(),
                 };
                 client::run(&tunnel, &dialer, config.once, scope)

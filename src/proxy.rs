@@ -201,7 +201,7 @@ pub fn connect(
     auth: Option<&Credentials>,
     hosts: &[String],
     port: u16,
-    fwmark: Option<u32>,
+    socket: &transport::SocketOptions,
     deadline: Instant,
     stop: &Stop,
 ) -> Result<Option<(TcpStream, String)>, Error> {
@@ -209,7 +209,7 @@ pub fn connect(
     for host in hosts {
         let proxy_host = std::slice::from_ref(&proxy.host);
         let Some((mut tcp, _)) =
-            transport::connect(proxy_host, proxy.port, fwmark, deadline, stop)?
+            transport::connect(proxy_host, proxy.port, socket, deadline, stop)?
         else {
             return Ok(None);
         };
