@@ -833,3 +833,10 @@ pub fn log_count(proc: &Proc, needles: &[&str]) -> usize {
 pub fn wait_log(proc: &Proc, needles: &[&str], count: usize, deadline: Duration) -> bool {
     wait_for(deadline, || log_count(proc, needles) >= count)
 }
+
+impl Proc {
+    /// The process id (that of the program itself: `ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
