@@ -24,6 +24,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::device::MAX_FRAME;
 use crate::frame::{self, HEADER_LEN};
 use crate::handshake::{Established, TAG_LEN, Transport};
 use crate::vnet::{self, Reject};
@@ -66,10 +67,30 @@ impl Channel {
     /// The halves of the session `established`; `kind` is what the device's
     /// virtio headers precede, for the checks of [`Framing::Gso`].
     pub fn new(established: Established, framing: Framing, kind: vnet::Kind) -> Channel {
-        let transport = Arc::new(established.transport);
+        let (send, recv) = (established.send_nonce, established.recv_nonce);
+        Channel::resume(Arc::new(established.transport), send, recv, framing, kind)
+    }
+
+    /// The halves of a session whose next nonces are `send` and `recv`.
+    pub fn resume(
+        transport: Arc<Transport>,
+        send: u64,
+        recv: u64,
+        framing: Framing,
+        kind: vnet::Kind,
+    ) -> Channel {
         Channel {
-            sender: Sender::new(transport.clone(), established.send_nonce, framing),
-            receiver: Receiver::new(transport, established.recv_nonce, framing, kind),
+            sender: Sender {
+                transport: transport.clone(),
+                nonce: send,
+                framing,
+            },
+            receiver: Receiver {
+                transport,
+                nonce: recv,
+                framing,
+                kind,
+            },
         }
     }
 }
@@ -90,7 +111,8 @@ pub enum Unsent {
     /// [`Framing::Strip`] cannot make it a plain frame (most often a
     /// super-frame queued before the offloads went off).
     Offload(Reject),
-    /// It does not fit one message, or the output has no room for it.
+    /// Larger than [`MAX_FRAME`] (its virtio header not counted), or the
+    /// output has no room for it.
     Oversize,
 }
 
@@ -103,14 +125,6 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(transport: Arc<Transport>, nonce: u64, framing: Framing) -> Sender {
-        Sender {
-            transport,
-            nonce,
-            framing,
-        }
-    }
-
     /// Seals `packet`, as the device gave it, into `out` behind its prefix.
     /// [`Framing::Strip`] rewrites it in place (a completed checksum).
     pub fn seal(&mut self, packet: &mut [u8], out: &mut [u8]) -> Sealed {
@@ -122,6 +136,9 @@ impl Sender {
             },
         };
         let bytes = plaintext.len().saturating_sub(self.framing.overhead());
+        if bytes > MAX_FRAME {
+            return Sealed::Drop(Unsent::Oversize);
+        }
         match self.seal_plaintext(plaintext, out) {
             Some(used) => Sealed::Message { used, bytes },
             None => Sealed::Drop(Unsent::Oversize),
@@ -197,20 +214,6 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub fn new(
-        transport: Arc<Transport>,
-        nonce: u64,
-        framing: Framing,
-        kind: vnet::Kind,
-    ) -> Receiver {
-        Receiver {
-            transport,
-            nonce,
-            framing,
-            kind,
-        }
-    }
-
     /// Opens one message from the stream into `out`, which needs
     /// [`OPEN_ROOM`] bytes.
     pub fn open(&mut self, message: &[u8], out: &mut [u8]) -> Opened {
@@ -250,7 +253,7 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{Layer, MAX_FRAME};
+    use crate::device::Layer;
     use crate::handshake::{Cipher, Hello, Identity, Initiator, Responder};
     use crate::keys::PrivateKey;
 
@@ -315,8 +318,10 @@ mod tests {
     /// after a handshake.
     fn confirm(init: &mut Channel, resp: &mut Channel) {
         let mut out = [0u8; 64];
-        let used =
-            Sender::new(resp.sender.transport.clone(), 0, Framing::Plain).keepalive(&mut out);
+        let transport = resp.sender.transport.clone();
+        let mut sender =
+            Channel::resume(transport, 0, 0, Framing::Plain, vnet::Kind::Ethernet).sender;
+        let used = sender.keepalive(&mut out);
         let (opened, _) = open(&mut init.receiver, &out[HEADER_LEN..used]);
         assert_eq!(opened, Opened::Keepalive);
     }

@@ -38,7 +38,7 @@ use std::io::{self, Read};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::channel::{self, Framing, Opened, Receiver};
+use crate::channel::{self, Channel, Framing, Opened};
 use crate::device::Layer;
 use crate::error::HandshakeCause;
 use crate::frame::{self, FrameError, FrameReader};
@@ -637,12 +637,9 @@ pub fn session_transport(data: &[u8]) {
     let mut stream = sealed_frames(Cipher::ChaChaPoly, 0, prefix_frames);
     stream.extend_from_slice(rest);
     let mut reader = FrameReader::new(&stream[..]);
-    let mut receiver = Receiver::new(
-        t.server_transport.clone(),
-        0,
-        Framing::Plain,
-        vnet::Kind::Ethernet,
-    );
+    let kind = vnet::Kind::Ethernet;
+    let transport = t.server_transport.clone();
+    let mut receiver = Channel::resume(transport, 1, 0, Framing::Plain, kind).receiver;
     let mut plain = vec![0u8; channel::OPEN_ROOM];
     // Messages opened so far: the nonce of the next one.
     let mut opened = 0u64;

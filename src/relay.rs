@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use crate::channel::{Channel, Framing};
 use crate::channel::{OPEN_ROOM, Opened, Receiver, Sealed, Sender, Unsent};
-use crate::device::{MAX_FRAME, PacketDevice};
+use crate::device::PacketDevice;
 use crate::frame::{self, FrameReader};
 use crate::handshake::TAG_LEN;
 use crate::stream_error::StreamEnd;
@@ -320,27 +320,28 @@ fn stream_to_device<D: PacketDevice>(
     counters: &Counters,
 ) -> End {
     let mut plain = vec![0u8; OPEN_ROOM];
+    // Whether the buffers gave their pages back since the last message.
+    let mut released = false;
     loop {
-        // Wait here for the stream, rather than in the read, to see when it
-        // goes idle.
-        if reader.is_empty() {
-            match reader.get_ref().wait(Some(Instant::now() + IDLE_RELEASE)) {
-                Ok(Wait::Ready) => {}
-                Ok(Wait::Stopped) => return End::Stopped,
-                Ok(Wait::TimedOut) => {
-                    if let Some(buf) = reader.idle_buffer() {
-                        sys::release_pages(buf);
-                    }
-                    sys::release_pages(&mut plain);
-                }
-                Err(e) => return End::StreamError(e),
-            }
-        }
+        // A read that starts with nothing held gives up once the stream has
+        // been quiet for IDLE_RELEASE, so that the pages can go back.
+        let quiet = (!released && reader.is_empty()).then(|| Instant::now() + IDLE_RELEASE);
+        reader.get_mut().set_deadline(quiet);
         let msg = match reader.next_message() {
             Ok(Some(msg)) => msg,
             Ok(None) => return End::PeerClosed,
+            // Or the idle limit: then the next read says so at once.
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && !released => {
+                if let Some(buf) = reader.idle_buffer() {
+                    sys::release_pages(buf);
+                }
+                sys::release_pages(&mut plain);
+                released = true;
+                continue;
+            }
             Err(e) => return End::from(StreamEnd::from(e)),
         };
+        released = false;
         let (len, bytes) = match receiver.open(msg, &mut plain) {
             Opened::Frame { len, bytes } => (len, bytes),
             Opened::Keepalive => {
@@ -390,7 +391,6 @@ fn device_to_stream<D: PacketDevice>(
     let (mut start, mut end) = (0, 0);
     let mut last_send = Instant::now();
     let mut blocked_since: Option<Instant> = None;
-    let mut used = true;
     loop {
         if start == end {
             start = 0;
@@ -401,10 +401,9 @@ fn device_to_stream<D: PacketDevice>(
                 &mut packet,
                 &mut out,
                 keepalive_due,
-                used,
                 stop,
             ) {
-                Ok(n) => (end, used) = (n, true),
+                Ok(used) => end = used,
                 Err(why) => return why,
             }
         }
@@ -475,6 +474,7 @@ impl Sealer<'_> {
             }
             Sealed::Drop(Unsent::Oversize) => {
                 Counters::add(&self.counters.dropped_oversize, 1);
+                log::debug!("dropped a frame of {} bytes from the device", packet.len());
                 0
             }
         }
@@ -493,19 +493,10 @@ impl Sealer<'_> {
 /// Reads one frame from the device (with its virtio header, if it has
 /// them): `Ok(None)` when none is queued, and frames too large to carry are
 /// dropped (counted) and skipped.
-fn read_frame<D: PacketDevice>(
-    device: &D,
-    packet: &mut [u8],
-    counters: &Counters,
-) -> Result<Option<usize>, End> {
-    let limit = MAX_FRAME + if device.vnet_hdr() { vnet::HDR_LEN } else { 0 };
+fn read_frame<D: PacketDevice>(device: &D, packet: &mut [u8]) -> Result<Option<usize>, End> {
     loop {
         match device.recv(packet) {
             Ok(0) => continue,
-            Ok(n) if n > limit => {
-                Counters::add(&counters.dropped_oversize, 1);
-                log::debug!("dropped a frame of {n} bytes from the device (the limit is {limit})");
-            }
             Ok(n) => return Ok(Some(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -516,21 +507,19 @@ fn read_frame<D: PacketDevice>(
 
 /// Waits for frames from the device (or the keepalive time) and seals what
 /// is queued, as long as a full message fits; returns the bytes used. Once
-/// idle for [`IDLE_RELEASE`], gives the pages of the buffers back if they
-/// were `dirty`.
+/// idle for [`IDLE_RELEASE`], gives the pages of the buffers back.
 fn gather<D: PacketDevice>(
     device: &D,
     sealer: &mut Sealer<'_>,
     packet: &mut [u8],
     out: &mut [u8],
     keepalive_due: Option<Instant>,
-    dirty: bool,
     stop: &Stop,
 ) -> Result<usize, End> {
     let mut used = 0;
-    let mut dirty = dirty;
+    let mut dirty = true;
     while out.len() - used >= frame::MAX_WIRE {
-        match read_frame(device, packet, sealer.counters)? {
+        match read_frame(device, packet)? {
             Some(n) => used += sealer.seal_frame(&mut packet[..n], &mut out[used..]),
             None if used > 0 => break,
             None => {
@@ -569,7 +558,7 @@ fn backlog<D: PacketDevice>(
     out: &mut [u8],
     mut used: usize,
 ) -> Result<usize, End> {
-    while let Some(n) = read_frame(device, packet, sealer.counters)? {
+    while let Some(n) = read_frame(device, packet)? {
         // At most n bytes of plaintext (less once a virtio header is stripped).
         let need = frame::HEADER_LEN + n + TAG_LEN;
         let reserve = if n <= SMALL_FRAME + vnet::HDR_LEN {
@@ -654,7 +643,7 @@ mod tests {
     use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::time::Duration;
 
-    use crate::device::Layer;
+    use crate::device::{Layer, MAX_FRAME};
     use crate::handshake::{Cipher, Hello, Identity, Initiator, Responder, Transport};
     use crate::keys::PrivateKey;
     use crate::transport::Stream;
@@ -739,10 +728,8 @@ mod tests {
     fn run(end: &Side, stream: UnixStream, transport: &Arc<Transport>) -> End {
         let stream = Stream::socket(stream.into(), "test".into()).unwrap();
         let (framed, closer) = stream.split(std::slice::from_ref(&end.stop)).unwrap();
-        let channel = Channel {
-            sender: Sender::new(transport.clone(), 0, end.framing),
-            receiver: Receiver::new(transport.clone(), 0, end.framing, vnet::Kind::Ethernet),
-        };
+        let kind = vnet::Kind::Ethernet;
+        let channel = Channel::resume(transport.clone(), 0, 0, end.framing, kind);
         relay(
             &end.device,
             framed,
@@ -865,10 +852,7 @@ mod tests {
         let mut bytes = Vec::new();
         frame::encode(&sealed[..n], &mut bytes);
         wire.write_all(&bytes).unwrap();
-        let channel = Channel {
-            sender: Sender::new(tr.clone(), 0, Framing::Plain),
-            receiver: Receiver::new(tr, 0, Framing::Plain, vnet::Kind::Ethernet),
-        };
+        let channel = Channel::resume(tr, 0, 0, Framing::Plain, vnet::Kind::Ethernet);
         let start = Instant::now();
         let end = relay(
             &b.device,

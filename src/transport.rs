@@ -49,15 +49,6 @@ impl StreamReader {
         self.deadline = deadline;
     }
 
-    /// Waits until there is something to read (or a stop, or `deadline`),
-    /// without reading it.
-    ///
-    /// # Errors
-    /// poll(2)'s.
-    pub fn wait(&self, deadline: Option<Instant>) -> io::Result<Wait> {
-        sys::wait_readable(self.file.as_raw_fd(), &self.stops, deadline)
-    }
-
     pub fn set_idle_limit(&mut self, idle: Option<Duration>) {
         self.idle = idle;
         self.heard = Instant::now();
@@ -66,8 +57,8 @@ impl StreamReader {
 
 impl Read for StreamReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // From the last bytes received, not from this call: a caller may
-        // wait for the stream itself before reading.
+        // From the last bytes received, not from this call: a read may
+        // have given up at its deadline before.
         let idle_deadline = self.idle.map(|idle| self.heard + idle);
         let deadline = earliest(self.deadline, idle_deadline);
         loop {
