@@ -160,12 +160,7 @@ impl Counters {
             get(&self.bytes_out),
             get(&self.frames_in),
             get(&self.bytes_in),
-            get(&self.dropped_oversize)
-                + get(&self.dropped_device)
-                + get(&self.dropped_backlog)
-                + get(&self.dropped_no_session)
-                + get(&self.dropped_offload)
-                + get(&self.dropped_invalid),
+            self.snapshot().dropped + get(&self.dropped_no_session),
             get(&self.dropped_oversize),
             get(&self.dropped_device),
             get(&self.dropped_backlog),
