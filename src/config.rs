@@ -48,19 +48,19 @@ pub enum Command {
 pub enum Mode {
     /// -s: listen for TCP connections.
     Server { bind: Option<IpAddr>, port: u16 },
-    /// -c -m: dial a TCP server; several -m are tried in turn.
-    Client { hosts: Vec<String>, port: u16 },
-    /// -c -x: run a command and use its stdin and stdout.
-    Command { command: String },
+    /// -c: start the handshake on each stream it dials.
+    Client(Dial),
     /// -i: fd 0 and fd 1 are the stream.
     Inetd,
 }
 
-impl Mode {
-    /// Whether this end starts the handshake (only -c does).
-    pub fn is_initiator(&self) -> bool {
-        matches!(self, Mode::Client { .. } | Mode::Command { .. })
-    }
+/// How a client gets its streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dial {
+    /// -m: dial a TCP server; several -m are tried in turn.
+    Tcp { hosts: Vec<String>, port: u16 },
+    /// -x: run a command and use its stdin and stdout.
+    Command(String),
 }
 
 /// Whom the peer must be.
@@ -485,19 +485,20 @@ impl Config {
                 ))
             })?),
         };
-        if fwmark.is_some() && !matches!(mode, Mode::Server { .. } | Mode::Client { .. }) {
+        if fwmark.is_some() && !matches!(mode, Mode::Server { .. } | Mode::Client(Dial::Tcp { .. }))
+        {
             return Err(usage("-F only applies to the TCP socket of -s and -c -m"));
         }
         if fwmark.is_some()
             && (user.is_some() || group.is_some())
-            && matches!(mode, Mode::Client { .. })
+            && matches!(mode, Mode::Client(Dial::Tcp { .. }))
         {
             return Err(usage(
                 "-F cannot be combined with -U/-G in -c mode: setting the mark on each new connection needs CAP_NET_ADMIN",
             ));
         }
         let once = m.opt_present("o");
-        if once && !mode.is_initiator() {
+        if once && !matches!(mode, Mode::Client(_)) {
             return Err(usage(
                 "-o only applies to -c (-s serves on, -i is always one session)",
             ));
@@ -567,8 +568,10 @@ fn parse_mode(m: &getopts::Matches) -> Result<Mode, Error> {
             .map(|h| parse_host(h))
             .collect::<Result<Vec<String>, Error>>()?;
         return match (hosts.is_empty(), m.opt_str("x")) {
-            (false, None) => Ok(Mode::Client { hosts, port }),
-            (true, Some(command)) if !command.trim().is_empty() => Ok(Mode::Command { command }),
+            (false, None) => Ok(Mode::Client(Dial::Tcp { hosts, port })),
+            (true, Some(command)) if !command.trim().is_empty() => {
+                Ok(Mode::Client(Dial::Command(command)))
+            }
             (false, Some(_)) => Err(usage("-c takes either -m HOST or -x COMMAND, not both")),
             _ => Err(usage("-c needs -m HOST or -x COMMAND")),
         };
@@ -762,10 +765,10 @@ mod tests {
         assert_eq!(
             c,
             Config {
-                mode: Mode::Client {
+                mode: Mode::Client(Dial::Tcp {
                     hosts: vec!["2001:db8::1".into(), "gw.example".into()],
                     port: 4000
-                },
+                }),
                 layer: Layer::Tun,
                 device: Some("tun7".into()),
                 local: file(Origin::Argv("-l"), "/k"),
@@ -841,9 +844,7 @@ mod tests {
         let c = tunnel(&["-c", "-x", "ssh gw taptun -i", "-l", "@/k", "-k", PUB]);
         assert_eq!(
             c.mode,
-            Mode::Command {
-                command: "ssh gw taptun -i".into()
-            }
+            Mode::Client(Dial::Command("ssh gw taptun -i".into()))
         );
     }
 
@@ -1070,7 +1071,7 @@ mod tests {
         ]);
         assert_eq!(
             c.mode,
-            Mode::Client {
+            Mode::Client(Dial::Tcp {
                 hosts: vec![
                     "2001:db8::1".into(),
                     "::1".into(),
@@ -1080,7 +1081,7 @@ mod tests {
                     "2001:db8::1:1980".into(),
                 ],
                 port: DEFAULT_PORT
-            }
+            })
         );
     }
 
