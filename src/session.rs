@@ -777,6 +777,19 @@ mod tests {
         }
     }
 
+    /// Ends whatever a failed assertion leaves running, so that the scope
+    /// can join its threads and the test fails instead of hanging.
+    struct StopOnDrop<'a>(&'a Stop, Option<mpsc::Sender<Event>>);
+
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.trigger();
+            if let Some(events) = &self.1 {
+                let _ = events.send(Event::Shutdown);
+            }
+        }
+    }
+
     /// A file the hooks append lines to, removed on drop.
     struct HookLog(PathBuf);
 
@@ -846,6 +859,7 @@ mod tests {
                 .initiate(&peer, stream, Instant::now() + Duration::from_secs(5))
                 .unwrap()
                 .unwrap();
+            let _stop = StopOnDrop(&owner.shutdown, None);
             let relay = scope.spawn(|| owner.run(&peer, session, scope));
             let received = || far.counters.keepalives_in.load(Ordering::Relaxed);
             wait_for("3 keepalives", || received() >= 3);
@@ -988,6 +1002,7 @@ mod tests {
             far: Mutex::default(),
         };
         std::thread::scope(|scope| {
+            let _stop = StopOnDrop(&owner.shutdown, None);
             let client = scope.spawn(|| client::run(&owner, &peer, &dialer, false));
             wait_for("the up hook", || log.lines() == ["up far"]);
             assert!(carrier.load(Ordering::SeqCst));
@@ -1024,6 +1039,7 @@ mod tests {
         let (events, inbox) = mpsc::channel();
         std::thread::scope(|scope| {
             let keeper_events = events.clone();
+            let _stop = StopOnDrop(&owner.shutdown, Some(events.clone()));
             let keeper = scope.spawn(|| owner.keep(&peer, inbox, keeper_events));
             let (first, far_a) = accepted(&owner, &peer, "a");
             events.send(Event::Ready(Box::new(first))).unwrap();
