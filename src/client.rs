@@ -160,7 +160,9 @@ pub fn run<D: PacketDevice>(
                 return Ok(());
             }
             let delay = backoff.next_delay();
-            log::info!("reconnecting in {:.1} s", owner.timing.secs(delay));
+            // In protocol seconds, as the backoff counts.
+            let secs = delay.as_secs_f64() / owner.timing.second.as_secs_f64();
+            log::info!("reconnecting in {secs:.1} s");
             match sys::wait_readable(
                 owner.shutdown.raw_fd(),
                 sys::NO_STOPS,

@@ -24,8 +24,9 @@ pub struct Endpoint<D: PacketDevice> {
     device: Arc<D>,
     /// Where the drain counts what it drops.
     counters: Arc<Counters>,
-    /// `None` while a session is attached (or no eventfd could be had).
-    drain: Mutex<Option<Drain>>,
+    /// The drain thread and its stop; `None` while a session is attached
+    /// (or when no eventfd could be had: the kernel's queue then drops).
+    drain: Mutex<Option<(Arc<Stop>, JoinHandle<()>)>>,
 }
 
 /// A session's hold on the endpoint: the carrier is on and nothing else
@@ -52,22 +53,30 @@ impl<D: PacketDevice> Endpoint<D> {
     /// turns the carrier on, before the up hook and the relay start: the
     /// hook sees the link up.
     pub fn attach(&self) -> Attached<'_, D> {
-        if let Some(drain) = self.lock().take() {
-            drain.finish();
-        }
+        self.stop_drain();
         self.device.set_carrier(true);
         Attached(self)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Drain>> {
-        self.drain.lock().unwrap_or_else(|p| p.into_inner())
+    fn stop_drain(&self) {
+        let drain = self.drain.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, thread)) = drain {
+            stop.trigger();
+            let _ = thread.join();
+        }
     }
 
-    /// Without an eventfd the drain cannot be stopped: the kernel's queue
-    /// then drops instead, said once per attempt.
     fn start_drain(&self) {
-        match Drain::start(self.device.clone(), self.counters.clone()) {
-            Ok(drain) => *self.lock() = Some(drain),
+        let (device, counters) = (self.device.clone(), self.counters.clone());
+        let started = Stop::new().map(Arc::new).and_then(|stop| {
+            let thread_stop = stop.clone();
+            std::thread::Builder::new()
+                .name("drain".into())
+                .spawn(move || drain(&*device, &counters, &thread_stop))
+                .map(|thread| (stop, thread))
+        });
+        match started {
+            Ok(drain) => *self.drain.lock().unwrap_or_else(|p| p.into_inner()) = Some(drain),
             Err(e) => log::warn!("cannot drain the device while no session is up: {e}"),
         }
     }
@@ -82,55 +91,28 @@ impl<D: PacketDevice> Drop for Attached<'_, D> {
 
 impl<D: PacketDevice> Drop for Endpoint<D> {
     fn drop(&mut self) {
-        if let Some(drain) = self
-            .drain
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            drain.finish();
-        }
+        self.stop_drain();
     }
 }
 
-/// Reads and drops what the device sends while no session is up (counted).
-struct Drain {
-    stop: Arc<Stop>,
-    thread: JoinHandle<()>,
-}
-
-impl Drain {
-    fn start<D: PacketDevice>(device: Arc<D>, counters: Arc<Counters>) -> io::Result<Drain> {
-        let stop = Arc::new(Stop::new()?);
-        let thread_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("drain".into())
-            .spawn(move || {
-                let mut packet = vec![0u8; frame::MAX_MESSAGE + 1];
-                loop {
-                    match device.recv(&mut packet) {
-                        Ok(_) => Counters::add(&counters.dropped_no_session, 1),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            match sys::wait_readable(device.raw_fd(), &[&thread_stop], None) {
-                                Ok(Wait::Ready) | Ok(Wait::TimedOut) => {}
-                                Ok(Wait::Stopped) | Err(_) => return,
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            log::warn!("device read failed while no session is up: {e}");
-                            let _ = sys::wait_readable(thread_stop.raw_fd(), sys::NO_STOPS, None);
-                            return;
-                        }
-                    }
+/// Reads and drops what the device sends (counted) until `stop`.
+fn drain<D: PacketDevice>(device: &D, counters: &Counters, stop: &Stop) {
+    let mut packet = vec![0u8; frame::MAX_MESSAGE + 1];
+    loop {
+        match device.recv(&mut packet) {
+            Ok(_) => Counters::add(&counters.dropped_no_session, 1),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match sys::wait_readable(device.raw_fd(), &[stop], None) {
+                    Ok(Wait::Ready) | Ok(Wait::TimedOut) => {}
+                    Ok(Wait::Stopped) | Err(_) => return,
                 }
-            })?;
-        Ok(Drain { stop, thread })
-    }
-
-    /// Stops draining; returns once the device is free for a session.
-    fn finish(self) {
-        self.stop.trigger();
-        let _ = self.thread.join();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::warn!("device read failed while no session is up: {e}");
+                let _ = sys::wait_readable(stop.raw_fd(), sys::NO_STOPS, None);
+                return;
+            }
+        }
     }
 }

@@ -87,9 +87,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     // take a number systemd's hand-over names.
     let serve = matches!(config.mode, Mode::Server { .. });
     let inherited = transport::inherited_listener(&env, serve, config.fwmark)?;
-    if let Err(e) = sys::forbid_core_dumps() {
-        ::log::warn!("cannot forbid core dumps (keys could leak into one): {e}");
-    }
+    forbid_core_dumps();
     // Before any thread exists, so that every thread inherits the mask.
     let signal_err = |e| Error::io("cannot set up signal handling", e);
     let shutdown = Arc::new(Stop::on_signals(&[libc::SIGINT, libc::SIGTERM]).map_err(signal_err)?);
@@ -230,17 +228,8 @@ fn resolve_ids(config: &Config) -> Result<Option<(libc::uid_t, libc::gid_t)>, Er
         (None, None) => None,
         (Some((uid, primary)), group) => Some((uid, group.unwrap_or(primary))),
         // -G alone: keep the user, change the group.
-        // SAFETY-free: getuid cannot fail.
-        (None, Some(gid)) => Some((current_uid(), gid)),
+        (None, Some(gid)) => Some((sys::effective_uid(), gid)),
     })
-}
-
-fn current_uid() -> libc::uid_t {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self is owned by the process's effective uid.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0)
 }
 
 /// `taptun --check`: loads and checks the secrets (and -U/-G), opens no

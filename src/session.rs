@@ -57,11 +57,6 @@ impl Timing {
     pub fn of(self, d: Duration) -> Duration {
         self.second.mul_f64(d.as_secs_f64())
     }
-
-    /// `d` of this clock's time, in protocol seconds (for log lines).
-    pub fn secs(self, d: Duration) -> f64 {
-        d.as_secs_f64() / self.second.as_secs_f64()
-    }
 }
 
 /// What every session of the process shares.
@@ -346,23 +341,22 @@ impl Owner {
                 true
             }
             Err(why) => {
-                let peer = &env.peer;
-                match to.up_failures.failed(&why) {
-                    hooks::Failure::New { previous: 0 } => {
-                        log::error!("{peer}: closing the session: {why}");
-                    }
-                    hooks::Failure::New { previous } => log::error!(
-                        "{peer}: closing the session: {why} (the failure before failed {previous} times in a row)"
+                let (level, what) = match to.up_failures.failed(&why) {
+                    hooks::Failure::New { previous: 0 } => (log::Level::Error, why.clone()),
+                    hooks::Failure::New { previous } => (
+                        log::Level::Error,
+                        format!("{why} (the failure before failed {previous} times in a row)"),
                     ),
-                    hooks::Failure::Repeat { count, remind } => log::log!(
+                    hooks::Failure::Repeat { count, remind } => (
                         if remind {
                             log::Level::Warn
                         } else {
                             log::Level::Debug
                         },
-                        "{peer}: closing the session: the same failure, {count} times in a row: {why}"
+                        format!("the same failure, {count} times in a row: {why}"),
                     ),
-                }
+                };
+                log::log!(level, "{}: closing the session: {what}", env.peer);
                 *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 stop.trigger();
                 false
