@@ -83,19 +83,32 @@ pub trait Connect {
 /// addresses raced) or a command.
 pub struct Dialer<'a> {
     pub dial: &'a Dial,
-    pub fwmark: Option<u32>,
+    pub socket: &'a transport::SocketOptions,
+    pub proxy_auth: Option<&'a crate::proxy::Credentials>,
 }
 
 impl Connect for Dialer<'_> {
     fn connect(&self, shutdown: &Stop, timing: Timing) -> Result<Option<(Stream, Instant)>, Error> {
         match self.dial {
-            Dial::Tcp { hosts, port } => {
+            Dial::Tcp { hosts, port, proxy } => {
                 let deadline = Instant::now() + timing.of(INITIATOR_DEADLINE);
-                let connected = transport::connect(hosts, *port, self.fwmark, deadline, shutdown)?;
-                let Some((tcp, addr)) = connected else {
+                let connected = match proxy {
+                    Some(p) => crate::proxy::connect(
+                        &p.proxy,
+                        self.proxy_auth,
+                        hosts,
+                        *port,
+                        self.socket,
+                        deadline,
+                        shutdown,
+                    )?,
+                    None => transport::connect(hosts, *port, self.socket, deadline, shutdown)?
+                        .map(|(tcp, addr)| (tcp, addr.to_string())),
+                };
+                let Some((tcp, peer)) = connected else {
                     return Ok(None);
                 };
-                let stream = Stream::tcp(tcp, addr.to_string())?;
+                let stream = Stream::tcp(tcp, peer)?;
                 Ok(Some((
                     stream,
                     Instant::now() + timing.of(INITIATOR_DEADLINE),
@@ -115,6 +128,7 @@ impl Connect for Dialer<'_> {
 pub fn is_final(e: &Error) -> bool {
     match e {
         Error::Handshake { cause, .. } => cause.is_provable(),
+        Error::Proxy { denied, .. } => *denied,
         Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => true,
         _ => false,
     }

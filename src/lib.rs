@@ -3,50 +3,74 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the command line, validated into a `Config` before anything is opened.
-//! - [`keys`]: secret forms, Argon2id, public keys, the psk.
-//! - [`handshake`]: the Noise handshake as state machines, key confirmation, the replay cache;
-//!   [`resolver`]: its crypto, with X25519 keys zeroed on drop; [`replay`]: the replay cache
+//! - `config`: the command line, validated into a `Config` before anything is opened.
+//! - `keys`: secret forms, Argon2id, public keys, the psk.
+//! - `handshake`: the Noise handshake as state machines, key confirmation, the replay cache;
+//!   `resolver`: its crypto, with X25519 keys zeroed on drop; `replay`: the replay cache
 //!   that -i processes share; `wire`: the layer and the cipher, the values both ends agree on.
-//! - [`frame`]: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
+//! - `frame`: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
 //!   write failed, for the handshake and the relay alike.
-//! - [`device`]: opening TAP and TUN devices; the `PacketDevice` trait;
-//!   [`endpoint`]: a device with its carrier and its drain while no session is attached.
-//! - [`transport`]: the streams: TCP listen and dial, stdio, a command's pipes;
+//! - `device`: opening TAP and TUN devices; the `PacketDevice` trait;
+//!   `endpoint`: a device with its carrier and its drain while no session is attached.
+//! - `transport`: the streams: TCP listen and dial, stdio, a command's pipes;
 //!   `child`: running and stopping a hook or a -x command with /bin/sh -c.
-//! - [`relay`]: the two directions of an established session, and counters.
-//! - [`session`]: the one owner of sessions (handshake, hooks, relay,
-//!   replacement, end), generic over the device; [`client`]: -c's streams
-//!   and reconnection; [`server`]: -s's accept loop; [`hooks`]: -u and -D.
-//! - [`log`]: stderr or syslog. [`error`]: the one error type. `sys`: the raw syscalls.
+//! - `relay`: the two directions of an established session, and counters.
+//! - `session`: the one owner of sessions (handshake, hooks, relay,
+//!   replacement, end), generic over the device; `client`: -c's streams
+//!   and reconnection; `server`: -s's accept loop; `hooks`: -u and -D.
+//! - `log`: stderr or syslog. `error`: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
 
-pub(crate) mod child;
-pub mod client;
-pub mod config;
-pub mod device;
-pub mod endpoint;
-pub mod error;
-pub mod frame;
+mod child;
+mod client;
+mod config;
+mod device;
+mod endpoint;
+mod error;
+mod frame;
 // The fuzz targets' entry points: built for cargo-fuzz (which sets
 // cfg(fuzzing)) and for the unit tests that replay their corpora, never into
 // the shipped library.
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
-pub mod handshake;
-pub mod hooks;
-pub mod keys;
-pub mod log;
-pub mod relay;
-pub mod replay;
-pub mod resolver;
-pub mod server;
-pub mod session;
-pub(crate) mod stream_error;
-pub mod sys;
-pub mod transport;
-pub mod vnet;
-pub(crate) mod wire;
+mod handshake;
+mod hooks;
+mod keys;
+mod log;
+mod proxy;
+mod relay;
+mod replay;
+mod resolver;
+mod server;
+mod session;
+mod stream_error;
+mod sys;
+mod transport;
+mod vnet;
+mod wire;
+
+// The library's face, as snow keeps one: only what the binary, the
+// integration tests, the benchmarks and the fuzz targets use. Every module
+// is private, so the compiler sees what nothing uses.
+pub use config::{Command, OPTIONS, help, mentions_inetd};
+pub use device::MAX_FRAME;
+pub use error::{Error, SEE_HELP};
+pub use frame::{
+    FrameReader, MAX_MESSAGE, MAX_WIRE, decode as decode_message, encode as encode_message,
+    encode_with as encode_message_with,
+};
+pub use handshake::{
+    Cipher, FLAG_GSO, Hello, Identity, Initiator, MESSAGE1_LEN, MessageIo, Responder, TAG_LEN,
+    Transport, initiate,
+};
+pub use keys::{PrivateKey, PublicKey, SecretText, derive_psk, stretch_passphrase};
+pub use log::{Sink as LogSink, init as init_log};
+pub use sys::is_socket;
+pub use vnet::{
+    F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, HDR_LEN as VIRTIO_HDR_LEN, Header as VirtioHeader,
+    Kind as VirtioKind, tcp_super_frame,
+};
+pub use wire::Layer;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -54,9 +78,7 @@ use std::time::Instant;
 
 use crate::config::{Config, Dial, Mode, Remote};
 use crate::device::{Device, PacketDevice};
-use crate::error::Error;
-use crate::handshake::Identity;
-use crate::keys::{PrivateKey, SHORT_PASSPHRASE, SecretSpec, SecretText};
+use crate::keys::{SHORT_PASSPHRASE, SecretSpec};
 use crate::relay::Counters;
 use crate::session::{Owner, Peer, Timing};
 use crate::sys::Stop;
@@ -86,7 +108,8 @@ pub fn run(config: Config) -> Result<(), Error> {
     // First of all, before taptun opens a descriptor of its own that could
     // take a number systemd's hand-over names.
     let serve = matches!(config.mode, Mode::Server { .. });
-    let inherited = transport::inherited_listener(&env, serve, config.fwmark)?;
+    let socket_options = transport::SocketOptions::new(config.fwmark, config.congestion.clone());
+    let inherited = transport::inherited_listener(&env, serve, &socket_options)?;
     forbid_core_dumps();
     // Before any thread exists, so that every thread inherits the mask.
     let signal_err = |e| Error::io("cannot set up signal handling", e);
@@ -98,7 +121,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     // -i: take the stream first, so that nothing else can reach fd 1.
     let stdio = if config.mode == Mode::Inetd {
         std::panic::set_hook(Box::new(|info| ::log::error!("internal error: {info}")));
-        Some(Stream::stdio()?)
+        let stream = Stream::stdio()?;
+        socket_options.apply_to_stdio(&stream);
+        Some(stream)
     } else {
         None
     };
@@ -106,6 +131,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         ::log::warn!("{warning}");
     }
     let identity = load_identity(&config)?;
+    let proxy_auth = load_proxy_auth(&config)?;
     let ids = resolve_ids(&config)?;
     let device = Device::open(
         config.device.as_deref(),
@@ -119,7 +145,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 ::log::info!("using the listening socket passed by systemd (fd 3)");
                 listener
             }
-            None => transport::listen(*bind, *port, config.fwmark)?,
+            None => transport::listen(*bind, *port, &socket_options)?,
         }),
         _ => None,
     };
@@ -150,7 +176,8 @@ pub fn run(config: Config) -> Result<(), Error> {
             (_, _, Mode::Client(dial)) => {
                 let dialer = client::Dialer {
                     dial,
-                    fwmark: config.fwmark,
+                    socket: &socket_options,
+                    proxy_auth: proxy_auth.as_ref(),
                 };
                 client::run(&owner, &peer, &dialer, config.once)
             }
@@ -183,7 +210,7 @@ fn inetd<D: PacketDevice>(owner: &Owner, peer: &Peer<D>, stream: Stream) -> Resu
 /// listening, with the address it got).
 fn waits_for(mode: &Mode) -> Option<String> {
     match mode {
-        Mode::Client(Dial::Tcp { hosts, port }) => {
+        Mode::Client(Dial::Tcp { hosts, port, proxy }) => {
             let hosts: Vec<String> = hosts
                 .iter()
                 .map(|host| match host.contains(':') {
@@ -191,7 +218,11 @@ fn waits_for(mode: &Mode) -> Option<String> {
                     false => format!("{host}:{port}"),
                 })
                 .collect();
-            Some(format!("connecting to {}", hosts.join(", ")))
+            let via = match proxy {
+                Some(p) => format!(" through {}", p.proxy),
+                None => String::new(),
+            };
+            Some(format!("connecting to {}{via}", hosts.join(", ")))
         }
         Mode::Client(Dial::Command(command)) => Some(format!("running `{command}`")),
         Mode::Inetd => Some("handshake with the peer on stdin/stdout".into()),
@@ -243,6 +274,7 @@ pub fn check(config: &Config) -> Result<(), Error> {
         ::log::warn!("{warning}");
     }
     load_identity(config)?;
+    load_proxy_auth(config)?;
     resolve_ids(config)?;
     Ok(())
 }
@@ -293,6 +325,35 @@ fn load_identity(config: &Config) -> Result<Identity, Error> {
         subject: "the remote key".into(),
         why,
     })
+}
+
+/// The proxy's credentials, from --proxy-auth @FILE or TAPTUN_PROXY_AUTH
+/// (wiped from the environment once read). Call before any thread starts.
+///
+/// # Errors
+/// An unusable file or a value that is not user:password (exit 2).
+fn load_proxy_auth(config: &Config) -> Result<Option<proxy::Credentials>, Error> {
+    let Mode::Client(Dial::Tcp {
+        proxy: Some(config::ProxyConfig {
+            auth: Some(auth), ..
+        }),
+        ..
+    }) = &config.mode
+    else {
+        return Ok(None);
+    };
+    let (text, subject) = match auth {
+        config::ProxyAuth::File(path) => {
+            (keys::read_secret_file(path)?, path.display().to_string())
+        }
+        config::ProxyAuth::Env => match sys::take_env_secret(config::ENV_PROXY_AUTH) {
+            Some(text) => (text, config::ENV_PROXY_AUTH.to_owned()),
+            None => return Ok(None),
+        },
+    };
+    proxy::Credentials::parse(&text)
+        .map(Some)
+        .map_err(|why| Error::Secret { subject, why })
 }
 
 fn private_key(spec: &SecretSpec, inetd: bool) -> Result<PrivateKey, Error> {
