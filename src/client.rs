@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::config::Dial;
 use crate::device::PacketDevice;
 use crate::error::Error;
-use crate::handshake::{INITIATOR_COMMAND_DEADLINE, INITIATOR_DEADLINE};
+use crate::handshake::{self, INITIATOR_COMMAND_DEADLINE, INITIATOR_DEADLINE};
 use crate::relay::End;
 use crate::session::{self, Owner, Peer, Timing};
 use crate::sys::{self, Stop, Wait};
@@ -152,7 +152,9 @@ pub fn run<D: PacketDevice>(
             let attempt = source
                 .connect(&owner.shutdown, owner.timing)
                 .and_then(|stream| match stream {
-                    Some((stream, deadline)) => owner.initiate(to, stream, deadline),
+                    Some((stream, deadline)) => owner.handshake(stream, |io, id| {
+                        handshake::initiate(io, id, to.hello, deadline)
+                    }),
                     None => Ok(None),
                 });
             match attempt {
@@ -161,7 +163,7 @@ pub fn run<D: PacketDevice>(
                     let peer = session.peer.clone();
                     let end = owner.run(to, session, scope);
                     if once || matches!(end, End::Stopped) {
-                        return session::outcome(&peer, end, to.device().name());
+                        return session::outcome(&peer, end, to.endpoint.device().name());
                     }
                     if started.elapsed() >= owner.timing.of(STABLE_SESSION) {
                         backoff.reset();

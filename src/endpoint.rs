@@ -39,9 +39,9 @@ impl<D: PacketDevice> Endpoint<D> {
         let endpoint = Endpoint {
             device: Arc::new(device),
             counters,
-            drain: Mutex::new(None),
+            drain: Mutex::default(),
         };
-        endpoint.start_drain();
+        endpoint.drain(true);
         endpoint
     }
 
@@ -49,34 +49,33 @@ impl<D: PacketDevice> Endpoint<D> {
         &self.device
     }
 
-    /// Stops the drain (returning once it no longer reads the device) and
-    /// turns the carrier on, before the up hook and the relay start: the
-    /// hook sees the link up.
+    /// Stops the drain and turns the carrier on, before the up hook and the
+    /// relay start: the hook sees the link up.
     pub fn attach(&self) -> Attached<'_, D> {
-        self.stop_drain();
+        self.drain(false);
         self.device.set_carrier(true);
         Attached(self)
     }
 
-    fn stop_drain(&self) {
-        let drain = self.drain.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((stop, thread)) = drain {
+    /// Stops the drain thread (returning once it no longer reads the
+    /// device), and starts a new one when `on`.
+    fn drain(&self, on: bool) {
+        let mut drain = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((stop, thread)) = drain.take() {
             stop.trigger();
             let _ = thread.join();
         }
-    }
-
-    fn start_drain(&self) {
-        let (device, counters) = (self.device.clone(), self.counters.clone());
-        let started = Stop::new().map(Arc::new).and_then(|stop| {
-            let thread_stop = stop.clone();
-            std::thread::Builder::new()
-                .name("drain".into())
-                .spawn(move || drain(&*device, &counters, &thread_stop))
-                .map(|thread| (stop, thread))
-        });
-        match started {
-            Ok(drain) => *self.drain.lock().unwrap_or_else(|p| p.into_inner()) = Some(drain),
+        if !on {
+            return;
+        }
+        match Stop::new().map(Arc::new) {
+            Ok(stop) => {
+                let (device, counters) = (self.device.clone(), self.counters.clone());
+                let thread_stop = stop.clone();
+                let thread =
+                    std::thread::spawn(move || drain_until(&*device, &counters, &thread_stop));
+                *drain = Some((stop, thread));
+            }
             Err(e) => log::warn!("cannot drain the device while no session is up: {e}"),
         }
     }
@@ -85,18 +84,18 @@ impl<D: PacketDevice> Endpoint<D> {
 impl<D: PacketDevice> Drop for Attached<'_, D> {
     fn drop(&mut self) {
         self.0.device.set_carrier(false);
-        self.0.start_drain();
+        self.0.drain(true);
     }
 }
 
 impl<D: PacketDevice> Drop for Endpoint<D> {
     fn drop(&mut self) {
-        self.stop_drain();
+        self.drain(false);
     }
 }
 
 /// Reads and drops what the device sends (counted) until `stop`.
-fn drain<D: PacketDevice>(device: &D, counters: &Counters, stop: &Stop) {
+fn drain_until<D: PacketDevice>(device: &D, counters: &Counters, stop: &Stop) {
     let mut packet = vec![0u8; frame::MAX_MESSAGE + 1];
     loop {
         match device.recv(&mut packet) {

@@ -166,7 +166,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let finished = Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?;
     if let Some(waits_for) = waits_for(&config.mode) {
         // Before the first attempt, whose failure may take seconds to show.
-        ::log::info!("{} ready; {waits_for}", peer.device().name());
+        ::log::info!("{} ready; {waits_for}", peer.endpoint.device().name());
     }
     let result = std::thread::scope(|scope| {
         scope.spawn(|| report_counters_on_sigusr1(&usr1, &owner.counters, &finished, started));
@@ -198,12 +198,14 @@ fn inetd<D: PacketDevice>(owner: &Owner, peer: &Peer<D>, stream: Stream) -> Resu
     // One connection per process: only a cache shared with the other -i
     // processes can see a replay from an earlier one.
     let replays = replay::InetdReplays::open(&env);
-    let Some(session) = owner.respond(peer, stream, Instant::now(), &replays, &())? else {
+    let respond =
+        |io: &mut _, id: &_| handshake::respond(io, id, peer.hello, Instant::now(), &replays, &());
+    let Some(session) = owner.handshake(stream, respond)? else {
         return Ok(());
     };
     let name = session.peer.clone();
     let end = std::thread::scope(|scope| owner.run(peer, session, scope));
-    session::outcome(&name, end, peer.device().name())
+    session::outcome(&name, end, peer.endpoint.device().name())
 }
 
 /// What the tunnel waits for, for the start line (-s says it once

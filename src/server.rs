@@ -149,7 +149,10 @@ pub fn serve<D: PacketDevice>(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    log::info!("{} ready; listening on {local}", to.device().name());
+    log::info!(
+        "{} ready; listening on {local}",
+        to.endpoint.device().name()
+    );
     let replays = ReplayCache::default();
     let pending = Pending::default();
     let (events, inbox) = mpsc::channel::<Event>();
@@ -213,8 +216,11 @@ fn accept_loop<'scope, D: PacketDevice>(
             let _live = live;
             let peer = addr.to_string();
             let slot = Slot { pending, id };
-            let outcome = Stream::tcp(conn, peer.clone())
-                .and_then(|stream| owner.respond(to, stream, accepted, replays, &slot));
+            let outcome = Stream::tcp(conn, peer.clone()).and_then(|stream| {
+                owner.handshake(stream, |io, id| {
+                    handshake::respond(io, id, to.hello, accepted, replays, &slot)
+                })
+            });
             pending.claim(id);
             match outcome {
                 Ok(Some(session)) => {

@@ -25,14 +25,12 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::device::PacketDevice;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::handshake::{
-    self, Established, FLAG_GSO, HandshakeError, Hello, Identity, Progress, Replays,
-};
+use crate::handshake::{Established, FLAG_GSO, HandshakeError, Hello, Identity};
 use crate::hooks::{self, HOOK_LIMIT, HookEnv};
 use crate::relay::{self, Counters, End, Framing, Link};
 use crate::sys::Stop;
@@ -100,10 +98,6 @@ impl<D: PacketDevice> Peer<D> {
             up_failures: Default::default(),
         }
     }
-
-    pub fn device(&self) -> &D {
-        self.endpoint.device()
-    }
 }
 
 /// An authenticated stream that has not relayed yet: the handshake's keys
@@ -137,73 +131,29 @@ pub enum Event {
 }
 
 impl Owner {
-    /// A new session stop, and the stream split so that both halves watch
-    /// that stop and the process's shutdown.
-    fn split(&self, stream: Stream) -> Result<(String, Framed, Closer, Arc<Stop>), Error> {
-        let stop = Arc::new(Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?);
-        let peer = stream.peer.clone();
-        let (framed, closer) = stream
-            .split(&[self.shutdown.clone(), stop.clone()])
-            .map_err(|e| Error::io(format!("{peer}: cannot set up the stream"), e))?;
-        Ok((peer, framed, closer, stop))
-    }
-
-    /// Runs the initiator's handshake on `stream` for `to`.
+    /// Runs our side of the handshake on `stream`: `role` is
+    /// [`crate::handshake::initiate`] or [`crate::handshake::respond`] with their
+    /// arguments, given the stream split (both halves watching the session's
+    /// stop and the process's shutdown) and our identity.
     ///
     /// # Errors
     /// `Error::Handshake` (exit 3, or 1 for a peer that is not taptun), or
     /// `Error::CommandExited` when a -x command ended first (exit 1).
-    /// `Ok(None)` when a signal stopped it.
-    pub fn initiate<D: PacketDevice>(
+    /// `Ok(None)` when a signal stopped it, or a responder's `progress`
+    /// declined to confirm.
+    pub fn handshake(
         &self,
-        to: &Peer<D>,
         stream: Stream,
-        deadline: Instant,
+        role: impl FnOnce(&mut Framed, &Identity) -> Result<Established, HandshakeError>,
     ) -> Result<Option<Session>, Error> {
-        let (peer, mut framed, closer, stop) = self.split(stream)?;
-        let result = handshake::initiate(&mut framed, &self.identity, to.hello, deadline);
-        self.authenticated(result, peer, framed, closer, stop)
-    }
-
-    /// Runs the responder's handshake on `stream` for `to`, accepted at
-    /// `accepted`; `progress` as in [`handshake::respond`].
-    ///
-    /// # Errors
-    /// `Error::Handshake` (exit 3, or 1 for a peer that is not taptun).
-    /// `Ok(None)` when a signal stopped it, or `progress` declined to
-    /// confirm.
-    pub fn respond<D: PacketDevice>(
-        &self,
-        to: &Peer<D>,
-        stream: Stream,
-        accepted: Instant,
-        replays: &dyn Replays,
-        progress: &dyn Progress,
-    ) -> Result<Option<Session>, Error> {
-        let (peer, mut framed, closer, stop) = self.split(stream)?;
-        let result = handshake::respond(
-            &mut framed,
-            &self.identity,
-            to.hello,
-            accepted,
-            replays,
-            progress,
-        );
-        self.authenticated(result, peer, framed, closer, stop)
-    }
-
-    /// A finished handshake: a session, or closed with the reason. A stream
-    /// that ended or failed is blamed on a -x command that exited (its
-    /// status says more than a guess about the peer).
-    fn authenticated(
-        &self,
-        result: Result<Established, HandshakeError>,
-        peer: String,
-        mut framed: Framed,
-        mut closer: Closer,
-        stop: Arc<Stop>,
-    ) -> Result<Option<Session>, Error> {
-        let cause = match result {
+        let stop = Arc::new(Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?);
+        let peer = stream.peer.clone();
+        let (mut framed, mut closer) = stream
+            .split(&[self.shutdown.clone(), stop.clone()])
+            .map_err(|e| Error::io(format!("{peer}: cannot set up the stream"), e))?;
+        // A stream that ended or failed is blamed on a -x command that
+        // exited (its status says more than a guess about the peer).
+        let cause = match role(&mut framed, &self.identity) {
             Ok(keys) => {
                 framed.reader.grow(crate::frame::READ_BUFFER);
                 return Ok(Some(Session {
@@ -267,7 +217,7 @@ impl Owner {
         scope: &'s Scope<'s, '_>,
         before: Option<ScopedJoinHandle<'s, ()>>,
     ) -> (End, SessionHooks<'s>) {
-        let device = to.device();
+        let device = to.endpoint.device();
         let env = HookEnv {
             device: device.name().to_owned(),
             layer: device.layer(),
@@ -396,7 +346,7 @@ impl Owner {
             closer,
             stop,
         } = session;
-        let device = to.device();
+        let device = to.endpoint.device();
         let peer_hello = keys.peer_hello;
         let framing = framing(to, &peer, &peer_hello);
         Counters::add(&self.counters.sessions, 1);
@@ -480,7 +430,7 @@ impl Owner {
             id: u64,
             peer: String,
             stop: Arc<Stop>,
-            thread: ScopedJoinHandle<'scope, Option<SessionHooks<'scope>>>,
+            thread: ScopedJoinHandle<'scope, SessionHooks<'scope>>,
         }
         impl<'scope> Current<'scope> {
             /// Joins the session (stopping it first when `stop`), and runs
@@ -494,8 +444,8 @@ impl Owner {
                 if stop {
                     self.stop.trigger();
                 }
-                let hooks = self.thread.join().unwrap_or(None);
-                hooks.map(|hooks| scope.spawn(move || owner.finish_hooks(hooks)))
+                let hooks = self.thread.join().ok()?;
+                Some(scope.spawn(move || owner.finish_hooks(hooks)))
             }
         }
         std::thread::scope(|scope| {
@@ -519,7 +469,7 @@ impl Owner {
                         let thread = scope.spawn(move || {
                             let (_, hooks) = self.run_session(to, *session, scope, before);
                             let _ = events.send(Event::Ended(id));
-                            Some(hooks)
+                            hooks
                         });
                         current = Some(Current {
                             id,
@@ -551,7 +501,7 @@ impl Owner {
 /// follow, so that a peer without GSO only gets complete frames (the few
 /// queued before the switch are handled by [`Framing::Strip`]).
 fn framing<D: PacketDevice>(to: &Peer<D>, peer: &str, peer_hello: &Hello) -> Framing {
-    let device = to.device();
+    let device = to.endpoint.device();
     if !device.vnet_hdr() {
         return Framing::Plain;
     }
@@ -599,6 +549,9 @@ mod tests {
     //! pairs as streams, the far end driven by the real handshake and relay,
     //! and a scaled [`Timing`].
     use super::*;
+    use std::time::Instant;
+
+    use crate::handshake;
     use std::os::fd::{AsRawFd, RawFd};
     use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::path::PathBuf;
@@ -762,6 +715,11 @@ mod tests {
         )
     }
 
+    /// A handshake deadline no test should reach.
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
     /// Polls `done` until it holds or 5 s have passed.
     fn wait_for(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -850,7 +808,9 @@ mod tests {
         std::thread::scope(|scope| {
             let started = Instant::now();
             let session = owner
-                .initiate(&peer, stream, Instant::now() + Duration::from_secs(5))
+                .handshake(stream, |io, id| {
+                    handshake::initiate(io, id, peer.hello, deadline())
+                })
                 .unwrap()
                 .unwrap();
             let _stop = StopOnDrop(&owner.shutdown, None);
@@ -872,7 +832,9 @@ mod tests {
         let (peer, _outside, _) = peer(&owner, 0);
         let (stream, far) = far_end(false, 1, After::Silent);
         let session = owner
-            .initiate(&peer, stream, Instant::now() + Duration::from_secs(5))
+            .handshake(stream, |io, id| {
+                handshake::initiate(io, id, peer.hello, deadline())
+            })
             .unwrap()
             .unwrap();
         let started = Instant::now();
@@ -1018,7 +980,9 @@ mod tests {
         stream.peer = name.into();
         let replays = ReplayCache::default();
         let session = owner
-            .respond(peer, stream, Instant::now(), &replays, &())
+            .handshake(stream, |io, id| {
+                handshake::respond(io, id, peer.hello, Instant::now(), &replays, &())
+            })
             .unwrap()
             .unwrap();
         (session, far)
