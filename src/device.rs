@@ -1,6 +1,7 @@
 //! The TAP or TUN device: opening or attaching it, its MTU and link state,
-//! and the small [`PacketDevice`] trait the relay uses, so that tests can run
-//! the relay over any packet-preserving descriptor.
+//! and the small [`PacketDevice`] trait the relay and the session owner use
+//! (name, layer, MTU and carrier have defaults), so that tests can run both
+//! over any packet-preserving descriptor.
 //!
 //! The device is opened through the `tun` crate with IFF_NO_PI, so each read
 //! or write is exactly one Ethernet frame (tap) or IP packet (tun). Usual
