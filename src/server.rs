@@ -149,10 +149,8 @@ pub fn serve<D: PacketDevice>(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    log::info!(
-        "{} ready; listening on {local}",
-        to.endpoint.device().name()
-    );
+    let name = to.endpoint.device().name();
+    log::info!("{name} ready; listening on {local}");
     let replays = ReplayCache::default();
     let pending = Pending::default();
     let (events, inbox) = mpsc::channel::<Event>();

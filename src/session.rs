@@ -478,12 +478,11 @@ impl Owner {
                             thread,
                         });
                     }
-                    Event::Ended(id) if current.as_ref().is_some_and(|c| c.id == id) => {
-                        if let Some(done) = current.take() {
+                    Event::Ended(id) => {
+                        if let Some(done) = current.take_if(|c| c.id == id) {
                             finishing = done.end(false, self, scope);
                         }
                     }
-                    Event::Ended(_) => {}
                     Event::Shutdown => break,
                 }
             }
