@@ -249,14 +249,10 @@ fn report_counters_on_sigusr1(usr1: &Stop, counters: &Counters, finished: &Stop,
 /// -U and -G as ids, resolved before anything is opened.
 fn resolve_ids(config: &Config) -> Result<Option<(libc::uid_t, libc::gid_t)>, Error> {
     let lookup_err = |opt: &str, e: std::io::Error| Error::Usage(format!("{opt}: {e}"));
-    let user = match &config.user {
-        Some(name) => Some(sys::lookup_user(name).map_err(|e| lookup_err("-U", e))?),
-        None => None,
-    };
-    let group = match &config.group {
-        Some(name) => Some(sys::lookup_group(name).map_err(|e| lookup_err("-G", e))?),
-        None => None,
-    };
+    let user = config.user.as_deref().map(sys::lookup_user);
+    let user = user.transpose().map_err(|e| lookup_err("-U", e))?;
+    let group = config.group.as_deref().map(sys::lookup_group);
+    let group = group.transpose().map_err(|e| lookup_err("-G", e))?;
     Ok(match (user, group) {
         (None, None) => None,
         (Some((uid, primary)), group) => Some((uid, group.unwrap_or(primary))),
