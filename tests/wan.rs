@@ -175,20 +175,21 @@ fn random_loss_is_the_configured_share() {
     }
     let p = Pair::new();
     let wan = Wan::between(&p, "dsl --loss 10% --seed 7");
-    let pings = ping_rtts(&p.b, &p.server_addr(), 400, "0.005");
+    // 1000 frames each way: the share lost is within 0.03 of 0.1 but for one run in a thousand.
+    let pings = ping_rtts(&p.b, &p.server_addr(), 1000, "0.002");
     let (a_to_b, b_to_a) = wan.stats();
-    eprintln!("{} of 400 pings answered; {a_to_b:?} {b_to_a:?}", pings.len());
+    eprintln!("{} of 1000 pings answered; {a_to_b:?} {b_to_a:?}", pings.len());
     for stats in [&a_to_b, &b_to_a] {
         let share = stats.lost as f64 / (stats.lost + stats.forwarded) as f64;
         assert!(
-            (0.05..=0.15).contains(&share),
+            (0.07..=0.13).contains(&share),
             "{share} of the frames lost, 0.1 configured: {stats:?}"
         );
     }
     // A ping is answered when neither the request nor the reply is lost: 0.81.
     assert!(
-        (284..=364).contains(&pings.len()),
-        "{} of 400 pings answered with 10 % loss each way",
+        (760..=860).contains(&pings.len()),
+        "{} of 1000 pings answered with 10 % loss each way",
         pings.len()
     );
 }
