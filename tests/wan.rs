@@ -23,7 +23,11 @@ const LOAD_SLACK_MS: f64 = 5.0;
 /// Idle pings from `b` to `a`: no faster than `rtt_ms`, and not much slower. Returns them.
 fn check_idle_ping(p: &Pair, rtt_ms: f64) -> Vec<f64> {
     let rtts = ping_rtts(&p.b, &p.server_addr(), 200, "0.01");
-    assert!(rtts.len() >= 190, "{} of 200 idle pings answered", rtts.len());
+    assert!(
+        rtts.len() >= 190,
+        "{} of 200 idle pings answered",
+        rtts.len()
+    );
     let (min, p50, p99) = (
         percentile(&rtts, 0.0),
         percentile(&rtts, 50.0),
@@ -104,7 +108,10 @@ fn check_queue_limit(load: &Load, rtt_ms: f64, queue_ms: f64) -> f64 {
         percentile(&load.pings, 99.0),
         percentile(&load.pings, 100.0),
     );
-    eprintln!("ping under load: p50 {p50} p99 {p99} max {max} ms; {:?}", load.stats);
+    eprintln!(
+        "ping under load: p50 {p50} p99 {p99} max {max} ms; {:?}",
+        load.stats
+    );
     assert!(
         p99 <= rtt_ms + queue_ms + LOAD_SLACK_MS,
         "ping p99 {p99} ms under load: more than RTT {rtt_ms} + queue {queue_ms} ms"
@@ -178,7 +185,10 @@ fn random_loss_is_the_configured_share() {
     // 1000 frames each way: the share lost is within 0.03 of 0.1 but for one run in a thousand.
     let pings = ping_rtts(&p.b, &p.server_addr(), 1000, "0.002");
     let (a_to_b, b_to_a) = wan.stats();
-    eprintln!("{} of 1000 pings answered; {a_to_b:?} {b_to_a:?}", pings.len());
+    eprintln!(
+        "{} of 1000 pings answered; {a_to_b:?} {b_to_a:?}",
+        pings.len()
+    );
     for stats in [&a_to_b, &b_to_a] {
         let share = stats.lost as f64 / (stats.lost + stats.forwarded) as f64;
         assert!(

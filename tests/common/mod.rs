@@ -879,7 +879,10 @@ impl Wan {
             "wanem.py did not start"
         );
         let wan = Wan { emulator, m };
-        assert!(p.b.ping(&p.server_addr()), "no ping across the emulated link");
+        assert!(
+            p.b.ping(&p.server_addr()),
+            "no ping across the emulated link"
+        );
         wan
     }
 
@@ -938,13 +941,18 @@ pub fn contrib_wanem() -> String {
 pub fn ping_rtts(ns: &Netns, addr: &str, count: u32, interval: &str) -> Vec<f64> {
     let out = ns
         .command("ping")
-        .args(["-n", "-c", &count.to_string(), "-i", interval, "-W", "2", addr])
+        .args(["-n", "-W", "2", "-i", interval, "-c"])
+        .arg(count.to_string())
+        .arg(addr)
         .output()
         .expect("ping (install iputils-ping)");
     // "64 bytes from 10.213.1.1: icmp_seq=1 ttl=64 time=40.3 ms"
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|line| line.split_once("time=")?.1.strip_suffix(" ms")?.parse().ok())
+        .filter_map(|line| {
+            let (_, time) = line.split_once("time=")?;
+            time.strip_suffix(" ms")?.parse().ok()
+        })
         .collect()
 }
 
