@@ -171,8 +171,10 @@ def arguments():
     parser.add_argument("--right", required=True, metavar="NS", help="namespace of the other end")
     parser.add_argument("--left-dev", default="wan0", metavar="NAME", help="device in --left")
     parser.add_argument("--right-dev", default="wan0", metavar="NAME", help="device in --right")
-    parser.add_argument("--left-addr", action="append", default=[], metavar="CIDR")
-    parser.add_argument("--right-addr", action="append", default=[], metavar="CIDR")
+    parser.add_argument("--left-addr", action="append", default=[], metavar="CIDR",
+                        help="an address for the device in --left (may be repeated)")
+    parser.add_argument("--right-addr", action="append", default=[], metavar="CIDR",
+                        help="an address for the device in --right (may be repeated)")
     args = parser.parse_args()
 
     rate, rtt, loss, queue = PRESETS.get(args.link, (None, None, 0.0, None))
