@@ -14,7 +14,9 @@ forwards every Ethernet frame between them, in each direction through:
     random loss -> bottleneck queue (tail drop) -> serialisation at --rate -> --delay
 
 until SIGTERM or SIGINT. It then prints one "wanem: stats" line per direction
-(SIGUSR1 prints them without stopping). A and B see one transparent wire, the
+(SIGUSR1 prints them without stopping). SIGUSR2 cuts the link (every frame is
+lost, both ways, printing "wanem: link down") and the next SIGUSR2 restores
+it ("wanem: link up"): an outage. A and B see one transparent wire, the
 same as a veth pair between them but slow, distant and lossy.
 
 Why it exists: this kernel has tbf and htb but no netem and no fq, so nothing
@@ -221,8 +223,13 @@ class Direction:
         self.lost = 0
         self.dropped = 0
         self.peak_queue_s = 0.0
+        # An outage (SIGUSR2): every frame is lost until the link is back.
+        self.down = False
 
     def arrive(self, frame, at):
+        if self.down:
+            self.lost += 1
+            return
         start = max(at, self.link_free)
         backlog = start - at
         serialise = len(frame) * self.seconds_per_byte
@@ -338,6 +345,14 @@ def main():
         sys.stderr.flush()
 
     signal.signal(signal.SIGUSR1, print_stats)
+
+    def toggle_outage(*_):
+        for direction in directions.values():
+            direction.down = not direction.down
+        sys.stderr.write(f"wanem: link {'down' if direction.down else 'up'}\n")
+        sys.stderr.flush()
+
+    signal.signal(signal.SIGUSR2, toggle_outage)
     realtime()
     sys.stderr.write(
         f"wanem: ready: rate {args.rate / 1e6:g} Mbit/s, one-way delay {args.delay * 1e3:g} ms "

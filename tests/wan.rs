@@ -203,3 +203,23 @@ fn random_loss_is_the_configured_share() {
         pings.len()
     );
 }
+
+#[test]
+fn outage_loses_every_frame_until_the_link_is_back() {
+    if !require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let wan = Wan::between(&p, "wan");
+    wan.cut();
+    let pings = ping_rtts(&p.b, &p.server_addr(), 20, "0.01");
+    assert!(
+        pings.is_empty(),
+        "{} pings answered across a cut link",
+        pings.len()
+    );
+    let b_to_a = wan.stats().1;
+    assert!(b_to_a.lost >= 20, "the pings were not lost: {b_to_a:?}");
+    wan.restore();
+    assert!(p.b.ping(&p.server_addr()), "no ping once the link was back");
+}

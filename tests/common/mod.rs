@@ -907,6 +907,27 @@ impl Wan {
     }
 }
 
+impl Wan {
+    /// Cuts the link: every frame is lost, both ways, until [`Wan::restore`].
+    pub fn cut(&self) {
+        self.toggle("wanem: link down");
+    }
+
+    pub fn restore(&self) {
+        self.toggle("wanem: link up");
+    }
+
+    /// SIGUSR2 toggles the outage; the emulator confirms with `line`.
+    fn toggle(&self, line: &str) {
+        let before = log_count(&self.emulator, &[line]);
+        self.emulator.signal(libc::SIGUSR2);
+        assert!(
+            wait_log(&self.emulator, &[line], before + 1, DEADLINE),
+            "wanem.py did not say {line:?}"
+        );
+    }
+}
+
 /// "wanem: stats left>right forwarded=1 bytes=98 lost=0 dropped=0 peak_queue_ms=0.0 limit_ms=50.0"
 fn parse_wan_stats(line: &str) -> WanStats {
     let mut stats = WanStats::default();
