@@ -31,10 +31,10 @@ use snow::params::CipherChoice;
 use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
 use snow::types::Cipher as NoiseCipher;
 
-use taptun::device::{Layer, MAX_FRAME};
-use taptun::frame::{self, FrameReader};
-use taptun::handshake::{Cipher, Hello, Identity, Initiator, Responder, TAG_LEN, Transport};
-use taptun::keys::PrivateKey;
+use taptun::{
+    Cipher, FrameReader, Hello, Identity, Initiator, Layer, MAX_FRAME, MAX_MESSAGE, MAX_WIRE,
+    PrivateKey, Responder, TAG_LEN, Transport,
+};
 
 /// Frame sizes: a minimal frame, a full MTU-1500 IP packet, the largest frame.
 const SIZES: [usize; 3] = [64, 1500, MAX_FRAME];
@@ -104,7 +104,7 @@ fn bench_cipher(c: &mut Criterion, cipher: Cipher) {
     for size in SIZES {
         let frame: Vec<u8> = (0..size).map(|i| i as u8).collect();
         let mut sealed = vec![0u8; size + TAG_LEN];
-        let mut plain = vec![0u8; frame::MAX_MESSAGE];
+        let mut plain = vec![0u8; MAX_MESSAGE];
         group.throughput(Throughput::Bytes(size as u64));
 
         for (name, aead) in [("aead-ring", &ring), ("aead-rustcrypto", &rustcrypto)] {
@@ -138,7 +138,7 @@ fn bench_cipher(c: &mut Criterion, cipher: Cipher) {
         // The relay's buffers, allocated once as in relay.rs: an output
         // buffer with room for one full message, and a framed reader.
         let wire = Wire {
-            bytes: vec![0u8; frame::MAX_WIRE],
+            bytes: vec![0u8; MAX_WIRE],
             len: 0,
             pos: 0,
         };
@@ -147,7 +147,7 @@ fn bench_cipher(c: &mut Criterion, cipher: Cipher) {
         group.bench_with_input(BenchmarkId::new("path", size), &frame, |b, frame| {
             b.iter(|| {
                 let wire = reader.get_mut();
-                wire.len = frame::encode_with(&mut wire.bytes, |body| {
+                wire.len = taptun::encode_message_with(&mut wire.bytes, |body| {
                     sender.seal(nonce, black_box(frame), body)
                 })
                 .expect("seals");

@@ -3,47 +3,70 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the command line, validated into a `Config` before anything is opened.
-//! - [`keys`]: secret forms, Argon2id, public keys, the psk.
-//! - [`handshake`]: the Noise handshake as state machines, key confirmation, the replay cache;
-//!   [`resolver`]: its crypto, with X25519 keys zeroed on drop; [`replay`]: the replay cache
+//! - `config`: the command line, validated into a `Config` before anything is opened.
+//! - `keys`: secret forms, Argon2id, public keys, the psk.
+//! - `handshake`: the Noise handshake as state machines, key confirmation, the replay cache;
+//!   `resolver`: its crypto, with X25519 keys zeroed on drop; `replay`: the replay cache
 //!   that -i processes share; `wire`: the layer and the cipher, the values both ends agree on.
-//! - [`frame`]: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
+//! - `frame`: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
 //!   write failed, for the handshake and the relay alike.
-//! - [`device`]: opening TAP and TUN devices; the `PacketDevice` trait.
-//! - [`transport`]: the streams: TCP listen and dial, stdio, a command's pipes;
+//! - `device`: opening TAP and TUN devices; the `PacketDevice` trait.
+//! - `transport`: the streams: TCP listen and dial, stdio, a command's pipes;
 //!   `child`: running and stopping a hook or a -x command with /bin/sh -c.
-//! - [`relay`]: the two directions of an established session, and counters.
-//! - [`session`]: handshake, hooks and relay for one stream; [`client`]: -c with
-//!   reconnection; [`server`]: -s with many connections; [`hooks`]: -u and -D.
-//! - [`log`]: stderr or syslog. [`error`]: the one error type. `sys`: the raw syscalls.
+//! - `relay`: the two directions of an established session, and counters.
+//! - `session`: handshake, hooks and relay for one stream; `client`: -c with
+//!   reconnection; `server`: -s with many connections; `hooks`: -u and -D.
+//! - `log`: stderr or syslog. `error`: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
 
-pub(crate) mod child;
-pub mod client;
-pub mod config;
-pub mod device;
-pub mod error;
-pub mod frame;
+mod child;
+mod client;
+mod config;
+mod device;
+mod error;
+mod frame;
 // The fuzz targets' entry points: built for cargo-fuzz (which sets
 // cfg(fuzzing)) and for the unit tests that replay their corpora, never into
 // the shipped library.
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
-pub mod handshake;
-pub mod hooks;
-pub mod keys;
-pub mod log;
-pub mod relay;
-pub mod replay;
-pub mod resolver;
-pub mod server;
-pub mod session;
-pub(crate) mod stream_error;
-pub mod sys;
-pub mod transport;
-pub mod vnet;
-pub(crate) mod wire;
+mod handshake;
+mod hooks;
+mod keys;
+mod log;
+mod relay;
+mod replay;
+mod resolver;
+mod server;
+mod session;
+mod stream_error;
+mod sys;
+mod transport;
+mod vnet;
+mod wire;
+
+// The library's face, as snow keeps one: only what the binary, the
+// integration tests, the benchmarks and the fuzz targets use. Every module
+// is private, so the compiler sees what nothing uses.
+pub use config::{Command, OPTIONS, help, mentions_inetd};
+pub use device::MAX_FRAME;
+pub use error::{Error, SEE_HELP};
+pub use frame::{
+    FrameReader, MAX_MESSAGE, MAX_WIRE, decode as decode_message, encode as encode_message,
+    encode_with as encode_message_with,
+};
+pub use handshake::{
+    Cipher, FLAG_GSO, Hello, Identity, Initiator, MESSAGE1_LEN, MessageIo, Responder, TAG_LEN,
+    Transport, initiate,
+};
+pub use keys::{PrivateKey, PublicKey, SecretText, derive_psk, stretch_passphrase};
+pub use log::{Sink as LogSink, init as init_log};
+pub use sys::is_socket;
+pub use vnet::{
+    F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, HDR_LEN as VIRTIO_HDR_LEN, Header as VirtioHeader,
+    Kind as VirtioKind, tcp_super_frame,
+};
+pub use wire::Layer;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -51,9 +74,7 @@ use std::time::Instant;
 
 use crate::config::{Config, Mode, Remote};
 use crate::device::Device;
-use crate::error::Error;
-use crate::handshake::{FLAG_GSO, Hello, Identity};
-use crate::keys::{PrivateKey, SHORT_PASSPHRASE, SecretSpec, SecretText};
+use crate::keys::{SHORT_PASSPHRASE, SecretSpec};
 use crate::session::Tunnel;
 use crate::sys::Stop;
 use crate::transport::Stream;

@@ -10,8 +10,7 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use taptun::config::{self, Command};
-use taptun::error::SEE_HELP;
+use taptun::{Command, SEE_HELP};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,8 +19,8 @@ fn main() -> ExitCode {
         Err(e) => {
             // Logging is not up yet, and under inetd fd 2 is the client's
             // socket: the client would read the message as a frame length.
-            if config::mentions_inetd(&args) || taptun::sys::is_socket(2) {
-                taptun::log::init(0, taptun::log::Sink::Syslog);
+            if taptun::mentions_inetd(&args) || taptun::is_socket(2) {
+                taptun::init_log(0, taptun::LogSink::Syslog);
             }
             report(&format!("{e} {SEE_HELP}"));
             return ExitCode::from(e.exit_code());
@@ -29,7 +28,7 @@ fn main() -> ExitCode {
     };
     let result = match command {
         Command::Help => {
-            print!("{}", config::help());
+            print!("{}", taptun::help());
             Ok(())
         }
         Command::Version => {
@@ -42,14 +41,14 @@ fn main() -> ExitCode {
             taptun::genkey(path.as_deref(), label, &mut stdout.lock())
         }
         Command::Check(config) => {
-            taptun::log::init(config.verbosity, taptun::log::Sink::Stderr);
+            taptun::init_log(config.verbosity, taptun::LogSink::Stderr);
             taptun::check(&config).map(|()| println!("taptun: the configuration is valid"))
         }
         Command::PubKey(Some(path)) => taptun::pubkey_of_file(&path, &mut std::io::stdout().lock()),
         Command::PubKey(None) => taptun::unbuffered_stdin()
             .and_then(|mut stdin| taptun::pubkey(&mut stdin, &mut std::io::stdout().lock())),
         Command::Tunnel(config) => {
-            taptun::log::init(config.verbosity, taptun::log_sink(&config));
+            taptun::init_log(config.verbosity, taptun::log_sink(&config));
             taptun::run(*config).inspect_err(|e| log::debug!("exiting: {e}"))
         }
     };

@@ -21,9 +21,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Pair, framed, in_netns, private_key};
-use taptun::device::Layer;
-use taptun::frame::{self, FrameReader};
-use taptun::handshake::{Cipher, Hello, Identity, Initiator, TAG_LEN};
+use taptun::FrameReader;
+use taptun::Layer;
+use taptun::{Cipher, Hello, Identity, Initiator, TAG_LEN};
 
 const TRIALS: usize = 20;
 /// How long the client holds message 3 back.
@@ -46,7 +46,7 @@ fn slow_handshake(identity: &Identity, addr: &str) -> Result<(), String> {
     let mut reader = FrameReader::new(stream);
     let mut init =
         Initiator::new(identity, Hello::new(Layer::Tap, 1500)).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; frame::MAX_MESSAGE];
+    let mut buf = vec![0u8; taptun::MAX_MESSAGE];
 
     // -> psk, e
     let n = init.write_message1(&mut buf).map_err(|e| e.to_string())?;

@@ -22,10 +22,9 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use taptun::device::Layer;
-use taptun::frame;
-use taptun::handshake::{self, Cipher, FLAG_GSO, Hello, Identity};
-use taptun::vnet::{self, Header, Kind};
+use taptun::Layer;
+use taptun::{Cipher, FLAG_GSO, Hello, Identity};
+use taptun::{VirtioHeader as Header, VirtioKind as Kind};
 
 const MIB: usize = 1 << 20;
 
@@ -327,7 +326,7 @@ fn a_persistent_device_keeps_a_smaller_gso_max_size_and_still_carries_super_fram
 /// The client's side of a session with GSO announced, with the client's keys, from `p.b`.
 struct GsoPeer {
     stream: TcpStream,
-    transport: handshake::Transport,
+    transport: taptun::Transport,
     nonce: u64,
 }
 
@@ -346,7 +345,7 @@ impl GsoPeer {
         let mut io = TcpMessages::new(&stream);
         let mut hello = Hello::new(Layer::Tap, 1500);
         hello.flags = FLAG_GSO;
-        let established = handshake::initiate(&mut io, &identity, hello, Instant::now() + DEADLINE)
+        let established = taptun::initiate(&mut io, &identity, hello, Instant::now() + DEADLINE)
             .expect("the handshake with the client's keys");
         assert_ne!(
             established.peer_hello.flags & FLAG_GSO,
@@ -362,7 +361,7 @@ impl GsoPeer {
 
     /// Seals `packet` (virtio header and frame) at the next nonce and sends it.
     fn send(&mut self, packet: &[u8]) {
-        let mut sealed = vec![0u8; frame::MAX_MESSAGE];
+        let mut sealed = vec![0u8; taptun::MAX_MESSAGE];
         let n = self
             .transport
             .seal(self.nonce, packet, &mut sealed)
@@ -385,16 +384,16 @@ fn rx_packets(ns: &Netns, dev: &str) -> u64 {
 
 /// A virtio header and frame with the header replaced.
 fn with_header(h: Header, packet: &[u8]) -> Vec<u8> {
-    [&h.encode()[..], &packet[vnet::HDR_LEN..]].concat()
+    [&h.encode()[..], &packet[taptun::VIRTIO_HDR_LEN..]].concat()
 }
 
 /// Each header a GSO peer may not send, with its frame: what `vnet::check` refuses beyond
 /// the offsets inside the frame.
 fn invalid_headers() -> Vec<(&'static str, Vec<u8>)> {
-    let tcp4 = vnet::tcp_super_frame(Kind::Ethernet, false, 0, 3000);
-    let tcp6 = vnet::tcp_super_frame(Kind::Ethernet, true, 2, 3000);
+    let tcp4 = taptun::tcp_super_frame(Kind::Ethernet, false, 0, 3000);
+    let tcp6 = taptun::tcp_super_frame(Kind::Ethernet, true, 2, 3000);
     let (h4, h6) = (Header::parse(&tcp4).unwrap(), Header::parse(&tcp6).unwrap());
-    let h = vnet::HDR_LEN;
+    let h = taptun::VIRTIO_HDR_LEN;
     let altered = |packet: &[u8], at: usize, byte: u8| {
         let mut p = packet.to_vec();
         p[h + at] = byte;
@@ -433,7 +432,7 @@ fn invalid_headers() -> Vec<(&'static str, Vec<u8>)> {
             "TCPV6 on IPv4",
             with_header(
                 Header {
-                    gso_type: vnet::GSO_TCPV6,
+                    gso_type: taptun::GSO_TCPV6,
                     ..h4
                 },
                 &tcp4,
@@ -443,7 +442,7 @@ fn invalid_headers() -> Vec<(&'static str, Vec<u8>)> {
             "TCPV4 on IPv6 behind QinQ",
             with_header(
                 Header {
-                    gso_type: vnet::GSO_TCPV4,
+                    gso_type: taptun::GSO_TCPV4,
                     ..h6
                 },
                 &tcp6,
@@ -456,7 +455,7 @@ fn invalid_headers() -> Vec<(&'static str, Vec<u8>)> {
             "unknown flag",
             with_header(
                 Header {
-                    flags: 4 | vnet::F_NEEDS_CSUM,
+                    flags: 4 | taptun::F_NEEDS_CSUM,
                     ..h4
                 },
                 &tcp4,
@@ -487,7 +486,7 @@ fn a_gso_peer_s_invalid_virtio_headers_are_dropped_counted_and_never_reach_the_d
     };
 
     // A valid super-frame reaches the device: the way to see a frame arrive works.
-    let valid = vnet::tcp_super_frame(Kind::Ethernet, false, 0, 3000);
+    let valid = taptun::tcp_super_frame(Kind::Ethernet, false, 0, 3000);
     let rx_start = rx_packets(&p.a, "tt0");
     peer.send(&valid);
     assert!(

@@ -31,9 +31,8 @@ use common::{
     DEADLINE, Netns, Pair, Proc, TcpMessages, framed, in_netns, private_key, pseudo_random_bytes,
     wait_for,
 };
-use taptun::device::Layer;
-use taptun::frame;
-use taptun::handshake::{self, Cipher, Hello, Identity, Initiator};
+use taptun::Layer;
+use taptun::{Cipher, Hello, Identity, Initiator};
 
 /// The server's peak resident memory must stay below this.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
@@ -485,7 +484,7 @@ fn client_identity(p: &Pair) -> Identity {
 /// A fresh, valid message 1 from the client's keys, with its length prefix.
 fn valid_message1(identity: &Identity) -> Vec<u8> {
     let mut init = Initiator::new(identity, Hello::new(Layer::Tap, 1500)).expect("initiator");
-    let mut buf = vec![0u8; frame::MAX_MESSAGE];
+    let mut buf = vec![0u8; taptun::MAX_MESSAGE];
     let n = init.write_message1(&mut buf).expect("message 1");
     framed(&buf[..n])
 }
@@ -610,7 +609,7 @@ fn client_to_server(
             Ok(n) => n,
         };
         pending.extend_from_slice(&buf[..n]);
-        while let Ok(Some((start, end))) = frame::decode(&pending) {
+        while let Ok(Some((start, end))) = taptun::decode_message(&pending) {
             let mut message: Vec<u8> = pending.drain(..end).collect();
             recording
                 .lock()
@@ -872,11 +871,11 @@ fn a_replayed_session_and_64_replayed_first_messages_are_refused() {
         .expect("recording")
         .from_client
         .clone();
-    let message1 = match frame::decode(&recorded) {
+    let message1 = match taptun::decode_message(&recorded) {
         Ok(Some((_, end))) => recorded[..end].to_vec(),
         other => panic!("the recording does not start with a message: {other:?}"),
     };
-    assert_eq!(message1.len(), 2 + handshake::MESSAGE1_LEN);
+    assert_eq!(message1.len(), 2 + taptun::MESSAGE1_LEN);
 
     let before = Usage::of(s.pid);
     let sampler = Sampler::start(s.pid);
@@ -942,7 +941,7 @@ fn a_flipped_bit_in_the_transport_phase_ends_the_session_without_injecting_the_f
     // payload make a 14 + 20 + 8 + 777 = 819-byte frame and, behind the 10-byte virtio header
     // that both ends' default GSO puts in front of every frame, an 845-byte transport message.
     const PAYLOAD: usize = 777;
-    let message_len = taptun::vnet::HDR_LEN + 14 + 20 + 8 + PAYLOAD + handshake::TAG_LEN;
+    let message_len = taptun::VIRTIO_HDR_LEN + 14 + 20 + 8 + PAYLOAD + taptun::TAG_LEN;
     let target: SocketAddr = format!("{}:{}", s.p.tap_addr(1), s.p.port + 2000)
         .parse()
         .expect("address");
@@ -1039,7 +1038,7 @@ fn a_peer_that_never_reads_does_not_grow_the_server_and_the_right_peer_gets_back
         TcpStream::from(socket)
     });
     let mut io = TcpMessages::new(&stream);
-    let established = handshake::initiate(
+    let established = taptun::initiate(
         &mut io,
         &identity,
         Hello::new(Layer::Tap, 1500),

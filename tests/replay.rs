@@ -16,9 +16,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{DEADLINE, Pair, Proc, accept_within, in_netns, private_key};
-use taptun::device::Layer;
-use taptun::frame;
-use taptun::handshake::{Cipher, Hello, Identity, Initiator};
+use taptun::Layer;
+use taptun::{Cipher, Hello, Identity, Initiator};
 
 /// Message 2 with its length prefix: 102 bytes and 2.
 const MESSAGE2_FRAMED: usize = 104;
@@ -34,10 +33,10 @@ fn captured_message1(p: &Pair) -> Vec<u8> {
     )
     .expect("a valid key pair");
     let mut init = Initiator::new(&identity, Hello::new(Layer::Tap, 1500)).expect("initiator");
-    let mut buf = vec![0u8; frame::MAX_MESSAGE];
+    let mut buf = vec![0u8; taptun::MAX_MESSAGE];
     let n = init.write_message1(&mut buf).expect("message 1");
     let mut out = Vec::new();
-    frame::encode(&buf[..n], &mut out);
+    taptun::encode_message(&buf[..n], &mut out);
     out
 }
 

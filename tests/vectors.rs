@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use taptun::device::Layer;
-use taptun::handshake::{Cipher, Hello, Identity, Initiator, Responder};
-use taptun::keys::{self, PrivateKey, PublicKey, SecretText};
+use taptun::Layer;
+use taptun::{Cipher, Hello, Identity, Initiator, Responder};
+use taptun::{PrivateKey, PublicKey, SecretText};
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/taptun-v1.txt");
 
@@ -71,7 +71,7 @@ fn compute() -> BTreeMap<String, String> {
     let SecretText::Passphrase(pass) = SecretText::parse(PASSPHRASE).unwrap() else {
         panic!("a passphrase")
     };
-    let stretched = keys::stretch_passphrase(&pass);
+    let stretched = taptun::stretch_passphrase(&pass);
     put("passphrase", "passphrase", PASSPHRASE.into());
     put(
         "passphrase",
@@ -110,8 +110,8 @@ fn compute() -> BTreeMap<String, String> {
         "client_public_base64",
         client.public_key().to_string(),
     );
-    let psk_s = keys::derive_psk(&server, &client.public_key()).unwrap();
-    let psk_c = keys::derive_psk(&client, &server.public_key()).unwrap();
+    let psk_s = taptun::derive_psk(&server, &client.public_key()).unwrap();
+    let psk_c = taptun::derive_psk(&client, &server.public_key()).unwrap();
     assert_eq!(*psk_s, *psk_c);
     put("keys", "psk", hex(&psk_s[..]));
 
@@ -234,7 +234,7 @@ fn rfc7748_keys_and_psk() {
         hex(&client.public_key().0),
         "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
     );
-    let psk = keys::derive_psk(&server, &client.public_key()).unwrap();
+    let psk = taptun::derive_psk(&server, &client.public_key()).unwrap();
     assert_eq!(
         hex(&psk[..]),
         "598123c8d8d237aa8a2bcd002115fe098c97a77d2bcdabdc91ba0f451e669767"
@@ -249,7 +249,7 @@ fn passphrase_matches_argon2_cffi() {
     let SecretText::Passphrase(pass) = SecretText::parse(PASSPHRASE).unwrap() else {
         panic!("a passphrase")
     };
-    let key = keys::stretch_passphrase(&pass);
+    let key = taptun::stretch_passphrase(&pass);
     assert_eq!(
         key.to_text().as_str(),
         "C7O4IBpXPHNzcArFxDLRtirO9v4zFWRyfLo2cwBoO2o="

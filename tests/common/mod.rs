@@ -731,12 +731,12 @@ impl Drop for NetnsEtc {
 }
 
 /// The private key in a SECRET of the form "@PATH", for tests that drive the library's handshake.
-pub fn private_key(secret: &str) -> taptun::keys::PrivateKey {
+pub fn private_key(secret: &str) -> taptun::PrivateKey {
     let path = secret
         .strip_prefix('@')
         .expect("a secret of the form @PATH");
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    taptun::keys::SecretText::parse(&text)
+    taptun::SecretText::parse(&text)
         .unwrap_or_else(|e| panic!("{path}: {e}"))
         .private_key()
 }
@@ -744,30 +744,30 @@ pub fn private_key(secret: &str) -> taptun::keys::PrivateKey {
 /// `message` behind its length prefix, as it goes on the wire.
 pub fn framed(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    taptun::frame::encode(message, &mut out);
+    taptun::encode_message(message, &mut out);
     out
 }
 
 /// A TCP stream as the handshake's message I/O, for tests that drive the library's handshake
 /// against a real taptun.
 pub struct TcpMessages {
-    reader: taptun::frame::FrameReader<TcpStream>,
+    reader: taptun::FrameReader<TcpStream>,
     writer: TcpStream,
 }
 
 impl TcpMessages {
     pub fn new(stream: &TcpStream) -> TcpMessages {
         TcpMessages {
-            reader: taptun::frame::FrameReader::with_capacity(
+            reader: taptun::FrameReader::with_capacity(
                 stream.try_clone().expect("clone the stream"),
-                taptun::frame::MAX_WIRE,
+                taptun::MAX_WIRE,
             ),
             writer: stream.try_clone().expect("clone the stream"),
         }
     }
 }
 
-impl taptun::handshake::MessageIo for TcpMessages {
+impl taptun::MessageIo for TcpMessages {
     fn send(&mut self, msg: &[u8]) -> io::Result<()> {
         self.writer.write_all(&framed(msg))
     }
