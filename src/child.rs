@@ -17,7 +17,12 @@ use crate::sys;
 /// Environment variables a child must never see: the secrets and systemd's
 /// hand-over to us. A variable added later that holds a secret (a proxy's
 /// credentials, say) belongs here.
-pub const SCRUBBED_ENV: &[&str] = &["TAPTUN_LOCAL", "TAPTUN_REMOTE", "NOTIFY_SOCKET"];
+pub const SCRUBBED_ENV: &[&str] = &[
+    "TAPTUN_LOCAL",
+    "TAPTUN_REMOTE",
+    "TAPTUN_PROXY_AUTH",
+    "NOTIFY_SOCKET",
+];
 /// Prefixes of more such variables: systemd's socket activation sets
 /// LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, LISTEN_PIDFDID, and may add more.
 pub const SCRUBBED_ENV_PREFIXES: &[&str] = &["LISTEN_"];

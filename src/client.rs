@@ -68,7 +68,8 @@ impl Backoff {
 /// How the client reaches the server.
 pub struct Dialer<'a> {
     pub mode: &'a Mode,
-    pub fwmark: Option<u32>,
+    pub socket: &'a transport::SocketOptions,
+    pub proxy_auth: Option<&'a crate::proxy::Credentials>,
 }
 
 impl Dialer<'_> {
@@ -77,14 +78,26 @@ impl Dialer<'_> {
     /// stopped it.
     fn attempt(&self, tunnel: &Tunnel) -> Result<Option<Ready>, Error> {
         match self.mode {
-            Mode::Client { hosts, port } => {
+            Mode::Client { hosts, port, proxy } => {
                 let deadline = Instant::now() + INITIATOR_DEADLINE;
-                let connected =
-                    transport::connect(hosts, *port, self.fwmark, deadline, &tunnel.shutdown)?;
-                let Some((tcp, addr)) = connected else {
+                let stop = &tunnel.shutdown;
+                let connected = match proxy {
+                    Some(p) => crate::proxy::connect(
+                        &p.proxy,
+                        self.proxy_auth,
+                        hosts,
+                        *port,
+                        self.socket,
+                        deadline,
+                        stop,
+                    )?,
+                    None => transport::connect(hosts, *port, self.socket, deadline, stop)?
+                        .map(|(tcp, addr)| (tcp, addr.to_string())),
+                };
+                let Some((tcp, peer)) = connected else {
                     return Ok(None);
                 };
-                let stream = Stream::tcp(tcp, addr.to_string())?;
+                let stream = Stream::tcp(tcp, peer)?;
                 tunnel.initiate(stream, Instant::now() + INITIATOR_DEADLINE)
             }
             Mode::Command { command } => {
@@ -103,6 +116,7 @@ impl Dialer<'_> {
 fn is_final(e: &Error) -> bool {
     match e {
         Error::Handshake { cause, .. } => cause.is_provable(),
+        Error::Proxy { denied, .. } => *denied,
         Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => true,
         _ => false,
     }

@@ -15,6 +15,7 @@ use getopts::Options;
 use crate::device::{MAX_NAME_LEN, MIN_MTU};
 use crate::error::Error;
 use crate::keys::{Origin, PublicKey, SecretSpec};
+use crate::proxy::Proxy;
 use crate::wire::{Cipher, Layer};
 
 /// TCP port of -s and -c -m, as taptunnel used.
@@ -23,6 +24,8 @@ pub const DEFAULT_PORT: u16 = 1980;
 pub const ENV_LOCAL: &str = "TAPTUN_LOCAL";
 /// Environment variable for the remote secret when -r and -k are absent.
 pub const ENV_REMOTE: &str = "TAPTUN_REMOTE";
+/// Environment variable for the proxy's user:password when --proxy-auth is absent.
+pub const ENV_PROXY_AUTH: &str = "TAPTUN_PROXY_AUTH";
 /// Seconds without sending before a keepalive goes out.
 pub const DEFAULT_KEEPALIVE: u8 = 10;
 
@@ -48,8 +51,13 @@ pub enum Command {
 pub enum Mode {
     /// -s: listen for TCP connections.
     Server { bind: Option<IpAddr>, port: u16 },
-    /// -c -m: dial a TCP server; several -m are tried in turn.
-    Client { hosts: Vec<String>, port: u16 },
+    /// -c -m: dial a TCP server; several -m are tried in turn, through
+    /// the proxy when there is one.
+    Client {
+        hosts: Vec<String>,
+        port: u16,
+        proxy: Option<ProxyConfig>,
+    },
     /// -c -x: run a command and use its stdin and stdout.
     Command { command: String },
     /// -i: fd 0 and fd 1 are the stream.
@@ -61,6 +69,22 @@ impl Mode {
     pub fn is_initiator(&self) -> bool {
         matches!(self, Mode::Client { .. } | Mode::Command { .. })
     }
+}
+
+/// -P, and where its credentials are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub proxy: Proxy,
+    pub auth: Option<ProxyAuth>,
+}
+
+/// Where the proxy's user:password is: never on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyAuth {
+    /// TAPTUN_PROXY_AUTH, read (and wiped) by `run`.
+    Env,
+    /// --proxy-auth @FILE, a secret file (mode 600).
+    File(PathBuf),
 }
 
 /// Whom the peer must be.
@@ -102,6 +126,8 @@ pub struct Config {
     pub group: Option<String>,
     /// SO_MARK for the carrier socket.
     pub fwmark: Option<u32>,
+    /// TCP_CONGESTION for the carrier socket; `None` keeps the system's.
+    pub congestion: Option<String>,
     /// Number of -v.
     pub verbosity: u8,
     /// Warnings to log once logging is up.
@@ -117,6 +143,27 @@ pub struct OptionSpec {
     pub help: &'static str,
 }
 
+impl OptionSpec {
+    /// The name getopts knows it by: the short one, or the long one for an
+    /// option without a letter.
+    pub fn name(&self) -> &'static str {
+        if self.short.is_empty() {
+            self.long
+        } else {
+            self.short
+        }
+    }
+
+    /// `-x`, or `--long` for an option without a letter, for messages.
+    pub fn flag(&self) -> String {
+        if self.short.is_empty() {
+            format!("--{}", self.long)
+        } else {
+            format!("-{}", self.short)
+        }
+    }
+}
+
 /// Every option, defined once: parsing, `--help` and the documentation
 /// tests all read this table.
 #[rustfmt::skip]
@@ -126,6 +173,8 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "i", long: "inetd", hint: "", help: "use fd 0 and fd 1 as the stream (inetd, xinetd, systemd Accept=yes, ssh)" },
     OptionSpec { short: "m", long: "host", hint: "HOST", help: "the server to dial with -c (name, IPv4 or IPv6 address; the port goes with -p); repeat to try several in turn" },
     OptionSpec { short: "x", long: "exec", hint: "COMMAND", help: "with -c: run COMMAND with /bin/sh -c and use its stdin and stdout" },
+    OptionSpec { short: "P", long: "proxy", hint: "URL", help: "with -c -m: reach HOST through http://PROXY[:PORT] (HTTP CONNECT, port 8080 by default) or socks5://PROXY[:PORT] (1080); the proxy resolves HOST" },
+    OptionSpec { short: "", long: "proxy-auth", hint: "@FILE", help: "the proxy's user:password, in a file of mode 600 (default: $TAPTUN_PROXY_AUTH)" },
     OptionSpec { short: "p", long: "port", hint: "PORT", help: "TCP port for -s and -c -m (default 1980)" },
     OptionSpec { short: "b", long: "bind", hint: "ADDR", help: "with -s: listen on this address only (default: all, IPv4 and IPv6)" },
     OptionSpec { short: "d", long: "device", hint: "NAME", help: "device name (default tap%d or tun%d; an existing persistent device is attached)" },
@@ -143,6 +192,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "U", long: "user", hint: "USER", help: "drop root to USER once the device is open and the socket bound" },
     OptionSpec { short: "G", long: "group", hint: "GROUP", help: "the group to switch to (default: USER's primary group)" },
     OptionSpec { short: "F", long: "fwmark", hint: "MARK", help: "set SO_MARK on the carrier socket, for policy routing (-s, -c -m)" },
+    OptionSpec { short: "", long: "congestion", hint: "ALG", help: "TCP congestion control of the carrier socket (-s, -c -m, -i), e.g. bbr or cubic (default: the system's)" },
     OptionSpec { short: "C", long: "check", hint: "", help: "check the configuration and secrets, open nothing, exit 0 (or 2 with the reason)" },
     OptionSpec { short: "v", long: "verbose", hint: "", help: "log more (repeat for more); RUST_LOG overrides" },
     OptionSpec { short: "h", long: "help", hint: "", help: "print this help and exit" },
@@ -256,25 +306,25 @@ impl Command {
 fn refuse_values_like_options(m: &getopts::Matches) -> Result<(), Error> {
     for spec in OPTIONS.iter().filter(|o| !o.hint.is_empty()) {
         let Some(value) = m
-            .opt_strs(spec.short)
+            .opt_strs(spec.name())
             .into_iter()
             .find(|v| v.starts_with('-'))
         else {
             continue;
         };
-        let (short, hint) = (spec.short, spec.hint);
+        let (flag, hint) = (spec.flag(), spec.hint);
         let mut msg = format!(
-            "-{short}: the value `{value}` looks like an option: \
-             -{short} takes {hint}, give it right after -{short}"
+            "{flag}: the value `{value}` looks like an option: \
+             {flag} takes {hint}, give it right after {flag}"
         );
-        let var = match short {
+        let var = match spec.short {
             "l" => Some(ENV_LOCAL),
             "r" => Some(ENV_REMOTE),
             _ => None,
         };
         if let Some(var) = var {
             msg.push_str(&format!(
-                "; a passphrase that starts with '-' can be given as -{short} @FILE or in {var}"
+                "; a passphrase that starts with '-' can be given as {flag} @FILE or in {var}"
             ));
         }
         return Err(usage(msg));
@@ -382,8 +432,8 @@ pub fn mentions_inetd<S: AsRef<str>>(args: &[S]) -> bool {
 fn options_given(m: &getopts::Matches) -> Vec<String> {
     OPTIONS
         .iter()
-        .filter(|o| m.opt_present(o.short))
-        .map(|o| format!("-{}", o.short))
+        .filter(|o| m.opt_present(o.name()))
+        .map(OptionSpec::flag)
         .collect()
 }
 
@@ -392,7 +442,7 @@ impl Config {
         m: &getopts::Matches,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Error> {
-        let mode = parse_mode(m)?;
+        let mode = parse_mode(m, env)?;
         let layer = match m.opt_str("t").as_deref() {
             None | Some("tap") => Layer::Tap,
             Some("tun") => Layer::Tun,
@@ -496,6 +546,24 @@ impl Config {
                 "-F cannot be combined with -U/-G in -c mode: setting the mark on each new connection needs CAP_NET_ADMIN",
             ));
         }
+        let congestion = m.opt_str("congestion");
+        if let Some(alg) = &congestion {
+            // The kernel's names: at most 15 bytes (TCP_CA_NAME_MAX with its NUL).
+            let name_ok = (1..=15).contains(&alg.len())
+                && alg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !name_ok {
+                return Err(usage(format!(
+                    "--congestion: `{alg}` is not an algorithm's name (e.g. cubic, bbr, reno; \
+                     see /proc/sys/net/ipv4/tcp_available_congestion_control)"
+                )));
+            }
+            if matches!(mode, Mode::Command { .. }) {
+                return Err(usage(
+                    "--congestion applies to taptun's own TCP socket (-s, -c -m, -i); \
+                     with -x the command makes the connection",
+                ));
+            }
+        }
         let once = m.opt_present("o");
         if once && !mode.is_initiator() {
             return Err(usage(
@@ -518,13 +586,14 @@ impl Config {
             user,
             group,
             fwmark,
+            congestion,
             verbosity: u8::try_from(m.opt_count("v")).unwrap_or(u8::MAX),
             warnings,
         })
     }
 }
 
-fn parse_mode(m: &getopts::Matches) -> Result<Mode, Error> {
+fn parse_mode(m: &getopts::Matches, env: &dyn Fn(&str) -> Option<String>) -> Result<Mode, Error> {
     let only_with = |opt: &str, what: &str, ok: bool| {
         if m.opt_present(opt) && !ok {
             Err(usage(format!("-{opt} is only used {what}")))
@@ -536,6 +605,7 @@ fn parse_mode(m: &getopts::Matches) -> Result<Mode, Error> {
     let client = m.opt_present("c");
     only_with("m", "with -c", client)?;
     only_with("x", "with -c", client)?;
+    only_with("P", "with -c -m", client && m.opt_present("m"))?;
     only_with("b", "with -s", server)?;
     only_with(
         "p",
@@ -566,14 +636,44 @@ fn parse_mode(m: &getopts::Matches) -> Result<Mode, Error> {
             .iter()
             .map(|h| parse_host(h))
             .collect::<Result<Vec<String>, Error>>()?;
+        let proxy = proxy_config(m, env)?;
         return match (hosts.is_empty(), m.opt_str("x")) {
-            (false, None) => Ok(Mode::Client { hosts, port }),
+            (false, None) => Ok(Mode::Client { hosts, port, proxy }),
             (true, Some(command)) if !command.trim().is_empty() => Ok(Mode::Command { command }),
             (false, Some(_)) => Err(usage("-c takes either -m HOST or -x COMMAND, not both")),
             _ => Err(usage("-c needs -m HOST or -x COMMAND")),
         };
     }
     Ok(Mode::Inetd)
+}
+
+/// -P and its credentials (--proxy-auth @FILE, else TAPTUN_PROXY_AUTH).
+fn proxy_config(
+    m: &getopts::Matches,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<ProxyConfig>, Error> {
+    let Some(url) = m.opt_str("P") else {
+        if m.opt_present("proxy-auth") {
+            return Err(usage("--proxy-auth is only used with -P"));
+        }
+        return Ok(None);
+    };
+    let proxy = Proxy::parse(&url).map_err(|why| usage(format!("-P: {why}")))?;
+    let auth = match m.opt_str("proxy-auth") {
+        Some(value) => match value.strip_prefix('@') {
+            Some(path) if !path.is_empty() => Some(ProxyAuth::File(PathBuf::from(path))),
+            // Not quoted: it may be the password itself.
+            _ => {
+                return Err(usage(format!(
+                    "--proxy-auth takes @FILE (a file of mode 600 holding user:password), \
+                     never the credentials themselves, which any user could read in ps; \
+                     or set {ENV_PROXY_AUTH}"
+                )));
+            }
+        },
+        None => env(ENV_PROXY_AUTH).map(|_| ProxyAuth::Env),
+    };
+    Ok(Some(ProxyConfig { proxy, auth }))
 }
 
 /// A decimal or 0x-prefixed hexadecimal u32.
@@ -719,6 +819,7 @@ mod tests {
                 user: None,
                 group: None,
                 fwmark: None,
+                congestion: None,
                 verbosity: 0,
                 warnings: vec![],
             }
@@ -764,7 +865,8 @@ mod tests {
             Config {
                 mode: Mode::Client {
                     hosts: vec!["2001:db8::1".into(), "gw.example".into()],
-                    port: 4000
+                    port: 4000,
+                    proxy: None,
                 },
                 layer: Layer::Tun,
                 device: Some("tun7".into()),
@@ -780,6 +882,7 @@ mod tests {
                 user: None,
                 group: None,
                 fwmark: Some(16),
+                congestion: None,
                 verbosity: 2,
                 warnings: vec![],
             }
@@ -924,14 +1027,18 @@ mod tests {
         let err = parse(&["-c", "-m", "-p", "-l", "@/k", "-k", PUB]).unwrap_err();
         assert!(err.to_string().starts_with("-m: the value `-p`"), "{err}");
         for spec in OPTIONS.iter().filter(|o| !o.hint.is_empty()) {
-            let short = format!("-{}", spec.short);
+            let short = spec.flag();
             let long = format!("--{}=-z", spec.long);
-            let attached = format!("-{}-z", spec.short);
-            for args in [
-                vec!["-s", &short, "-z"],
-                vec!["-s", &long],
-                vec!["-s", &attached],
-            ] {
+            let attached = format!("{short}-z");
+            let forms = match spec.short {
+                "" => vec![vec!["-s", &short, "-z"], vec!["-s", &long]],
+                _ => vec![
+                    vec!["-s", &short, "-z"],
+                    vec!["-s", &long],
+                    vec!["-s", &attached],
+                ],
+            };
+            for args in forms {
                 let err = parse(&args).expect_err(&format!("{args:?} should fail"));
                 assert!(
                     err.to_string()
@@ -1079,7 +1186,8 @@ mod tests {
                     // A valid address too: it cannot be told from one with a port.
                     "2001:db8::1:1980".into(),
                 ],
-                port: DEFAULT_PORT
+                port: DEFAULT_PORT,
+                proxy: None,
             }
         );
     }
@@ -1139,5 +1247,132 @@ mod tests {
             ],
             [0, 0, 1, 3, 3]
         );
+    }
+
+    #[test]
+    fn a_proxy_takes_its_credentials_from_a_file_or_the_environment_never_argv() {
+        let args = [
+            "-c",
+            "-m",
+            "gw",
+            "-P",
+            "socks5://px:9050",
+            "-l",
+            "@/k",
+            "-k",
+            PUB,
+        ];
+        let Mode::Client { proxy, .. } = tunnel(&args).mode else {
+            panic!("not a client")
+        };
+        let proxy = proxy.unwrap();
+        assert_eq!(proxy.proxy.to_string(), "socks5://px:9050");
+        assert_eq!(proxy.auth, None);
+        let env = |var: &str| (var == ENV_PROXY_AUTH).then(|| "u:p".to_string());
+        let Ok(Command::Tunnel(c)) = Command::parse(&args, &env) else {
+            panic!("not a tunnel")
+        };
+        assert!(matches!(
+            c.mode,
+            Mode::Client {
+                proxy: Some(ProxyConfig {
+                    auth: Some(ProxyAuth::Env),
+                    ..
+                }),
+                ..
+            }
+        ));
+        let with_file = [&args[..], &["--proxy-auth", "@/etc/taptun/proxy"]].concat();
+        let Mode::Client { proxy, .. } = tunnel(&with_file).mode else {
+            panic!("not a client")
+        };
+        assert_eq!(
+            proxy.unwrap().auth,
+            Some(ProxyAuth::File("/etc/taptun/proxy".into()))
+        );
+
+        let literal = [&args[..], &["--proxy-auth", "alice:hunter2"]].concat();
+        let err = parse(&literal).unwrap_err().to_string();
+        assert!(err.contains("@FILE") && !err.contains("hunter2"), "{err}");
+        let in_url = [
+            "-c",
+            "-m",
+            "gw",
+            "-P",
+            "http://alice:hunter2@px",
+            "-l",
+            "@/k",
+            "-k",
+            PUB,
+        ];
+        let err = parse(&in_url).unwrap_err().to_string();
+        assert!(
+            err.contains("TAPTUN_PROXY_AUTH") && !err.contains("hunter2"),
+            "{err}"
+        );
+        for bad in [
+            &["-s", "-P", "http://px", "-l", "@/k", "-k", PUB][..],
+            &[
+                "-c",
+                "-x",
+                "ssh gw",
+                "-P",
+                "http://px",
+                "-l",
+                "@/k",
+                "-k",
+                PUB,
+            ][..],
+            &[
+                "-c",
+                "-m",
+                "gw",
+                "--proxy-auth",
+                "@/f",
+                "-l",
+                "@/k",
+                "-k",
+                PUB,
+            ][..],
+            &["-c", "-m", "gw", "-P", "ftp://px", "-l", "@/k", "-k", PUB][..],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn congestion_takes_an_algorithm_name_for_taptuns_own_socket() {
+        let c = tunnel(&["-s", "--congestion", "bbr", "-l", "@/k", "-k", PUB]);
+        assert_eq!(c.congestion.as_deref(), Some("bbr"));
+        let c = tunnel(&["-i", "-l", "@/k", "-k", PUB]);
+        assert_eq!(c.congestion, None);
+        for bad in [
+            &["-s", "--congestion", "", "-l", "@/k", "-k", PUB][..],
+            &["-s", "--congestion", "cubic;reboot", "-l", "@/k", "-k", PUB][..],
+            &[
+                "-s",
+                "--congestion",
+                "a_name_far_too_long",
+                "-l",
+                "@/k",
+                "-k",
+                PUB,
+            ][..],
+            &[
+                "-c",
+                "-x",
+                "ssh gw",
+                "--congestion",
+                "bbr",
+                "-l",
+                "@/k",
+                "-k",
+                PUB,
+            ][..],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{bad:?}: {err}");
+        }
     }
 }

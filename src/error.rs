@@ -54,6 +54,13 @@ pub enum Error {
     },
     /// The peer broke the protocol after the handshake.
     Protocol { peer: String, what: String },
+    /// The proxy (-P) gave no tunnel; `denied` when it refused us for good
+    /// (credentials, not allowed: exit 3, no retry).
+    Proxy {
+        proxy: String,
+        what: String,
+        denied: bool,
+    },
     /// A hook failed: the text says which and how.
     Hook(String),
     /// An I/O failure on something the text names.
@@ -88,6 +95,7 @@ impl Error {
         match self {
             Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => EXIT_USAGE,
             Error::Handshake { cause, .. } if cause.is_authentication() => EXIT_AUTH,
+            Error::Proxy { denied: true, .. } => EXIT_AUTH,
             // A taptun at the other end of the command that failed its
             // handshake (through ssh, its status is ssh's).
             Error::CommandExited { status, .. } if status.code() == Some(EXIT_AUTH.into()) => {
@@ -181,6 +189,7 @@ impl fmt::Display for Error {
             }
             Error::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
+            Error::Proxy { proxy, what, .. } => write!(f, "proxy {proxy}: {what}"),
             Error::Command { command, source } => {
                 write!(f, "cannot run command `{command}`: {source}")
             }

@@ -34,6 +34,7 @@ mod handshake;
 mod hooks;
 mod keys;
 mod log;
+mod proxy;
 mod relay;
 mod replay;
 mod resolver;
@@ -103,7 +104,8 @@ pub fn run(config: Config) -> Result<(), Error> {
     // First of all, before taptun opens a descriptor of its own that could
     // take a number systemd's hand-over names.
     let serve = matches!(config.mode, Mode::Server { .. });
-    let inherited = transport::inherited_listener(&env, serve, config.fwmark)?;
+    let socket_options = transport::SocketOptions::new(config.fwmark, config.congestion.clone());
+    let inherited = transport::inherited_listener(&env, serve, &socket_options)?;
     if let Err(e) = sys::forbid_core_dumps() {
         ::log::warn!("cannot forbid core dumps (keys could leak into one): {e}");
     }
@@ -117,7 +119,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     // -i: take the stream first, so that nothing else can reach fd 1.
     let stdio = if config.mode == Mode::Inetd {
         std::panic::set_hook(Box::new(|info| ::log::error!("internal error: {info}")));
-        Some(Stream::stdio()?)
+        let stream = Stream::stdio()?;
+        socket_options.apply_to_stdio(&stream);
+        Some(stream)
     } else {
         None
     };
@@ -125,6 +129,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         ::log::warn!("{warning}");
     }
     let identity = load_identity(&config)?;
+    let proxy_auth = load_proxy_auth(&config)?;
     let ids = resolve_ids(&config)?;
     let device = Device::open(
         config.device.as_deref(),
@@ -138,7 +143,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 ::log::info!("using the listening socket passed by systemd (fd 3)");
                 listener
             }
-            None => transport::listen(*bind, *port, config.fwmark)?,
+            None => transport::listen(*bind, *port, &socket_options)?,
         }),
         _ => None,
     };
@@ -197,7 +202,8 @@ pub fn run(config: Config) -> Result<(), Error> {
             (mode, _, _) => {
                 let dialer = client::Dialer {
                     mode,
-                    fwmark: config.fwmark,
+                    socket: &socket_options,
+                    proxy_auth: proxy_auth.as_ref(),
                 };
                 client::run(&tunnel, &dialer, config.once, scope)
             }
@@ -215,7 +221,7 @@ pub fn run(config: Config) -> Result<(), Error> {
 /// listening, with the address it got).
 fn waits_for(mode: &Mode) -> Option<String> {
     match mode {
-        Mode::Client { hosts, port } => {
+        Mode::Client { hosts, port, proxy } => {
             let hosts: Vec<String> = hosts
                 .iter()
                 .map(|host| match host.contains(':') {
@@ -223,7 +229,11 @@ fn waits_for(mode: &Mode) -> Option<String> {
                     false => format!("{host}:{port}"),
                 })
                 .collect();
-            Some(format!("connecting to {}", hosts.join(", ")))
+            let via = match proxy {
+                Some(p) => format!(" through {}", p.proxy),
+                None => String::new(),
+            };
+            Some(format!("connecting to {}{via}", hosts.join(", ")))
         }
         Mode::Command { command } => Some(format!("running `{command}`")),
         Mode::Inetd => Some("handshake with the peer on stdin/stdout".into()),
@@ -284,6 +294,7 @@ pub fn check(config: &Config) -> Result<(), Error> {
         ::log::warn!("{warning}");
     }
     load_identity(config)?;
+    load_proxy_auth(config)?;
     resolve_ids(config)?;
     Ok(())
 }
@@ -334,6 +345,35 @@ fn load_identity(config: &Config) -> Result<Identity, Error> {
         subject: "the remote key".into(),
         why,
     })
+}
+
+/// The proxy's credentials, from --proxy-auth @FILE or TAPTUN_PROXY_AUTH
+/// (wiped from the environment once read). Call before any thread starts.
+///
+/// # Errors
+/// An unusable file or a value that is not user:password (exit 2).
+fn load_proxy_auth(config: &Config) -> Result<Option<proxy::Credentials>, Error> {
+    let Mode::Client {
+        proxy: Some(config::ProxyConfig {
+            auth: Some(auth), ..
+        }),
+        ..
+    } = &config.mode
+    else {
+        return Ok(None);
+    };
+    let (text, subject) = match auth {
+        config::ProxyAuth::File(path) => {
+            (keys::read_secret_file(path)?, path.display().to_string())
+        }
+        config::ProxyAuth::Env => match sys::take_env_secret(config::ENV_PROXY_AUTH) {
+            Some(text) => (text, config::ENV_PROXY_AUTH.to_owned()),
+            None => return Ok(None),
+        },
+    };
+    proxy::Credentials::parse(&text)
+        .map(Some)
+        .map_err(|why| Error::Secret { subject, why })
 }
 
 fn private_key(spec: &SecretSpec, inetd: bool) -> Result<PrivateKey, Error> {

@@ -889,3 +889,29 @@ pub fn tun_set_carrier(fd: RawFd, on: bool) -> io::Result<()> {
         Ok(())
     }
 }
+
+/// Takes a secret out of the environment: returns its value, overwrites it
+/// where it lies (so that /proc/PID/environ no longer shows it) and unsets
+/// it. Call it before any other thread exists: the environment has no lock
+/// that C code honours.
+pub fn take_env_secret(name: &str) -> Option<zeroize::Zeroizing<String>> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getenv returns null or a pointer to the NUL-terminated value
+    // inside the environment; no other thread exists to change it meanwhile
+    // (the caller's promise), and it stays valid until the unsetenv below.
+    let value = unsafe { libc::getenv(name.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: as above; `value` is a live NUL-terminated string, and the
+    // bytes overwritten are exactly its own (the NUL is kept). The initial
+    // environment and strings setenv made are both writable.
+    let text = unsafe {
+        let bytes = std::ffi::CStr::from_ptr(value).to_bytes();
+        let text = zeroize::Zeroizing::new(String::from_utf8_lossy(bytes).into_owned());
+        std::ptr::write_bytes(value, 0, bytes.len());
+        libc::unsetenv(name.as_ptr());
+        text
+    };
+    Some(text)
+}

@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::child::{self, Child};
@@ -438,7 +439,7 @@ const LISTEN_FDS_START: RawFd = 3;
 /// When LISTEN_PID names this process, each of the LISTEN_FDS descriptors
 /// from fd 3 on is taken and made close-on-exec, so that no hook or -x
 /// command inherits one. With `serve` (-s) all must be open and fd 3 must be
-/// a listening TCP socket: it is returned, with `fwmark` set on it; the
+/// a listening TCP socket: it is returned, with `options` set on it; the
 /// others are closed with a warning. Without (-c, -i) all are closed: none
 /// is used (under systemd's Accept=yes, fd 3 is the connection -i already
 /// has as fds 0 and 1).
@@ -450,7 +451,7 @@ const LISTEN_FDS_START: RawFd = 3;
 pub fn inherited_listener(
     env: &dyn Fn(&str) -> Option<String>,
     serve: bool,
-    fwmark: Option<u32>,
+    options: &SocketOptions,
 ) -> Result<Option<TcpListener>, Error> {
     let ours = env("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
     if !ours {
@@ -507,9 +508,10 @@ pub fn inherited_listener(
             LISTEN_FDS_START + RawFd::from(count) - 1
         );
     }
-    if let Some(mark) = fwmark {
+    if let Some(mark) = options.fwmark {
         mark_passed_listener(&listener, mark)?;
     }
+    options.set_congestion(socket2::SockRef::from(&listener));
     Ok(Some(listener))
 }
 
@@ -583,20 +585,98 @@ pub fn notify_ready(env: &dyn Fn(&str) -> Option<String>) {
     }
 }
 
+/// What the carrier's TCP sockets get: -F's mark and --congestion's
+/// algorithm. Accepted connections inherit both from the listening socket.
+#[derive(Debug, Default)]
+pub struct SocketOptions {
+    pub fwmark: Option<u32>,
+    pub congestion: Option<String>,
+    /// A refused algorithm is logged once, not at every reconnect.
+    refused: AtomicBool,
+}
+
+impl SocketOptions {
+    pub fn new(fwmark: Option<u32>, congestion: Option<String>) -> SocketOptions {
+        SocketOptions {
+            fwmark,
+            congestion,
+            refused: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets the mark (its failure is the caller's) and the congestion
+    /// control, before the socket connects or listens so that even the SYN
+    /// is routed by the mark and paced by the algorithm.
+    fn apply(&self, socket: socket2::SockRef<'_>) -> io::Result<()> {
+        if let Some(mark) = self.fwmark {
+            socket.set_mark(mark)?;
+        }
+        self.set_congestion(socket);
+        Ok(())
+    }
+
+    /// Sets --congestion's algorithm; one that is refused is logged once
+    /// and the system default kept: the tunnel works either way.
+    fn set_congestion(&self, socket: socket2::SockRef<'_>) {
+        let Some(alg) = &self.congestion else {
+            return;
+        };
+        let Err(e) = socket.set_tcp_congestion(alg.as_bytes()) else {
+            return;
+        };
+        if self.refused.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let why = match e.raw_os_error() {
+            Some(libc::EPERM) => "it is not in net.ipv4.tcp_allowed_congestion_control, \
+                 and only a process with CAP_NET_ADMIN may use another"
+                .to_owned(),
+            Some(libc::ENOENT) => "this kernel has no such algorithm \
+                 (see net.ipv4.tcp_available_congestion_control; `modprobe tcp_NAME` may add it)"
+                .to_owned(),
+            _ => e.to_string(),
+        };
+        log::warn!(
+            "--congestion {alg}: {why}; the carrier uses the system's default \
+             (net.ipv4.tcp_congestion_control)"
+        );
+    }
+
+    /// Sets the congestion control on the connection -i was handed, when it
+    /// is a TCP socket (a pipe from ssh has none).
+    pub fn apply_to_stdio(&self, stream: &Stream) {
+        if self.congestion.is_some() && is_tcp(&stream.read) {
+            self.set_congestion(socket2::SockRef::from(&stream.read));
+        }
+    }
+}
+
+/// Whether `fd` is a TCP socket.
+fn is_tcp(fd: &OwnedFd) -> bool {
+    sys::is_socket(fd.as_raw_fd())
+        && socket2::SockRef::from(fd)
+            .protocol()
+            .is_ok_and(|p| p == Some(socket2::Protocol::TCP))
+}
+
 /// Binds the server's socket: all addresses, IPv6 and IPv4, unless `bind`
 /// names one.
 ///
 /// # Errors
 /// `Error::Listen` naming the address.
-pub fn listen(bind: Option<IpAddr>, port: u16, fwmark: Option<u32>) -> Result<TcpListener, Error> {
+pub fn listen(
+    bind: Option<IpAddr>,
+    port: u16,
+    options: &SocketOptions,
+) -> Result<TcpListener, Error> {
     let dual_stack = bind.is_none();
     let addr = SocketAddr::new(bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port);
-    match bind_socket(addr, dual_stack, fwmark) {
+    match bind_socket(addr, dual_stack, options) {
         Ok(listener) => Ok(listener),
         // A host with IPv6 disabled: fall back to IPv4 only.
         Err(e) if dual_stack && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
             let v4 = SocketAddr::from(([0, 0, 0, 0], port));
-            bind_socket(v4, false, fwmark).map_err(|source| Error::Listen {
+            bind_socket(v4, false, options).map_err(|source| Error::Listen {
                 addr: v4.to_string(),
                 source,
             })
@@ -608,16 +688,18 @@ pub fn listen(bind: Option<IpAddr>, port: u16, fwmark: Option<u32>) -> Result<Tc
     }
 }
 
-fn bind_socket(addr: SocketAddr, dual_stack: bool, fwmark: Option<u32>) -> io::Result<TcpListener> {
+fn bind_socket(
+    addr: SocketAddr,
+    dual_stack: bool,
+    options: &SocketOptions,
+) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
     if dual_stack {
         socket.set_only_v6(false)?;
     }
-    if let Some(mark) = fwmark {
-        // Accepted connections inherit the mark.
-        socket.set_mark(mark)?;
-    }
+    // Accepted connections inherit the mark and the congestion control.
+    options.apply(socket2::SockRef::from(&socket))?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -678,7 +760,7 @@ pub const HOST_DELAY: Duration = Duration::from_secs(2);
 pub fn connect(
     hosts: &[String],
     port: u16,
-    fwmark: Option<u32>,
+    options: &SocketOptions,
     deadline: Instant,
     stop: &Stop,
 ) -> Result<Option<(TcpStream, SocketAddr)>, Error> {
@@ -718,7 +800,7 @@ pub fn connect(
             if race[i].started.is_none() && due.is_some_and(|due| due <= now) {
                 race[i].start(port);
             }
-            race[i].advance(fwmark, now, several);
+            race[i].advance(options, now, several);
         }
         if race.iter().all(Host::failed) {
             let last = race.pop().map(|mut h| {
@@ -866,7 +948,7 @@ impl Host {
 
     /// Takes a finished lookup and starts the connects that are due; marks
     /// the host failed when nothing is left to try.
-    fn advance(&mut self, fwmark: Option<u32>, now: Instant, several: bool) {
+    fn advance(&mut self, options: &SocketOptions, now: Instant, several: bool) {
         if let HostState::Resolving { answer, .. } = &self.state {
             match answer.try_recv() {
                 Ok(Ok(addrs)) => {
@@ -905,7 +987,7 @@ impl Host {
             };
             *last_start = Some(now);
             log::debug!("{addr}: connecting");
-            match dial(addr, fwmark) {
+            match dial(addr, options) {
                 Ok(socket) => attempts.push(Attempt {
                     socket,
                     addr,
@@ -1008,13 +1090,10 @@ fn host_due(started: Option<Instant>, failed: bool) -> Option<Instant> {
 }
 
 /// Starts a non-blocking connect to `addr`.
-fn dial(addr: SocketAddr, fwmark: Option<u32>) -> io::Result<socket2::Socket> {
+fn dial(addr: SocketAddr, options: &SocketOptions) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
-    if let Some(mark) = fwmark {
-        // Set before connecting, so that even the SYN is routed by the mark.
-        socket.set_mark(mark)?;
-    }
+    options.apply(socket2::SockRef::from(&socket))?;
     socket.set_nonblocking(true)?;
     match socket.connect(&addr.into()) {
         Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => Err(e),
@@ -1087,14 +1166,14 @@ mod tests {
         let hosts = ["::1".to_owned(), "127.0.0.1".to_owned()];
         let stop = Stop::new().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (_, addr) = connect(&hosts, port, None, deadline, &stop)
+        let (_, addr) = connect(&hosts, port, &SocketOptions::default(), deadline, &stop)
             .unwrap()
             .expect("connected");
         assert_eq!(addr, SocketAddr::from(([127, 0, 0, 1], port)));
 
         stop.trigger();
         assert!(
-            connect(&hosts, port, None, deadline, &stop)
+            connect(&hosts, port, &SocketOptions::default(), deadline, &stop)
                 .unwrap()
                 .is_none()
         );

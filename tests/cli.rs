@@ -59,7 +59,7 @@ fn every_option_is_documented_in_help_man_page_and_readme() {
     let man = std::fs::read_to_string(format!("{root}/man/taptun.8")).expect("man/taptun.8");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
     for opt in taptun::OPTIONS {
-        let (short, long) = (format!("-{}", opt.short), format!("--{}", opt.long));
+        let (short, long) = (opt.flag(), format!("--{}", opt.long));
         assert!(
             help.contains(&short) && help.contains(&long),
             "--help lacks {short} {long}"

@@ -834,6 +834,13 @@ pub fn wait_log(proc: &Proc, needles: &[&str], count: usize, deadline: Duration)
     wait_for(deadline, || log_count(proc, needles) >= count)
 }
 
+impl Proc {
+    /// The process id (that of the program itself: `ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// An emulated WAN link (contrib/wanem.py, in a namespace of its own) in place of a [`Pair`]'s
 /// veth: the same devices and addresses in `a` and `b`, but a link with a rate, a delay, a
 /// bottleneck queue and random loss between them. Dropping it stops the emulator, then removes its
