@@ -11,7 +11,7 @@ It makes two veth pairs, M<->A and M<->B (the ends in A and B are named by
 turns their offloads off, prints "wanem: ready ..." on stderr, and then
 forwards every Ethernet frame between them, in each direction through:
 
-    random loss -> bottleneck queue (tail drop) -> serialisation at --rate -> --delay
+    bottleneck queue (tail drop) -> serialisation at --rate -> random loss -> --delay
 
 until SIGTERM or SIGINT. It then prints one "wanem: stats" line per direction
 (SIGUSR1 prints them without stopping). SIGUSR2 cuts the link (every frame is
@@ -24,7 +24,8 @@ in it holds a packet back for a delay. A forwarder on AF_PACKET sockets does it
 all in one place and one clock: each frame's departure is computed when it
 arrives (from the kernel's receive timestamp, so the forwarder's own wake-up
 latency is not added), and the link's rate is exact over any interval however
-late a batch of sends goes out. The ends' offloads are off so that the
+late a batch of sends goes out. It asks for SCHED_FIFO, so that the busy
+processes around it do not delay its sends. The ends' offloads are off so that the
 forwarder sees real frames with real checksums: with TSO/GSO/GRO it would see
 64 KiB super-packets, and with checksum offload frames whose checksum is only
 a placeholder, which the far end would then drop.
