@@ -24,12 +24,21 @@
 #                      system-wide with `perf record -a -g` into DIR/NAME.perf.data
 #                      (package linux-perf; first round only); the figures are
 #                      not affected
+#     --wan LINK       run everything over an emulated WAN link instead of the
+#                      bare veth pair: contrib/wanem.py in a third namespace
+#                      between A and B, LINK being a preset (dsl: 20 Mbit/s,
+#                      40 ms RTT, 0.1 % loss, 150 ms queue; wan: 100 Mbit/s,
+#                      10 ms, no loss, 50 ms; mobile: 5 Mbit/s, 120 ms, 1 %,
+#                      500 ms) and any further wanem.py options, as one word:
+#                      --wan 'dsl --loss 0'. Every iperf3 flow then uses cubic
+#                      (-C cubic), as most hosts do; throughput is in Mbit/s.
+#                      Use --time 20 or more: slow start takes seconds there.
 #     -h, --help       this text
 #
 # It needs root (network namespaces, TAP/TUN devices) and the Debian packages
 # iproute2 (ip), iputils-ping (ping), iperf3 and python3 (parses iperf3's
-# JSON and prints the table); openvpn and openssl are optional (the OpenVPN
-# peer). It installs nothing itself. With cargo on PATH it first runs
+# JSON and prints the table; runs contrib/wanem.py), and ethtool for --wan;
+# openvpn and openssl are optional (the OpenVPN peer). It installs nothing itself. With cargo on PATH it first runs
 # `cargo build --release` (as $SUDO_USER under sudo, through a login shell so
 # that rustup's PATH is found); otherwise build first, as yourself: sudo
 # usually resets PATH, so the cargo that rustup installed is not found.
@@ -103,6 +112,7 @@ perf_dir=""
 rounds=1
 build=1
 memory_only=0
+wan=""
 while (($#)); do
     case $1 in
         --quick) duration=2 pings=100 ;;
@@ -115,6 +125,7 @@ while (($#)); do
         --no-build) build=0 ;;
         --memory) memory_only=1 ;;
         --perf) perf_dir=${2:?--perf needs a folder}; shift ;;
+        --wan) wan=${2:?--wan needs a link: dsl, wan or mobile}; shift ;;
         -h | --help) usage; exit 0 ;;
         *) printf 'bench: unknown option %s (see --help)\n' "$1" >&2; exit 2 ;;
     esac
@@ -173,6 +184,12 @@ need ss iproute2
 need ping iputils-ping
 ((memory_only)) || need iperf3 iperf3
 need python3 python3
+if [[ -n $wan ]]; then
+    need ethtool ethtool
+    read -ra wan_args <<<"$wan"
+    [[ ${wan_args[0]} =~ ^(dsl|wan|mobile)$ ]] ||
+        missing "--wan: '${wan_args[0]}' is not a link: dsl, wan or mobile (then wanem.py options)"
+fi
 if [[ -n $perf_dir ]]; then
     need perf linux-perf
     mkdir -p -- "$perf_dir"
@@ -220,9 +237,12 @@ exec 3>&1 4>&2
 
 ns_a="taptun-bench-a-$$"
 ns_b="taptun-bench-b-$$"
+ns_w="taptun-bench-w-$$"
 tmp=""
 made_a=""
 made_b=""
+made_w=""
+wan_pid="" # the link emulator: not in pids, since stop_all ends each tunnel
 pids=() # every background process we started and have not reaped
 
 stop() { # stop PID: SIGTERM, wait up to 5 s, then SIGKILL
@@ -254,15 +274,21 @@ cleanup() {
     set +e
     exec 1>&3 2>&4
     stop_all
+    if [[ -n $wan_pid ]]; then
+        stop "$wan_pid"
+        wait "$wan_pid" 2>/dev/null
+        grep -h "wanem: stats" "$tmp/wanem.log" | sed 's/^/bench: /'
+    fi
     # Anything still running in our namespaces (started by a command we ran).
     local ns pid
-    for ns in ${made_a:+"$ns_a"} ${made_b:+"$ns_b"}; do
+    for ns in ${made_a:+"$ns_a"} ${made_b:+"$ns_b"} ${made_w:+"$ns_w"}; do
         for pid in $(ip netns pids "$ns" 2>/dev/null); do stop "$pid"; done
     done
+    [[ -n $made_w ]] && ip netns delete "$ns_w"
     [[ -n $made_b ]] && ip netns delete "$ns_b"
     [[ -n $made_a ]] && ip netns delete "$ns_a"
     [[ -n $tmp ]] && rm -rf -- "$tmp"
-    say "cleaned up (processes, namespaces $ns_a and $ns_b, temporary files)"
+    say "cleaned up (processes, namespaces $ns_a and $ns_b${made_w:+ and $ns_w}, temporary files)"
     exit "$status"
 }
 trap cleanup EXIT
@@ -272,6 +298,10 @@ in_a() { ip netns exec "$ns_a" "$@"; }
 in_b() { ip netns exec "$ns_b" "$@"; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/taptun-bench.XXXXXX")
+# Over an emulated WAN, the flows use cubic, the default of most hosts (this
+# machine's own default may differ); root may ask for it per socket.
+congestion=()
+[[ -n $wan ]] && congestion=(-C cubic)
 results="$tmp/results"
 mkdir "$results"
 
@@ -369,7 +399,7 @@ iperf() {
     local out=$1
     shift
     local status=0
-    timeout $((duration + 30)) ip netns exec "$ns_b" iperf3 --connect-timeout 5000 -J "$@" \
+    timeout $((duration + 30)) ip netns exec "$ns_b" iperf3 --connect-timeout 5000 -J "${congestion[@]}" "$@" \
         </dev/null >"$out" 2>&1 3>&- 4>&- || status=$?
     iperf_check "$out" "$status"
 }
@@ -420,7 +450,7 @@ measure() {
     # pings in the same direction, started once the stream is up to speed.
     local ping_s=$(((pings + 99) / 100))
     say "  $name: ping under load (one iperf3 stream, $pings pings)"
-    timeout $((ping_s + 30)) ip netns exec "$ns_b" iperf3 --connect-timeout 5000 -J \
+    timeout $((ping_s + 30)) ip netns exec "$ns_b" iperf3 --connect-timeout 5000 -J "${congestion[@]}" \
         -c "$target" -P 1 -t $((ping_s + 3)) </dev/null >"$dir/iperf-load.json" 2>&1 3>&- 4>&- &
     local load_pid=$! status=0
     pids+=("$load_pid")
@@ -463,24 +493,49 @@ if awk -v l="${machine_load_before%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n /
     say "warning: the machine is busy; the figures will be low and noisy"
 fi
 
-say "making namespaces $ns_a and $ns_b joined by a veth pair"
 ip netns add "$ns_a"
 made_a=1
 ip netns add "$ns_b"
 made_b=1
-ip link add veth0 netns "$ns_a" type veth peer name veth0 netns "$ns_b"
-in_a ip addr add "$underlay_a/24" dev veth0
-in_b ip addr add "$underlay_b/24" dev veth0
-for ns in "$ns_a" "$ns_b"; do
-    ip -n "$ns" link set lo up
-    ip -n "$ns" link set veth0 up
-done
-wait_for "the veth pair" in_b ping -c 1 -W 1 "$underlay_a"
+for ns in "$ns_a" "$ns_b"; do ip -n "$ns" link set lo up; done
+if [[ -z $wan ]]; then
+    say "making namespaces $ns_a and $ns_b joined by a veth pair"
+    ip link add veth0 netns "$ns_a" type veth peer name veth0 netns "$ns_b"
+    in_a ip addr add "$underlay_a/24" dev veth0
+    in_b ip addr add "$underlay_b/24" dev veth0
+    for ns in "$ns_a" "$ns_b"; do ip -n "$ns" link set veth0 up; done
+    wait_for "the veth pair" in_b ping -c 1 -W 1 "$underlay_a"
+else
+    say "making namespaces $ns_a and $ns_b joined by an emulated link (wanem.py --link $wan) in $ns_w"
+    ip netns add "$ns_w"
+    made_w=1
+    ip -n "$ns_w" link set lo up
+    ip netns exec "$ns_w" python3 "$script_dir/wanem.py" --link "${wan_args[@]}" \
+        --left "$ns_a" --left-dev veth0 --left-addr "$underlay_a/24" \
+        --right "$ns_b" --right-dev veth0 --right-addr "$underlay_b/24" \
+        </dev/null >/dev/null 2>"$tmp/wanem.log" 3>&- 4>&- &
+    wan_pid=$!
+    for ((i = 0; i < 10 * deadline_s; i++)); do
+        grep -q "wanem: ready" "$tmp/wanem.log" && break
+        kill -0 "$wan_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q "wanem: ready" "$tmp/wanem.log"; then
+        sed 's/^/    /' "$tmp/wanem.log" >&2
+        die "wanem.py did not start"
+    fi
+    sed 's/^/bench: /' "$tmp/wanem.log"
+    wait_for "a ping across the emulated link" in_b ping -c 1 -W 1 "$underlay_a"
+fi
 
 # --- the contenders -----------------------------------------------------------------
 
 run_veth() {
-    say "raw veth: iperf3 straight between $underlay_b and $underlay_a"
+    if [[ -n $wan ]]; then
+        say "raw TCP: iperf3 between $underlay_b and $underlay_a over the emulated link"
+    else
+        say "raw veth: iperf3 straight between $underlay_b and $underlay_a"
+    fi
     measure veth veth "$underlay_a"
 }
 
@@ -621,7 +676,7 @@ command -v openvpn >/dev/null && openvpn_version=$(openvpn --version 2>/dev/null
 
 BENCH_ORDER="${order[*]}" BENCH_CPU=$cpu_model BENCH_LOAD_BEFORE=$machine_load_before \
     BENCH_LOAD_AFTER=$machine_load_after BENCH_SECONDS=$duration BENCH_PINGS=$pings BENCH_ROUNDS=$rounds \
-    BENCH_TAPTUN=$taptun_version BENCH_OPENVPN=$openvpn_version \
+    BENCH_TAPTUN=$taptun_version BENCH_OPENVPN=$openvpn_version BENCH_WAN=$wan \
     python3 - "$results" "$json_out" "$markdown_out" <<'PYTHON' 3>&- 4>&-
 import json, os, re, statistics, sys
 
@@ -641,8 +696,15 @@ meta = {
                  "rounds": int(env["BENCH_ROUNDS"]), "ping_interval_ms": 10, "mtu": 1500},
     "versions": {"taptun": env["BENCH_TAPTUN"], "openvpn": env["BENCH_OPENVPN"]},
 }
+# Over an emulated WAN (--wan): raw TCP crosses the link instead of a bare
+# veth, and rates are in Mbit/s.
+wan = env.get("BENCH_WAN", "")
+if wan:
+    meta["settings"]["wan"] = wan
+    meta["settings"]["congestion"] = "cubic"
+rate_unit, rate_scale, rate_digits = ("Mbit/s", 1e6, 1) if wan else ("Gbit/s", 1e9, 2)
 labels = {
-    "veth": "raw veth",
+    "veth": "raw TCP over the link" if wan else "raw veth",
     "openvpn": "OpenVPN TAP/TCP aesgcm",
     "tap-chachapoly": "taptun tap chachapoly",
     "tap-aesgcm": "taptun tap aesgcm",
@@ -654,10 +716,10 @@ for key in list(labels):
         labels[key + "-plain"] = labels[key] + " -n"
 # (key, column heading, unit, digits)
 columns = [
-    ("up1", "up 1", "Gbit/s", 2),
-    ("down1", "down 1", "Gbit/s", 2),
-    ("up4", "up 4", "Gbit/s", 2),
-    ("down4", "down 4", "Gbit/s", 2),
+    ("up1", "up 1", rate_unit, rate_digits),
+    ("down1", "down 1", rate_unit, rate_digits),
+    ("up4", "up 4", rate_unit, rate_digits),
+    ("down4", "down 4", rate_unit, rate_digits),
     ("idle_p50", "idle p50", "ms", 3),
     ("idle_p99", "idle p99", "ms", 3),
     ("load_p50", "load p50", "ms", 3),
@@ -715,7 +777,7 @@ def measure_round(d):
         before, after = map(int, read(os.path.join(d, f"cpu-{run}")).split())
         r["cpu_seconds"] = (after - before) / clk_tck
         runs[run] = r
-        m[run] = r["bits_per_second"] / 1e9
+        m[run] = r["bits_per_second"] / rate_scale
         cpu_ticks += after - before
         moved += r["bytes"]
     runs["load"] = iperf_stats(os.path.join(d, "iperf-load.json"))
@@ -812,12 +874,14 @@ if rows:
     lines = []  # (first cell, [cells])
     for r in rows:
         lines.append((r["label"], [fmt(r["metrics"][k], dg) for k, _, _, dg in columns]))
-        for key, ref in (("ratio_to_openvpn", "  vs OpenVPN"), ("ratio_to_veth", "  vs raw veth")):
+        for key, ref in (("ratio_to_openvpn", "  vs OpenVPN"),
+                         ("ratio_to_veth", "  vs raw TCP" if wan else "  vs raw veth")):
             if r[key]:
                 lines.append((ref, [fmt_ratio(r[key][k]) for k, *_ in columns]))
     text = render(["", *[h for _, h, _, _ in columns]], ["", *[u for _, _, u, _ in columns]], lines)
     legend = [
         machine_line,
+        *([f"link: wanem.py --link {wan} between the namespaces; every iperf3 flow with -C cubic"] if wan else []),
         f"iperf3 {meta['settings']['iperf3_seconds']} s per run; up = client to server, down = -R; 1 or 4 streams; "
         f"ping: {meta['settings']['pings']} pings 10 ms apart, idle and under one up stream",
         "CPU s/GB: both ends' utime+stime over the four throughput runs, per 10^9 payload bytes; "

@@ -51,24 +51,24 @@ pub enum Command {
 pub enum Mode {
     /// -s: listen for TCP connections.
     Server { bind: Option<IpAddr>, port: u16 },
-    /// -c -m: dial a TCP server; several -m are tried in turn, through
-    /// the proxy when there is one.
-    Client {
-        hosts: Vec<String>,
-        port: u16,
-        proxy: Option<ProxyConfig>,
-    },
-    /// -c -x: run a command and use its stdin and stdout.
-    Command { command: String },
+    /// -c: start the handshake on each stream it dials.
+    Client(Dial),
     /// -i: fd 0 and fd 1 are the stream.
     Inetd,
 }
 
-impl Mode {
-    /// Whether this end starts the handshake (only -c does).
-    pub fn is_initiator(&self) -> bool {
-        matches!(self, Mode::Client { .. } | Mode::Command { .. })
-    }
+/// How a client gets its streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dial {
+    /// -m: dial a TCP server; several -m are tried in turn, through the
+    /// proxy when there is one.
+    Tcp {
+        hosts: Vec<String>,
+        port: u16,
+        proxy: Option<ProxyConfig>,
+    },
+    /// -x: run a command and use its stdin and stdout.
+    Command(String),
 }
 
 /// -P, and where its credentials are.
@@ -535,12 +535,13 @@ impl Config {
                 ))
             })?),
         };
-        if fwmark.is_some() && !matches!(mode, Mode::Server { .. } | Mode::Client { .. }) {
+        if fwmark.is_some() && !matches!(mode, Mode::Server { .. } | Mode::Client(Dial::Tcp { .. }))
+        {
             return Err(usage("-F only applies to the TCP socket of -s and -c -m"));
         }
         if fwmark.is_some()
             && (user.is_some() || group.is_some())
-            && matches!(mode, Mode::Client { .. })
+            && matches!(mode, Mode::Client(Dial::Tcp { .. }))
         {
             return Err(usage(
                 "-F cannot be combined with -U/-G in -c mode: setting the mark on each new connection needs CAP_NET_ADMIN",
@@ -557,7 +558,7 @@ impl Config {
                      see /proc/sys/net/ipv4/tcp_available_congestion_control)"
                 )));
             }
-            if matches!(mode, Mode::Command { .. }) {
+            if matches!(mode, Mode::Client(Dial::Command(_))) {
                 return Err(usage(
                     "--congestion applies to taptun's own TCP socket (-s, -c -m, -i); \
                      with -x the command makes the connection",
@@ -565,7 +566,7 @@ impl Config {
             }
         }
         let once = m.opt_present("o");
-        if once && !mode.is_initiator() {
+        if once && !matches!(mode, Mode::Client(_)) {
             return Err(usage(
                 "-o only applies to -c (-s serves on, -i is always one session)",
             ));
@@ -638,8 +639,10 @@ fn parse_mode(m: &getopts::Matches, env: &dyn Fn(&str) -> Option<String>) -> Res
             .collect::<Result<Vec<String>, Error>>()?;
         let proxy = proxy_config(m, env)?;
         return match (hosts.is_empty(), m.opt_str("x")) {
-            (false, None) => Ok(Mode::Client { hosts, port, proxy }),
-            (true, Some(command)) if !command.trim().is_empty() => Ok(Mode::Command { command }),
+            (false, None) => Ok(Mode::Client(Dial::Tcp { hosts, port, proxy })),
+            (true, Some(command)) if !command.trim().is_empty() => {
+                Ok(Mode::Client(Dial::Command(command)))
+            }
             (false, Some(_)) => Err(usage("-c takes either -m HOST or -x COMMAND, not both")),
             _ => Err(usage("-c needs -m HOST or -x COMMAND")),
         };
@@ -863,11 +866,11 @@ mod tests {
         assert_eq!(
             c,
             Config {
-                mode: Mode::Client {
+                mode: Mode::Client(Dial::Tcp {
                     hosts: vec!["2001:db8::1".into(), "gw.example".into()],
                     port: 4000,
                     proxy: None,
-                },
+                }),
                 layer: Layer::Tun,
                 device: Some("tun7".into()),
                 local: file(Origin::Argv("-l"), "/k"),
@@ -944,9 +947,7 @@ mod tests {
         let c = tunnel(&["-c", "-x", "ssh gw taptun -i", "-l", "@/k", "-k", PUB]);
         assert_eq!(
             c.mode,
-            Mode::Command {
-                command: "ssh gw taptun -i".into()
-            }
+            Mode::Client(Dial::Command("ssh gw taptun -i".into()))
         );
     }
 
@@ -1177,7 +1178,7 @@ mod tests {
         ]);
         assert_eq!(
             c.mode,
-            Mode::Client {
+            Mode::Client(Dial::Tcp {
                 hosts: vec![
                     "2001:db8::1".into(),
                     "::1".into(),
@@ -1188,7 +1189,7 @@ mod tests {
                 ],
                 port: DEFAULT_PORT,
                 proxy: None,
-            }
+            })
         );
     }
 
@@ -1262,7 +1263,7 @@ mod tests {
             "-k",
             PUB,
         ];
-        let Mode::Client { proxy, .. } = tunnel(&args).mode else {
+        let Mode::Client(Dial::Tcp { proxy, .. }) = tunnel(&args).mode else {
             panic!("not a client")
         };
         let proxy = proxy.unwrap();
@@ -1274,16 +1275,16 @@ mod tests {
         };
         assert!(matches!(
             c.mode,
-            Mode::Client {
+            Mode::Client(Dial::Tcp {
                 proxy: Some(ProxyConfig {
                     auth: Some(ProxyAuth::Env),
                     ..
                 }),
                 ..
-            }
+            })
         ));
         let with_file = [&args[..], &["--proxy-auth", "@/etc/taptun/proxy"]].concat();
-        let Mode::Client { proxy, .. } = tunnel(&with_file).mode else {
+        let Mode::Client(Dial::Tcp { proxy, .. }) = tunnel(&with_file).mode else {
             panic!("not a client")
         };
         assert_eq!(

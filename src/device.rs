@@ -1,6 +1,7 @@
 //! The TAP or TUN device: opening or attaching it, its MTU and link state,
-//! and the small [`PacketDevice`] trait the relay uses, so that tests can run
-//! the relay over any packet-preserving descriptor.
+//! and the small [`PacketDevice`] trait the relay and the session owner use
+//! (name, layer, MTU and carrier have defaults), so that tests can run both
+//! over any packet-preserving descriptor.
 //!
 //! The device is opened through the `tun` crate with IFF_NO_PI, so each read
 //! or write is exactly one Ethernet frame (tap) or IP packet (tun). Usual
@@ -58,8 +59,10 @@ impl Layer {
     }
 }
 
-/// A packet-preserving descriptor: one read, one packet; one write, one packet.
-pub trait PacketDevice: Sync {
+/// A packet-preserving descriptor: one read, one packet; one write, one
+/// packet. What a session shows of its device (name, layer, MTU, carrier)
+/// has defaults, so that tests can run sessions over a datagram socket.
+pub trait PacketDevice: Send + Sync + 'static {
     /// A non-blocking descriptor to poll for readability.
     fn raw_fd(&self) -> RawFd;
     /// Reads one packet; `WouldBlock` when none is queued.
@@ -88,6 +91,18 @@ pub trait PacketDevice: Sync {
     fn set_offloads(&self, _on: bool) -> io::Result<()> {
         Ok(())
     }
+    /// The interface name, for logs and hooks.
+    fn name(&self) -> &str {
+        "fake0"
+    }
+    fn layer(&self) -> Layer {
+        Layer::Tap
+    }
+    fn mtu(&self) -> u32 {
+        1500
+    }
+    /// Turns the carrier on (a session relays) or off (none does).
+    fn set_carrier(&self, _on: bool) {}
 }
 
 /// An open TAP or TUN device.
@@ -202,40 +217,6 @@ impl Device {
         })?;
         Ok(device)
     }
-
-    /// Turns the carrier on (a session relays) or off (none does). When the
-    /// kernel refuses (before Linux 5.0, or a persistent device owned by
-    /// someone else), says so once and leaves the carrier as it is.
-    pub fn set_carrier(&self, on: bool) {
-        match sys::tun_set_carrier(self.inner.as_raw_fd(), on) {
-            Ok(()) => log::debug!("{}: carrier {}", self.name, if on { "on" } else { "off" }),
-            Err(e) => {
-                if !self.carrier_refused.swap(true, Ordering::Relaxed) {
-                    log::info!(
-                        "{}: cannot set the carrier ({e}): the link shows up even without a session",
-                        self.name
-                    );
-                }
-            }
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn layer(&self) -> Layer {
-        self.layer
-    }
-
-    pub fn mtu(&self) -> u32 {
-        self.mtu
-    }
-
-    /// Whether this end can take and give GSO super-frames (hello flag).
-    pub fn gso(&self) -> bool {
-        self.vnet
-    }
 }
 
 /// TUNSETIFF on a new descriptor: the device, attached, without IFF_PI.
@@ -330,5 +311,34 @@ impl PacketDevice for Device {
             self.inner.as_raw_fd(),
             if on { sys::TUN_OFFLOADS } else { 0 },
         )
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn layer(&self) -> Layer {
+        self.layer
+    }
+
+    fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// Turns the carrier on (a session relays) or off (none does). When the
+    /// kernel refuses (before Linux 5.0, or a persistent device owned by
+    /// someone else), says so once and leaves the carrier as it is.
+    fn set_carrier(&self, on: bool) {
+        match sys::tun_set_carrier(self.inner.as_raw_fd(), on) {
+            Ok(()) => log::debug!("{}: carrier {}", self.name, if on { "on" } else { "off" }),
+            Err(e) => {
+                if !self.carrier_refused.swap(true, Ordering::Relaxed) {
+                    log::info!(
+                        "{}: cannot set the carrier ({e}): the link shows up even without a session",
+                        self.name
+                    );
+                }
+            }
+        }
     }
 }

@@ -10,13 +10,15 @@
 //!   that -i processes share; `wire`: the layer and the cipher, the values both ends agree on.
 //! - `frame`: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
 //!   write failed, for the handshake and the relay alike.
-//! - `device`: opening TAP and TUN devices; the `PacketDevice` trait.
+//! - `device`: opening TAP and TUN devices; the `PacketDevice` trait;
+//!   `endpoint`: a device with its carrier and its drain while no session is attached.
 //! - `transport`: the streams: TCP listen and dial, stdio, a command's pipes;
 //!   `child`: running and stopping a hook or a -x command with /bin/sh -c.
 //! - `channel`: an established session's protocol rules with no I/O: seal and open.
 //! - `relay`: the two directions of an established session, and counters.
-//! - `session`: handshake, hooks and relay for one stream; `client`: -c with
-//!   reconnection; `server`: -s with many connections; `hooks`: -u and -D.
+//! - `session`: the one owner of sessions (handshake, hooks, relay,
+//!   replacement, end), generic over the device; `client`: -c's streams
+//!   and reconnection; `server`: -s's accept loop; `hooks`: -u and -D.
 //! - `log`: stderr or syslog. `error`: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
 
@@ -25,6 +27,7 @@ mod child;
 mod client;
 mod config;
 mod device;
+mod endpoint;
 mod error;
 mod frame;
 // The fuzz targets' entry points: built for cargo-fuzz (which sets
@@ -78,10 +81,10 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, Mode, Remote};
+use crate::config::{Config, Dial, Mode, Remote};
 use crate::device::Device;
 use crate::keys::{SHORT_PASSPHRASE, SecretSpec};
-use crate::session::Tunnel;
+use crate::session::{Owner, Peer, Timing};
 
 /// Where logging should go for this configuration: syslog when -i was given
 /// a socket that is also fd 2 (inetd), stderr otherwise.
@@ -109,9 +112,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let serve = matches!(config.mode, Mode::Server { .. });
     let socket_options = transport::SocketOptions::new(config.fwmark, config.congestion.clone());
     let inherited = transport::inherited_listener(&env, serve, &socket_options)?;
-    if let Err(e) = sys::forbid_core_dumps() {
-        ::log::warn!("cannot forbid core dumps (keys could leak into one): {e}");
-    }
+    forbid_core_dumps();
     // Before any thread exists, so that every thread inherits the mask.
     let signal_err = |e| Error::io("cannot set up signal handling", e);
     let shutdown = Arc::new(Stop::on_signals(&[libc::SIGINT, libc::SIGTERM]).map_err(signal_err)?);
@@ -155,76 +156,65 @@ pub fn run(config: Config) -> Result<(), Error> {
         sys::drop_privileges(uid, gid).map_err(|e| Error::io("cannot drop privileges", e))?;
         ::log::debug!("now running as uid {uid}, gid {gid}");
     }
-    let mut hello = Hello::new(config.layer, device.mtu());
-    hello.keepalive = config.keepalive;
-    if device.gso() {
-        hello.flags |= FLAG_GSO;
-    }
-    let tunnel = Tunnel {
-        device,
+    let owner = Owner {
         identity,
-        hello,
         shutdown,
         counters: Default::default(),
-        up: config.up.clone(),
-        down: config.down.clone(),
-        up_failures: Default::default(),
+        timing: Timing::REAL,
     };
+    let mut peer = Peer::new(device, config.keepalive, &owner);
+    peer.up = config.up.clone();
+    peer.down = config.down.clone();
     let finished = Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?;
     if let Some(waits_for) = waits_for(&config.mode) {
         // Before the first attempt, whose failure may take seconds to show.
-        ::log::info!("{} ready; {waits_for}", tunnel.device.name());
+        ::log::info!("{} ready; {waits_for}", peer.endpoint.device().name());
     }
-
     let result = std::thread::scope(|scope| {
-        scope.spawn(|| report_counters_on_sigusr1(&usr1, &tunnel, &finished, started));
-        let result = match (&config.mode, listener, stdio) {
-            (Mode::Server { .. }, Some(listener), _) => server::serve(&tunnel, listener),
-            (Mode::Inetd, _, Some(stream)) => {
-                // One connection per process: only a cache shared with the
-                // other -i processes can see a replay from an earlier one.
-                let replays = replay::InetdReplays::open(&env);
-                let mut drain = tunnel.drain(scope);
-                let result = match tunnel.respond(stream, Instant::now(), &replays, &()) {
-                    Ok(Some(ready)) => {
-                        let peer = ready.peer.clone();
-                        session::outcome(
-                            &peer,
-                            tunnel.run(ready, &mut drain, scope),
-                            &tunnel.device,
-                        )
-                    }
-                    Ok(None) => Ok(()),
-                    Err(e) => Err(e),
-                };
-                if let Some(drain) = drain {
-                    drain.finish();
-                }
-                result
-            }
-            (mode, _, _) => {
+        scope.spawn(|| report_counters_on_sigusr1(&usr1, &owner.counters, &finished, started));
+        let result = match (listener, stdio, &config.mode) {
+            (Some(listener), _, _) => server::serve(&owner, &peer, listener),
+            (_, Some(stream), _) => inetd(&owner, &peer, stream),
+            (_, _, Mode::Client(dial)) => {
                 let dialer = client::Dialer {
-                    mode,
+                    dial,
                     socket: &socket_options,
                     proxy_auth: proxy_auth.as_ref(),
                 };
-                client::run(&tunnel, &dialer, config.once, scope)
+                client::run(&owner, &peer, &dialer, config.once)
             }
+            // -s and -i took theirs above.
+            (None, None, Mode::Server { .. } | Mode::Inetd) => Ok(()),
         };
         finished.trigger();
         result
     });
-    if let Some(signo) = tunnel.shutdown.take_signal() {
+    if let Some(signo) = owner.shutdown.take_signal() {
         ::log::info!("received {}, exiting", sys::signal_name(signo));
     }
     result
+}
+
+/// -i: one handshake and at most one session on the stream.
+fn inetd<D: PacketDevice>(owner: &Owner, peer: &Peer<D>, stream: Stream) -> Result<(), Error> {
+    // One connection per process: only a cache shared with the other -i
+    // processes can see a replay from an earlier one.
+    let replays = replay::InetdReplays::open(&env);
+    let respond =
+        |io: &mut _, id: &_| handshake::respond(io, id, peer.hello, Instant::now(), &replays, &());
+    let Some(session) = owner.handshake(stream, respond)? else {
+        return Ok(());
+    };
+    let name = session.peer.clone();
+    let end = std::thread::scope(|scope| owner.run(peer, session, scope));
+    session::outcome(&name, end, peer.endpoint.device().name())
 }
 
 /// What the tunnel waits for, for the start line (-s says it once
 /// listening, with the address it got).
 fn waits_for(mode: &Mode) -> Option<String> {
     match mode {
-        Mode::Client { hosts, port, proxy } => {
+        Mode::Client(Dial::Tcp { hosts, port, proxy }) => {
             let hosts: Vec<String> = hosts
                 .iter()
                 .map(|host| match host.contains(':') {
@@ -238,7 +228,7 @@ fn waits_for(mode: &Mode) -> Option<String> {
             };
             Some(format!("connecting to {}{via}", hosts.join(", ")))
         }
-        Mode::Command { command } => Some(format!("running `{command}`")),
+        Mode::Client(Dial::Command(command)) => Some(format!("running `{command}`")),
         Mode::Inetd => Some("handshake with the peer on stdin/stdout".into()),
         Mode::Server { .. } => None,
     }
@@ -246,12 +236,12 @@ fn waits_for(mode: &Mode) -> Option<String> {
 
 /// Logs whether a session is up and the process's counters each time
 /// SIGUSR1 arrives, until `finished`.
-fn report_counters_on_sigusr1(usr1: &Stop, tunnel: &Tunnel, finished: &Stop, started: Instant) {
+fn report_counters_on_sigusr1(usr1: &Stop, counters: &Counters, finished: &Stop, started: Instant) {
     loop {
         match sys::wait_readable(usr1.raw_fd(), &[finished], None) {
             Ok(sys::Wait::Ready) => {
                 usr1.take_signal();
-                ::log::info!("{}", tunnel.counters.process_line(started.elapsed()));
+                ::log::info!("{}", counters.process_line(started.elapsed()));
             }
             Ok(_) | Err(_) => return,
         }
@@ -261,29 +251,16 @@ fn report_counters_on_sigusr1(usr1: &Stop, tunnel: &Tunnel, finished: &Stop, sta
 /// -U and -G as ids, resolved before anything is opened.
 fn resolve_ids(config: &Config) -> Result<Option<(libc::uid_t, libc::gid_t)>, Error> {
     let lookup_err = |opt: &str, e: std::io::Error| Error::Usage(format!("{opt}: {e}"));
-    let user = match &config.user {
-        Some(name) => Some(sys::lookup_user(name).map_err(|e| lookup_err("-U", e))?),
-        None => None,
-    };
-    let group = match &config.group {
-        Some(name) => Some(sys::lookup_group(name).map_err(|e| lookup_err("-G", e))?),
-        None => None,
-    };
+    let user = config.user.as_deref().map(sys::lookup_user);
+    let user = user.transpose().map_err(|e| lookup_err("-U", e))?;
+    let group = config.group.as_deref().map(sys::lookup_group);
+    let group = group.transpose().map_err(|e| lookup_err("-G", e))?;
     Ok(match (user, group) {
         (None, None) => None,
         (Some((uid, primary)), group) => Some((uid, group.unwrap_or(primary))),
         // -G alone: keep the user, change the group.
-        // SAFETY-free: getuid cannot fail.
-        (None, Some(gid)) => Some((current_uid(), gid)),
+        (None, Some(gid)) => Some((sys::effective_uid(), gid)),
     })
-}
-
-fn current_uid() -> libc::uid_t {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self is owned by the process's effective uid.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0)
 }
 
 /// `taptun --check`: loads and checks the secrets (and -U/-G), opens no
@@ -356,12 +333,12 @@ fn load_identity(config: &Config) -> Result<Identity, Error> {
 /// # Errors
 /// An unusable file or a value that is not user:password (exit 2).
 fn load_proxy_auth(config: &Config) -> Result<Option<proxy::Credentials>, Error> {
-    let Mode::Client {
+    let Mode::Client(Dial::Tcp {
         proxy: Some(config::ProxyConfig {
             auth: Some(auth), ..
         }),
         ..
-    } = &config.mode
+    }) = &config.mode
     else {
         return Ok(None);
     };

@@ -23,7 +23,6 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 pub(crate) use crate::channel::{Channel, Framing};
@@ -568,67 +567,6 @@ fn backlog<D: PacketDevice>(
         }
     }
     Ok(used)
-}
-
-/// Reads and drops what the device sends while no session is up (counted),
-/// so that nothing is queued for a peer that is not there.
-/// Dropping it stops the thread too (its scope then joins it).
-pub struct Drain<'scope> {
-    stop: Arc<Stop>,
-    thread: Option<ScopedJoinHandle<'scope, ()>>,
-}
-
-impl<'scope> Drain<'scope> {
-    /// Starts draining `device` in a thread of `scope`.
-    ///
-    /// # Errors
-    /// When no eventfd can be had.
-    pub fn start<D: PacketDevice>(
-        scope: &'scope Scope<'scope, '_>,
-        device: &'scope D,
-        counters: &'scope Counters,
-    ) -> io::Result<Drain<'scope>> {
-        let stop = Arc::new(Stop::new()?);
-        let thread_stop = stop.clone();
-        let thread = scope.spawn(move || {
-            let mut packet = vec![0u8; frame::MAX_MESSAGE + 1];
-            loop {
-                match device.recv(&mut packet) {
-                    Ok(_) => Counters::add(&counters.dropped_no_session, 1),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        match sys::wait_readable(device.raw_fd(), &[&thread_stop], None) {
-                            Ok(Wait::Ready) | Ok(Wait::TimedOut) => {}
-                            Ok(Wait::Stopped) | Err(_) => return,
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        log::warn!("device read failed while no session is up: {e}");
-                        let _ = sys::wait_readable(thread_stop.raw_fd(), sys::NO_STOPS, None);
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Drain {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops draining; returns once the device is free for a session.
-    pub fn finish(mut self) {
-        self.stop.trigger();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Drain<'_> {
-    fn drop(&mut self) {
-        self.stop.trigger();
-    }
 }
 
 #[cfg(test)]

@@ -15,37 +15,25 @@
 //!   closed to make room never sends confirmation nor replaces the session.
 //! - A connection that fails its handshake never disturbs the current
 //!   session; it logs one line with its address and the reason.
-//! - A newly authenticated peer replaces the current session: the old one is
-//!   stopped and joined before the new one starts reading the device. The
-//!   new one relays at once; the old one's down hook and then the new one's
-//!   up hook run alongside it.
+//! - A newly authenticated peer replaces the current session
+//!   ([`Owner::keep`], on a thread of its own).
 //! - SIGINT or SIGTERM stops the accept loop and the current session.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::Instant;
 
+use crate::device::PacketDevice;
 use crate::error::Error;
 use crate::handshake::{self, ReplayCache};
-use crate::relay::Drain;
-use crate::session::{Ready, SessionHooks, Tunnel};
+use crate::session::{Event, Owner, Peer};
 use crate::transport::{self, Stream};
 
 /// Handshakes in progress at most.
 pub const MAX_PENDING: usize = 64;
-
-/// What the session manager hears about.
-enum Event {
-    /// A peer authenticated.
-    Ready(Box<Ready>),
-    /// The session numbered so ended by itself.
-    Ended(u64),
-    /// The accept loop stopped.
-    Shutdown,
-}
 
 /// Handshakes in progress, oldest first, each with a handle to abort it.
 #[derive(Default)]
@@ -152,19 +140,24 @@ impl Pending {
 /// # Errors
 /// Only a failing listening socket; handshake and session failures are
 /// logged and the server goes on.
-pub fn serve(tunnel: &Tunnel, listener: TcpListener) -> Result<(), Error> {
+pub fn serve<D: PacketDevice>(
+    owner: &Owner,
+    to: &Peer<D>,
+    listener: TcpListener,
+) -> Result<(), Error> {
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    log::info!("{} ready; listening on {local}", tunnel.device.name());
+    let name = to.endpoint.device().name();
+    log::info!("{name} ready; listening on {local}");
     let replays = ReplayCache::default();
     let pending = Pending::default();
     let (events, inbox) = mpsc::channel::<Event>();
     thread::scope(|scope| {
         let manager_events = events.clone();
-        scope.spawn(move || manage(tunnel, inbox, manager_events));
-        let result = accept_loop(tunnel, &listener, &replays, &pending, &events, scope);
+        scope.spawn(move || owner.keep(to, inbox, manager_events));
+        let result = accept_loop(owner, to, &listener, &replays, &pending, &events, scope);
         // Wake any handshake still waiting; they all end within the deadline anyway.
         for entry in pending.lock().drain(..) {
             let _ = entry.abort.shutdown(std::net::Shutdown::Both);
@@ -174,8 +167,9 @@ pub fn serve(tunnel: &Tunnel, listener: TcpListener) -> Result<(), Error> {
     })
 }
 
-fn accept_loop<'scope>(
-    tunnel: &'scope Tunnel,
+fn accept_loop<'scope, D: PacketDevice>(
+    owner: &'scope Owner,
+    to: &'scope Peer<D>,
     listener: &TcpListener,
     replays: &'scope ReplayCache,
     pending: &'scope Pending,
@@ -184,7 +178,7 @@ fn accept_loop<'scope>(
 ) -> Result<(), Error> {
     let mut next_id: u64 = 0;
     loop {
-        let (conn, addr) = match transport::accept(listener, &[&tunnel.shutdown]) {
+        let (conn, addr) = match transport::accept(listener, &[&owner.shutdown]) {
             Ok(Some(accepted)) => accepted,
             Ok(None) => return Ok(()),
             // Out of descriptors or memory, or the peer gave up already:
@@ -212,7 +206,7 @@ fn accept_loop<'scope>(
             );
             continue;
         }
-        let Some(live) = pending.room(&tunnel.shutdown) else {
+        let Some(live) = pending.room(&owner.shutdown) else {
             return Ok(());
         };
         let events = events.clone();
@@ -220,12 +214,15 @@ fn accept_loop<'scope>(
             let _live = live;
             let peer = addr.to_string();
             let slot = Slot { pending, id };
-            let outcome = Stream::tcp(conn, peer.clone())
-                .and_then(|stream| tunnel.respond(stream, accepted, replays, &slot));
+            let outcome = Stream::tcp(conn, peer.clone()).and_then(|stream| {
+                owner.handshake(stream, |io, id| {
+                    handshake::respond(io, id, to.hello, accepted, replays, &slot)
+                })
+            });
             pending.claim(id);
             match outcome {
-                Ok(Some(ready)) => {
-                    let _ = events.send(Event::Ready(Box::new(ready)));
+                Ok(Some(session)) => {
+                    let _ = events.send(Event::Ready(Box::new(session)));
                 }
                 Ok(None) => {}
                 Err(e) => log::info!("{e}"),
@@ -263,101 +260,6 @@ fn is_transient(e: &std::io::Error) -> bool {
                 | libc::EPROTO
         )
     )
-}
-
-/// The current session, run in its own thread, which hands the device's
-/// drain and the session's hooks back when it ends.
-struct Current<'scope> {
-    id: u64,
-    peer: String,
-    stop: Arc<crate::sys::Stop>,
-    thread: thread::ScopedJoinHandle<'scope, Ended<'scope>>,
-}
-
-/// What a session thread hands back.
-type Ended<'scope> = (Option<Drain<'scope>>, Option<SessionHooks<'scope>>);
-
-impl<'scope> Current<'scope> {
-    /// Triggering the stop ends the reader and the writer; the relay joins
-    /// both. The session's hooks are left to the caller.
-    fn stop_and_join(self) -> Ended<'scope> {
-        self.stop.trigger();
-        self.thread.join().unwrap_or((None, None))
-    }
-}
-
-/// Keeps one session at a time: a new one replaces the current one. While
-/// none is up, the device is drained. The hooks run on threads of their own,
-/// in order (a session's down hook before the next one's up hook), while
-/// the sessions relay.
-fn manage(tunnel: &Tunnel, inbox: mpsc::Receiver<Event>, events: mpsc::Sender<Event>) {
-    thread::scope(|scope| {
-        let mut drain = tunnel.drain(scope);
-        let mut current: Option<Current> = None;
-        // The hooks of the latest session that ended, until the next one
-        // takes them to wait for.
-        let mut finishing: Option<thread::ScopedJoinHandle<()>> = None;
-        let mut next_id: u64 = 0;
-        for event in inbox.iter() {
-            match event {
-                Event::Ready(ready) => {
-                    if let Some(old) = current.take() {
-                        log::info!("{} replaces {} as the peer", ready.peer, old.peer);
-                        let (old_drain, hooks) = old.stop_and_join();
-                        drain = old_drain;
-                        finishing = finish(tunnel, scope, hooks);
-                    }
-                    next_id += 1;
-                    let (id, peer, stop) = (next_id, ready.peer.clone(), ready.stop.clone());
-                    let events = events.clone();
-                    let mut session_drain = drain.take();
-                    let before = finishing.take();
-                    let thread = scope.spawn(move || {
-                        let (_, hooks) =
-                            tunnel.run_session(*ready, &mut session_drain, scope, before);
-                        let _ = events.send(Event::Ended(id));
-                        (session_drain, Some(hooks))
-                    });
-                    current = Some(Current {
-                        id,
-                        peer,
-                        stop,
-                        thread,
-                    });
-                }
-                Event::Ended(id) => {
-                    if current.as_ref().is_some_and(|c| c.id == id) {
-                        if let Some(done) = current.take() {
-                            let (done_drain, hooks) = done.thread.join().unwrap_or((None, None));
-                            drain = done_drain;
-                            finishing = finish(tunnel, scope, hooks);
-                        }
-                    }
-                }
-                Event::Shutdown => break,
-            }
-        }
-        if let Some(old) = current.take() {
-            let (old_drain, hooks) = old.stop_and_join();
-            drain = old_drain;
-            finishing = finish(tunnel, scope, hooks);
-        }
-        if let Some(finishing) = finishing {
-            let _ = finishing.join();
-        }
-        if let Some(drain) = drain {
-            drain.finish();
-        }
-    });
-}
-
-/// Runs a session's remaining hooks on a thread of their own.
-fn finish<'scope>(
-    tunnel: &'scope Tunnel,
-    scope: &'scope thread::Scope<'scope, '_>,
-    hooks: Option<SessionHooks<'scope>>,
-) -> Option<thread::ScopedJoinHandle<'scope, ()>> {
-    hooks.map(|hooks| scope.spawn(move || tunnel.finish_hooks(hooks)))
 }
 
 #[cfg(test)]

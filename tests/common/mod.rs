@@ -840,3 +840,155 @@ impl Proc {
         self.child.id()
     }
 }
+
+/// An emulated WAN link (contrib/wanem.py, in a namespace of its own) in place of a [`Pair`]'s
+/// veth: the same devices and addresses in `a` and `b`, but a link with a rate, a delay, a
+/// bottleneck queue and random loss between them. Dropping it stops the emulator, then removes its
+/// namespace.
+pub struct Wan {
+    // Declared first so that it is dropped first: the emulator stops before its devices go.
+    pub emulator: Proc,
+    pub m: Netns,
+}
+
+/// One direction's counters, from the emulator's "wanem: stats" line.
+#[derive(Debug, Default)]
+pub struct WanStats {
+    pub forwarded: u64,
+    /// Lost at random on the link.
+    pub lost: u64,
+    /// Dropped because the bottleneck queue was full.
+    pub dropped: u64,
+    /// The longest wait in the queue seen so far, and the queue's limit, in ms.
+    pub peak_queue_ms: f64,
+    pub limit_ms: f64,
+}
+
+impl Wan {
+    /// Replaces `p`'s veth with the emulated link `link`: a preset (dsl, wan, mobile) and any
+    /// further wanem.py options, split at whitespace ("dsl --loss 0"). Returns once a ping
+    /// crosses it.
+    pub fn between(p: &Pair, link: &str) -> Wan {
+        let m = Netns::new(unique_id(), 'w');
+        p.a.ip(&format!("link del {}", p.a.name));
+        let mut words = link.split_whitespace();
+        let mut cmd = m.command("python3");
+        cmd.arg(contrib_wanem())
+            .args(["--link", words.next().expect("a link preset")])
+            .args(words)
+            .args(["--left", &p.a.name, "--left-dev", &p.a.name])
+            .args(["--left-addr", &format!("{}/24", p.server_addr())])
+            .args(["--right", &p.b.name, "--right-dev", &p.b.name])
+            .args(["--right-addr", &format!("10.213.{}.2/24", p.n)]);
+        let mut emulator = Proc::start("wanem", cmd, &p.scratch);
+        assert!(
+            wait_log(&emulator, &["wanem: ready"], 1, DEADLINE) && emulator.running(),
+            "wanem.py did not start"
+        );
+        let wan = Wan { emulator, m };
+        assert!(
+            p.b.ping(&p.server_addr()),
+            "no ping across the emulated link"
+        );
+        wan
+    }
+
+    /// The counters now, (a to b, b to a): SIGUSR1 has the emulator print them.
+    pub fn stats(&self) -> (WanStats, WanStats) {
+        let before = log_count(&self.emulator, &["wanem: stats"]);
+        self.emulator.signal(libc::SIGUSR1);
+        assert!(
+            wait_log(&self.emulator, &["wanem: stats"], before + 2, DEADLINE),
+            "wanem.py printed no stats"
+        );
+        let lines = log_lines(&self.emulator, &["wanem: stats"]);
+        let last = |direction: &str| {
+            let line = lines
+                .iter()
+                .rev()
+                .find(|line| line.contains(direction))
+                .expect("a stats line for each direction");
+            parse_wan_stats(line)
+        };
+        (last(" left>right "), last(" right>left "))
+    }
+}
+
+impl Wan {
+    /// Cuts the link: every frame is lost, both ways, until [`Wan::restore`].
+    pub fn cut(&self) {
+        self.toggle("wanem: link down");
+    }
+
+    pub fn restore(&self) {
+        self.toggle("wanem: link up");
+    }
+
+    /// SIGUSR2 toggles the outage; the emulator confirms with `line`.
+    fn toggle(&self, line: &str) {
+        let before = log_count(&self.emulator, &[line]);
+        self.emulator.signal(libc::SIGUSR2);
+        assert!(
+            wait_log(&self.emulator, &[line], before + 1, DEADLINE),
+            "wanem.py did not say {line:?}"
+        );
+    }
+}
+
+/// "wanem: stats left>right forwarded=1 bytes=98 lost=0 dropped=0 peak_queue_ms=0.0 limit_ms=50.0"
+fn parse_wan_stats(line: &str) -> WanStats {
+    let mut stats = WanStats::default();
+    for (key, value) in line.split_whitespace().filter_map(|w| w.split_once('=')) {
+        let number = || -> f64 {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("{key}={value} in {line:?}"))
+        };
+        match key {
+            "forwarded" => stats.forwarded = number() as u64,
+            "lost" => stats.lost = number() as u64,
+            "dropped" => stats.dropped = number() as u64,
+            "peak_queue_ms" => stats.peak_queue_ms = number(),
+            "limit_ms" => stats.limit_ms = number(),
+            _ => {}
+        }
+    }
+    stats
+}
+
+/// The path of contrib/wanem.py, the link emulator.
+pub fn contrib_wanem() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib/wanem.py")
+        .display()
+        .to_string()
+}
+
+/// `ping -c COUNT -i INTERVAL` from `ns` to `addr`: the round-trip times of the replies, in ms
+/// (fewer than COUNT when some were lost), from ping's own kernel timestamps.
+pub fn ping_rtts(ns: &Netns, addr: &str, count: u32, interval: &str) -> Vec<f64> {
+    let out = ns
+        .command("ping")
+        .args(["-n", "-W", "2", "-i", interval, "-c"])
+        .arg(count.to_string())
+        .arg(addr)
+        .output()
+        .expect("ping (install iputils-ping)");
+    // "64 bytes from 10.213.1.1: icmp_seq=1 ttl=64 time=40.3 ms"
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (_, time) = line.split_once("time=")?;
+            time.strip_suffix(" ms")?.parse().ok()
+        })
+        .collect()
+}
+
+/// The nearest-rank percentile `p` (0-100) of `values`; panics on an empty list.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    assert!(!values.is_empty(), "a percentile of nothing");
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((sorted.len() as f64 * p / 100.0).ceil() as usize).max(1);
+    sorted[rank.min(sorted.len()) - 1]
+}
