@@ -217,10 +217,7 @@ fn waits_for(mode: &Mode) -> Option<String> {
         Mode::Client(Dial::Tcp { hosts, port, proxy }) => {
             let hosts: Vec<String> = hosts
                 .iter()
-                .map(|host| match host.contains(':') {
-                    true => format!("[{host}]:{port}"),
-                    false => format!("{host}:{port}"),
-                })
+                .map(|host| transport::host_port(host, *port))
                 .collect();
             let via = match proxy {
                 Some(p) => format!(" through {}", p.proxy),

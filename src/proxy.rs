@@ -122,10 +122,11 @@ impl std::fmt::Display for Proxy {
             Scheme::Http => "http",
             Scheme::Socks5 => "socks5",
         };
-        match self.host.contains(':') {
-            true => write!(f, "{scheme}://[{}]:{}", self.host, self.port),
-            false => write!(f, "{scheme}://{}:{}", self.host, self.port),
-        }
+        write!(
+            f,
+            "{scheme}://{}",
+            transport::host_port(&self.host, self.port)
+        )
     }
 }
 
@@ -213,7 +214,7 @@ pub fn connect(
         else {
             return Ok(None);
         };
-        let target = authority(host, port);
+        let target = transport::host_port(host, port);
         match open(&mut tcp, proxy, auth, host, port, deadline, stop) {
             Ok(()) => {
                 log::debug!("{proxy}: connected to {target}");
@@ -299,21 +300,13 @@ impl Deadlined<'_> {
     }
 }
 
-/// `host:port` as a CONNECT line and a Host header want it.
-fn authority(host: &str, port: u16) -> String {
-    match host.contains(':') {
-        true => format!("[{host}]:{port}"),
-        false => format!("{host}:{port}"),
-    }
-}
-
 fn http_connect(
     io: &mut Deadlined<'_>,
     auth: Option<&Credentials>,
     host: &str,
     port: u16,
 ) -> Result<(), Failure> {
-    let target = authority(host, port);
+    let target = transport::host_port(host, port);
     let mut request = Zeroizing::new(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"));
     if let Some(auth) = auth {
         let pair = Zeroizing::new(format!("{}:{}", *auth.user, *auth.password));

@@ -751,6 +751,15 @@ pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 /// over the backup.
 pub const HOST_DELAY: Duration = Duration::from_secs(2);
 
+/// `host:port`, an IPv6 address in brackets: for logs, CONNECT lines and
+/// the start line.
+pub fn host_port(host: &str, port: u16) -> String {
+    match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
+}
+
 /// Dials the first of `hosts` that answers on `port`, each name resolved
 /// afresh, until `deadline`.
 ///
@@ -777,11 +786,7 @@ pub fn connect(
     let mut race: Vec<Host> = hosts
         .iter()
         .map(|host| Host {
-            name: if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            },
+            name: host_port(host, port),
             host: host.clone(),
             started: None,
             state: HostState::Waiting,
