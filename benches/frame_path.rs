@@ -11,11 +11,11 @@
 //!   what taptun would use without `ring-accelerated`;
 //! - `transport`: `handshake::Transport::seal` then `open`, with keys from a
 //!   real handshake run in memory (snow's `StatelessTransportState`);
-//! - `path`: what the relay does per frame in user space: seal behind a
-//!   2-byte prefix in an output buffer (`frame::encode_with`, as the relay
-//!   does), then a `frame::FrameReader` reads the
-//!   bytes back (one in-memory read, standing in for the kernel's copy),
-//!   parses the prefix and hands out the message, which is opened.
+//! - `path`: what the relay does per frame in user space, with the relay's
+//!   own code: the session's channel seals the frame behind its 2-byte
+//!   prefix in an output buffer, then a `frame::FrameReader` reads the bytes
+//!   back (one in-memory read, standing in for the kernel's copy), parses
+//!   the prefix and hands out the message, which the peer's channel opens.
 //!
 //! `path` minus `transport` is the cost of taptun's own code; `transport`
 //! minus `aead-ring` is snow's. Everything the kernel does (device and socket
@@ -32,8 +32,9 @@ use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
 use snow::types::Cipher as NoiseCipher;
 
 use taptun::{
-    Cipher, FrameReader, Hello, Identity, Initiator, Layer, MAX_FRAME, MAX_MESSAGE, MAX_WIRE,
-    PrivateKey, Responder, TAG_LEN, Transport,
+    Channel, Cipher, Established, FrameReader, Framing, Hello, Identity, Initiator, Layer,
+    MAX_FRAME, MAX_WIRE, OPEN_ROOM, Opened, PrivateKey, PublicKey, Responder, Sealed, TAG_LEN,
+    Transport, VirtioKind,
 };
 
 /// Frame sizes: a minimal frame, a full MTU-1500 IP packet, the largest frame.
@@ -41,6 +42,30 @@ const SIZES: [usize; 3] = [64, 1500, MAX_FRAME];
 
 /// Two transports as after a real handshake: (initiator, responder).
 fn transports(cipher: Cipher) -> (Transport, Transport) {
+    let ((ti, _), (tr, _)) = handshake(cipher);
+    (ti, tr)
+}
+
+/// The initiator's channel and the responder's, as the relay gets them.
+fn channels(cipher: Cipher) -> (Channel, Channel) {
+    let ((ti, ki), (tr, kr)) = handshake(cipher);
+    let channel = |transport, peer_key| {
+        let established = Established {
+            transport,
+            peer_hello: Hello::new(Layer::Tap, 1500),
+            peer_key,
+            send_nonce: 0,
+            recv_nonce: 0,
+        };
+        Channel::new(established, Framing::Plain, VirtioKind::Ethernet)
+    };
+    (channel(ti, ki), channel(tr, kr))
+}
+
+/// A real handshake in memory: each side's transport and peer key.
+type Ends = ((Transport, PublicKey), (Transport, PublicKey));
+
+fn handshake(cipher: Cipher) -> Ends {
     let (a, b) = (
         PrivateKey::from_bytes([1; 32]),
         PrivateKey::from_bytes([2; 32]),
@@ -61,8 +86,8 @@ fn transports(cipher: Cipher) -> (Transport, Transport) {
     let n = init.write_message3(&mut buf).expect("message 3");
     resp.read_message3(&buf[..n]).expect("message 3 reads");
     (
-        init.into_transport().expect("initiator transport").0,
-        resp.into_transport().expect("responder transport").0,
+        init.into_transport().expect("initiator transport"),
+        resp.into_transport().expect("responder transport"),
     )
 }
 
@@ -97,14 +122,15 @@ impl Read for Wire {
 }
 
 fn bench_cipher(c: &mut Criterion, cipher: Cipher) {
-    let (sender, receiver) = transports(cipher);
+    let (Channel { mut sender, .. }, Channel { mut receiver, .. }) = channels(cipher);
+    let (seal_with, open_with) = transports(cipher);
     let ring = bare_cipher(&RingResolver, cipher);
     let rustcrypto = bare_cipher(&DefaultResolver, cipher);
     let mut group = c.benchmark_group(cipher.option_name());
     for size in SIZES {
         let frame: Vec<u8> = (0..size).map(|i| i as u8).collect();
         let mut sealed = vec![0u8; size + TAG_LEN];
-        let mut plain = vec![0u8; MAX_MESSAGE];
+        let mut plain = vec![0u8; OPEN_ROOM];
         group.throughput(Throughput::Bytes(size as u64));
 
         for (name, aead) in [("aead-ring", &ring), ("aead-rustcrypto", &rustcrypto)] {
@@ -124,10 +150,10 @@ fn bench_cipher(c: &mut Criterion, cipher: Cipher) {
         let mut nonce = 0u64;
         group.bench_with_input(BenchmarkId::new("transport", size), &frame, |b, frame| {
             b.iter(|| {
-                let n = sender
+                let n = seal_with
                     .seal(nonce, black_box(frame), &mut sealed)
                     .expect("seals");
-                let m = receiver
+                let m = open_with
                     .open(nonce, &sealed[..n], &mut plain)
                     .expect("opens");
                 nonce += 1;
@@ -135,30 +161,34 @@ fn bench_cipher(c: &mut Criterion, cipher: Cipher) {
             });
         });
 
-        // The relay's buffers, allocated once as in relay.rs: an output
-        // buffer with room for one full message, and a framed reader.
+        // The relay's buffers, allocated once as in relay.rs: a packet as
+        // read from the device, an output buffer with room for one full
+        // message, and a framed reader.
         let wire = Wire {
             bytes: vec![0u8; MAX_WIRE],
             len: 0,
             pos: 0,
         };
         let mut reader = FrameReader::new(wire);
-        let mut nonce = 0u64;
-        group.bench_with_input(BenchmarkId::new("path", size), &frame, |b, frame| {
+        let mut packet = frame.clone();
+        group.bench_function(BenchmarkId::new("path", size), |b| {
             b.iter(|| {
                 let wire = reader.get_mut();
-                wire.len = taptun::encode_message_with(&mut wire.bytes, |body| {
-                    sender.seal(nonce, black_box(frame), body)
-                })
-                .expect("seals");
+                let Sealed::Message { used, .. } =
+                    sender.seal(black_box(&mut packet), &mut wire.bytes)
+                else {
+                    panic!("not sealed");
+                };
+                wire.len = used;
                 wire.pos = 0;
                 let msg = reader
                     .next_message()
                     .expect("reads")
                     .expect("one whole message");
-                let m = receiver.open(nonce, msg, &mut plain).expect("opens");
-                nonce += 1;
-                black_box(&plain[..m]);
+                let Opened::Frame { len, .. } = receiver.open(msg, &mut plain) else {
+                    panic!("not opened");
+                };
+                black_box(&plain[..len]);
             });
         });
     }

@@ -139,6 +139,21 @@ impl<R: Read> FrameReader<R> {
         self.end = held;
     }
 
+    /// Whether it holds no bytes of a message.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// The buffer, when it holds nothing, so that an idle session can give
+    /// its pages back.
+    pub fn idle_buffer(&mut self) -> Option<&mut [u8]> {
+        if !self.is_empty() {
+            return None;
+        }
+        (self.start, self.end) = (0, 0);
+        Some(&mut self.buf)
+    }
+
     pub fn get_ref(&self) -> &R {
         &self.inner
     }

@@ -18,11 +18,11 @@
 //!   genuine message is ever accepted, a responder answers nothing to a
 //!   message 1 that does not authenticate, a replayed message 1 gets no
 //!   answer, and a hello is accepted exactly when its version and layer are.
-//! - [`session_transport`]: an established session's receiving side (the
-//!   real [`relay::relay`], with a fake device) reads a stream made of a few
-//!   genuinely sealed frames followed by the input. The relay ends, the
-//!   genuine prefix reaches the device, and nothing reaches it that was not
-//!   sealed by the peer at its nonce, in order.
+//! - [`session_transport`]: an established session's receiving half (the
+//!   relay's own [`Receiver`]) opens the messages of a stream made of a few
+//!   genuinely sealed frames followed by the input, until one is fatal. The
+//!   genuine prefix opens, nothing opens that was not sealed by the peer at
+//!   its nonce, in order, and no genuine message is refused.
 //! - [`virtio_header`]: a frame with its virtio_net_hdr, as a GSO peer or the
 //!   device hands it over, read both as a TAP frame and as a TUN packet.
 //!   [`vnet::check`] only passes headers whose every offset lies inside the
@@ -35,13 +35,11 @@
 //! (valid messages, truncated ones), so that they can be regenerated.
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::device::{Layer, PacketDevice};
+use crate::channel::{self, Channel, Framing, Opened};
+use crate::device::Layer;
 use crate::error::HandshakeCause;
 use crate::frame::{self, FrameError, FrameReader};
 use crate::handshake::{
@@ -49,9 +47,6 @@ use crate::handshake::{
     Responder, TAG_LEN, Transport,
 };
 use crate::keys::{KEY_LEN, PrivateKey};
-use crate::relay::{self, Counters, End, Link};
-use crate::sys::Stop;
-use crate::transport::Stream;
 use crate::vnet;
 
 // ---------------------------------------------------------------------------
@@ -269,7 +264,7 @@ struct Transcript {
     /// The responder's first transport message: the keepalive at nonce 0.
     confirmation: Vec<u8>,
     /// The responder's transport (receives the client's frames).
-    server_transport: Transport,
+    server_transport: Arc<Transport>,
     /// The initiator's transport (seals the frames the server receives).
     client_transport: Transport,
 }
@@ -323,7 +318,7 @@ fn make_transcript(cipher: Cipher) -> Transcript {
         message2,
         message3,
         confirmation,
-        server_transport,
+        server_transport: Arc::new(server_transport),
         client_transport,
     }
 }
@@ -625,31 +620,6 @@ fn sealed_frames(cipher: Cipher, from: u64, count: u64) -> Vec<u8> {
     out
 }
 
-/// A packet device that records what the relay writes to it and never has
-/// anything to read (its descriptor is a datagram socket nobody sends to).
-struct RecordingDevice {
-    idle: UnixDatagram,
-    /// Keeps `idle` connected, so that it never reports an error.
-    _peer: UnixDatagram,
-    written: Mutex<Vec<Vec<u8>>>,
-}
-
-impl PacketDevice for RecordingDevice {
-    fn raw_fd(&self) -> RawFd {
-        self.idle.as_raw_fd()
-    }
-
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.idle.recv(buf)
-    }
-
-    fn send(&self, packet: &[u8]) -> io::Result<usize> {
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        written.push(packet.to_vec());
-        Ok(packet.len())
-    }
-}
-
 /// How many genuine frames an input of [`session_transport`] puts first
 /// (its first byte, modulo 4).
 fn genuine_prefix(data: &[u8]) -> u64 {
@@ -664,91 +634,54 @@ pub fn session_transport(data: &[u8]) {
     };
     let prefix_frames = genuine_prefix(data);
     let t = transcript(Cipher::ChaChaPoly);
-    let prefix = sealed_frames(Cipher::ChaChaPoly, 0, prefix_frames);
-
-    let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let (idle, peer) = UnixDatagram::pair().expect("socketpair");
-    idle.set_nonblocking(true).expect("non-blocking");
-    let device = RecordingDevice {
-        idle,
-        _peer: peer,
-        written: Mutex::new(Vec::new()),
-    };
-    let stop = Arc::new(Stop::new().expect("eventfd"));
-    let counters = Counters::default();
-    let stream = Stream::socket(ours.into(), "fuzz".into()).expect("stream");
-    let (framed, closer) = stream.split(std::slice::from_ref(&stop)).expect("split");
-
-    let end = std::thread::scope(|scope| {
-        scope.spawn(move || {
-            // MSG_NOSIGNAL: the relay may close its end first, and a fuzzer
-            // process does not ignore SIGPIPE.
-            let socket = socket2::SockRef::from(&theirs);
-            for part in [&prefix[..], rest] {
-                let mut part = part;
-                while !part.is_empty() {
-                    match socket.send_with_flags(part, libc::MSG_NOSIGNAL) {
-                        Ok(n) => part = &part[n..],
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => return,
-                    }
-                }
+    let mut stream = sealed_frames(Cipher::ChaChaPoly, 0, prefix_frames);
+    stream.extend_from_slice(rest);
+    let mut reader = FrameReader::new(&stream[..]);
+    let kind = vnet::Kind::Ethernet;
+    let transport = t.server_transport.clone();
+    let mut receiver = Channel::resume(transport, 1, 0, Framing::Plain, kind).receiver;
+    let mut plain = vec![0u8; channel::OPEN_ROOM];
+    // Messages opened so far: the nonce of the next one.
+    let mut opened = 0u64;
+    // As the relay does: stop at the stream's end or at the first message
+    // that ends the session.
+    let end = loop {
+        let msg = match reader.next_message() {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break None,
+            Err(e) => break Some(e.to_string()),
+        };
+        let genuine = genuine_frame(opened);
+        match receiver.open(msg, &mut plain) {
+            Opened::Frame { len, bytes } => {
+                assert!(
+                    !genuine.is_empty() && plain[..len] == genuine[..],
+                    "message {opened} ({len} bytes) opened to a frame the peer did not seal at that nonce"
+                );
+                assert_eq!(bytes, len, "a plain frame counts whole");
             }
-            // Dropping `theirs` here ends the stream.
-        });
-        relay::relay(
-            &device,
-            framed,
-            &closer,
-            &t.server_transport,
-            Link {
-                send_nonce: 1,
-                recv_nonce: 0,
-                keepalive: None,
-                framing: relay::Framing::Plain,
-            },
-            &stop,
-            &counters,
-        )
-    });
-    closer.finish();
-
-    let written = device
-        .written
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
-    // Nothing but genuine frames, each at its own nonce, none skipped.
-    let mut nonce = 0u64;
-    for (i, packet) in written.iter().enumerate() {
-        while genuine_frame(nonce).is_empty() {
-            nonce += 1;
+            Opened::Keepalive => assert!(
+                genuine.is_empty(),
+                "message {opened} opened as a keepalive, the peer sealed a frame"
+            ),
+            Opened::Drop(why) => panic!("plain framing refused message {opened}: {why}"),
+            Opened::Fatal(why) => {
+                let genuine = sealed_frames(Cipher::ChaChaPoly, opened, 1);
+                assert!(
+                    genuine.get(frame::HEADER_LEN..) != Some(msg),
+                    "the genuine message {opened} was refused: {why}"
+                );
+                break Some(why.to_string());
+            }
         }
-        assert!(
-            *packet == genuine_frame(nonce),
-            "device packet {i} ({} bytes) is not the frame sealed at nonce {nonce}",
-            packet.len()
-        );
-        nonce += 1;
-    }
-    // The genuine prefix all arrived.
-    let genuine_in_prefix = (0..prefix_frames)
-        .filter(|&n| !genuine_frame(n).is_empty())
-        .count();
+        opened += 1;
+    };
     assert!(
-        written.len() >= genuine_in_prefix,
-        "{} of {genuine_in_prefix} genuine frames reached the device ({end})",
-        written.len()
+        opened >= prefix_frames,
+        "{opened} of {prefix_frames} genuine messages opened ({end:?})"
     );
-    assert_eq!(
-        counters.frames_in.load(Ordering::Relaxed),
-        written.len() as u64
-    );
-    assert_eq!(counters.dropped_device.load(Ordering::Relaxed), 0);
     if rest.is_empty() {
-        assert!(
-            matches!(end, End::PeerClosed),
-            "an honest stream ended: {end}"
-        );
+        assert_eq!(end, None, "an honest stream ended");
     }
 }
 

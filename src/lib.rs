@@ -14,6 +14,7 @@
 //!   `endpoint`: a device with its carrier and its drain while no session is attached.
 //! - `transport`: the streams: TCP listen and dial, stdio, a command's pipes;
 //!   `child`: running and stopping a hook or a -x command with /bin/sh -c.
+//! - `channel`: an established session's protocol rules with no I/O: seal and open.
 //! - `relay`: the two directions of an established session, and counters.
 //! - `session`: the one owner of sessions (handshake, hooks, relay,
 //!   replacement, end), generic over the device; `client`: -c's streams
@@ -21,6 +22,7 @@
 //! - `log`: stderr or syslog. `error`: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
 
+mod channel;
 mod child;
 mod client;
 mod config;
@@ -52,20 +54,23 @@ mod wire;
 // The library's face, as snow keeps one: only what the binary, the
 // integration tests, the benchmarks and the fuzz targets use. Every module
 // is private, so the compiler sees what nothing uses.
+pub use channel::{Channel, Framing, OPEN_ROOM, Opened, Sealed};
 pub use config::{Command, OPTIONS, help, mentions_inetd};
-pub use device::MAX_FRAME;
+pub use device::{MAX_FRAME, PacketDevice};
 pub use error::{Error, SEE_HELP};
 pub use frame::{
-    FrameReader, MAX_MESSAGE, MAX_WIRE, decode as decode_message, encode as encode_message,
-    encode_with as encode_message_with,
+    FrameReader, MAX_MESSAGE, MAX_WIRE, READ_BUFFER, decode as decode_message,
+    encode as encode_message, encode_with as encode_message_with,
 };
 pub use handshake::{
-    Cipher, FLAG_GSO, Hello, Identity, Initiator, MESSAGE1_LEN, MessageIo, Responder, TAG_LEN,
-    Transport, initiate,
+    Cipher, Established, FLAG_GSO, Hello, Identity, Initiator, MESSAGE1_LEN, MessageIo, Responder,
+    TAG_LEN, Transport, initiate,
 };
 pub use keys::{PrivateKey, PublicKey, SecretText, derive_psk, stretch_passphrase};
 pub use log::{Sink as LogSink, init as init_log};
-pub use sys::is_socket;
+pub use relay::{Counters, relay};
+pub use sys::{Stop, is_socket};
+pub use transport::Stream;
 pub use vnet::{
     F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, HDR_LEN as VIRTIO_HDR_LEN, Header as VirtioHeader,
     Kind as VirtioKind, tcp_super_frame,
@@ -77,12 +82,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Config, Dial, Mode, Remote};
-use crate::device::{Device, PacketDevice};
+use crate::device::Device;
 use crate::keys::{SHORT_PASSPHRASE, SecretSpec};
-use crate::relay::Counters;
 use crate::session::{Owner, Peer, Timing};
-use crate::sys::Stop;
-use crate::transport::Stream;
 
 /// Where logging should go for this configuration: syslog when -i was given
 /// a socket that is also fd 2 (inetd), stderr otherwise.

@@ -8,19 +8,15 @@
 //!   prefix and ciphertext to one output buffer; frames already queued in the
 //!   device join the same buffer, and the whole batch goes out in one write.
 //! - stream to device: take the next message from the framed reader (one
-//!   read fills a large buffer with many messages), open it with the next
-//!   receive nonce, and write the frame to the device; an empty plaintext is
-//!   a keepalive.
+//!   read fills a large buffer with many messages), open it, and write the
+//!   frame to the device.
 //!
-//! Nonces: both threads share one `snow::StatelessTransportState`, which
-//! takes `&self` and an explicit nonce. On an ordered stream the nonce is
-//! simply the message count in that direction, so each thread keeps its own
-//! counter and no lock is needed. A frame is only ever dropped before it is
-//! sealed, never after, so the peer's counter stays in step.
-//!
-//! A message that is too short or fails to decrypt ends the session: a stream
-//! cannot resynchronise, so nothing after it can be trusted. A frame the
-//! device refuses is counted and dropped. Whichever direction ends first
+//! Each thread owns one half of the session's [`Channel`], which holds the
+//! protocol rules (nonces, framing, keepalives, header checks) and does no
+//! I/O; the relay waits, batches, counts, and never drops what the channel
+//! has sealed, so the peer's nonce counter stays in step. A message the
+//! channel calls fatal ends the session; a frame the device refuses is
+//! counted and dropped. Whichever direction ends first
 //! triggers the session's stop and aborts the stream, which ends the other;
 //! both are joined before [`relay`] returns.
 
@@ -29,9 +25,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::device::{MAX_FRAME, PacketDevice};
+pub(crate) use crate::channel::{Channel, Framing};
+use crate::channel::{OPEN_ROOM, Opened, Receiver, Sealed, Sender, Unsent};
+use crate::device::PacketDevice;
 use crate::frame::{self, FrameReader};
-use crate::handshake::{TAG_LEN, Transport};
+use crate::handshake::TAG_LEN;
 use crate::stream_error::StreamEnd;
 use crate::sys::{self, Interest, Stop, Wait, WaitAny};
 use crate::transport::{Closer, Framed, StreamReader, StreamWriter};
@@ -49,6 +47,12 @@ const OUT_BUFFER_MESSAGES: usize = 4;
 const SMALL_FRAME: usize = 256;
 /// Room in the output buffer kept for small frames.
 const SMALL_FRAME_RESERVE: usize = 16 * 1024;
+
+/// After this long with nothing to carry, a direction gives the pages of its
+/// buffers back (they are kept, and fill again under load): an idle session
+/// then costs little more than its threads' stacks, as a hub with many
+/// peers needs.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// Counters of a process: sessions, handshakes and traffic. The relay adds
 /// to them as it goes; a session's own figures are the difference between
@@ -155,12 +159,7 @@ impl Counters {
             get(&self.bytes_out),
             get(&self.frames_in),
             get(&self.bytes_in),
-            get(&self.dropped_oversize)
-                + get(&self.dropped_device)
-                + get(&self.dropped_backlog)
-                + get(&self.dropped_no_session)
-                + get(&self.dropped_offload)
-                + get(&self.dropped_invalid),
+            self.snapshot().dropped + get(&self.dropped_no_session),
             get(&self.dropped_oversize),
             get(&self.dropped_device),
             get(&self.dropped_backlog),
@@ -265,53 +264,18 @@ impl From<StreamEnd> for End {
     }
 }
 
-/// How frames and the device's virtio headers cross the stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
-    /// The device has no virtio headers: frames cross as they are.
-    Plain,
-    /// The device has them but the peer takes no GSO: the header is
-    /// stripped on the way out (a partial checksum completed, a super-frame
-    /// dropped) and a zero header added on the way in.
-    Strip,
-    /// Both ends announced GSO: the header crosses with the frame, and is
-    /// checked before the device sees it.
-    Gso,
-}
-
-impl Framing {
-    /// Header bytes in a plaintext (not counted as frame bytes).
-    fn overhead(self) -> usize {
-        match self {
-            Framing::Gso => vnet::HDR_LEN,
-            Framing::Plain | Framing::Strip => 0,
-        }
-    }
-}
-
-/// Where the relay starts, and its keepalive rules.
-#[derive(Clone, Copy, Debug)]
-pub struct Link {
-    /// The first nonce we send with (after key confirmation).
-    pub send_nonce: u64,
-    /// The first nonce we expect.
-    pub recv_nonce: u64,
-    /// Send a keepalive after this long without sending anything.
-    pub keepalive: Option<Duration>,
-    pub framing: Framing,
-}
-
 /// Relays until either direction ends; returns why.
 ///
 /// `stop` is this session's own stop: triggering it from outside ends the
 /// session with [`End::Stopped`]. The reader and writer must already watch
 /// it; their idle and stall limits (set on `framed`) declare a dead peer.
+/// A keepalive goes out after `keepalive` without sending anything.
 pub fn relay<D: PacketDevice>(
     device: &D,
     framed: Framed,
     closer: &Closer,
-    transport: &Transport,
-    link: Link,
+    channel: Channel,
+    keepalive: Option<Duration>,
     stop: &Arc<Stop>,
     counters: &Counters,
 ) -> End {
@@ -321,12 +285,13 @@ pub fn relay<D: PacketDevice>(
         end
     };
     let Framed { reader, writer, .. } = framed;
+    let Channel { sender, receiver } = channel;
     let (to_device, to_stream) = std::thread::scope(|scope| {
         let to_device =
-            scope.spawn(|| finish(stream_to_device(device, reader, transport, link, counters)));
+            scope.spawn(|| finish(stream_to_device(device, reader, receiver, counters)));
         let to_stream = scope.spawn(|| {
             finish(device_to_stream(
-                device, writer, transport, link, stop, counters,
+                device, writer, sender, keepalive, stop, counters,
             ))
         });
         (to_device.join(), to_stream.join())
@@ -345,59 +310,59 @@ pub fn relay<D: PacketDevice>(
 fn stream_to_device<D: PacketDevice>(
     device: &D,
     mut reader: FrameReader<StreamReader>,
-    transport: &Transport,
-    link: Link,
+    mut receiver: Receiver,
     counters: &Counters,
 ) -> End {
-    let mut nonce = link.recv_nonce;
-    // With Strip, the plaintext goes behind a zero virtio header (a complete
-    // frame): written once here, never overwritten.
-    let header = if link.framing == Framing::Strip {
-        vnet::HDR_LEN
-    } else {
-        0
-    };
-    let mut plain = vec![0u8; header + frame::MAX_MESSAGE];
+    let mut plain = vec![0u8; OPEN_ROOM];
+    // Whether the buffers gave their pages back since the last message.
+    let mut released = false;
     loop {
+        // A read that starts with nothing held gives up once the stream has
+        // been quiet for IDLE_RELEASE, so that the pages can go back.
+        let quiet = (!released && reader.is_empty()).then(|| Instant::now() + IDLE_RELEASE);
+        reader.get_mut().set_deadline(quiet);
         let msg = match reader.next_message() {
             Ok(Some(msg)) => msg,
             Ok(None) => return End::PeerClosed,
-            Err(e) => return End::from(StreamEnd::from(e)),
-        };
-        if msg.len() < TAG_LEN {
-            return End::Protocol(format!(
-                "a transport message of {} bytes, shorter than its tag",
-                msg.len()
-            ));
-        }
-        let n = match transport.open(nonce, msg, &mut plain[header..]) {
-            Ok(n) => n,
-            Err(_) => return End::Protocol(format!("transport message {nonce} did not decrypt")),
-        };
-        nonce += 1;
-        if n == 0 {
-            Counters::add(&counters.keepalives_in, 1);
-            continue;
-        }
-        if log::log_enabled!(log::Level::Trace) {
-            log::trace!("stream -> device: {n} bytes");
-        }
-        if link.framing == Framing::Gso {
-            if let Err(why) = vnet::check(&plain[..n], device.vnet_kind()) {
-                Counters::add(&counters.dropped_invalid, 1);
-                log::debug!("dropped a frame of {n} bytes from the peer: {why}");
+            // Or the idle limit: then the next read says so at once.
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && !released => {
+                if let Some(buf) = reader.idle_buffer() {
+                    sys::release_pages(buf);
+                }
+                sys::release_pages(&mut plain);
+                released = true;
                 continue;
             }
+            Err(e) => return End::from(StreamEnd::from(e)),
+        };
+        released = false;
+        let (len, bytes) = match receiver.open(msg, &mut plain) {
+            Opened::Frame { len, bytes } => (len, bytes),
+            Opened::Keepalive => {
+                Counters::add(&counters.keepalives_in, 1);
+                continue;
+            }
+            Opened::Drop(why) => {
+                Counters::add(&counters.dropped_invalid, 1);
+                log::debug!(
+                    "dropped a message of {} bytes from the peer: {why}",
+                    msg.len()
+                );
+                continue;
+            }
+            Opened::Fatal(why) => return End::Protocol(why.to_string()),
+        };
+        if log::log_enabled!(log::Level::Trace) {
+            log::trace!("stream -> device: {len} bytes");
         }
-        match device.send(&plain[..header + n]) {
+        match device.send(&plain[..len]) {
             Ok(_) => {
                 Counters::add(&counters.frames_in, 1);
-                let bytes = n.saturating_sub(link.framing.overhead());
                 Counters::add(&counters.bytes_in, bytes as u64);
             }
             Err(e) => {
                 Counters::add(&counters.dropped_device, 1);
-                log::debug!("the device refused a frame of {n} bytes: {e}");
+                log::debug!("the device refused a frame of {len} bytes: {e}");
             }
         }
     }
@@ -406,17 +371,12 @@ fn stream_to_device<D: PacketDevice>(
 fn device_to_stream<D: PacketDevice>(
     device: &D,
     mut writer: StreamWriter,
-    transport: &Transport,
-    link: Link,
+    sender: Sender,
+    keepalive: Option<Duration>,
     stop: &Stop,
     counters: &Counters,
 ) -> End {
-    let mut sealer = Sealer {
-        transport,
-        nonce: link.send_nonce,
-        counters,
-        framing: link.framing,
-    };
+    let mut sealer = Sealer { sender, counters };
     // One more byte than the largest frame, to tell an oversize frame apart.
     let mut packet = vec![0u8; frame::MAX_MESSAGE + 1];
     let mut out = vec![0u8; OUT_BUFFER_MESSAGES * frame::MAX_WIRE];
@@ -428,7 +388,7 @@ fn device_to_stream<D: PacketDevice>(
     loop {
         if start == end {
             start = 0;
-            let keepalive_due = link.keepalive.map(|k| last_send + k);
+            let keepalive_due = keepalive.map(|k| last_send + k);
             match gather(
                 device,
                 &mut sealer,
@@ -483,72 +443,54 @@ fn device_to_stream<D: PacketDevice>(
     }
 }
 
-/// Seals frames with consecutive nonces and counts them.
+/// The channel's sending half, counting what it seals and drops.
 struct Sealer<'a> {
-    transport: &'a Transport,
-    nonce: u64,
+    sender: Sender,
     counters: &'a Counters,
-    framing: Framing,
 }
 
 impl Sealer<'_> {
-    /// Seals a packet read from the device as this session's framing wants
-    /// it; returns the bytes used, 0 when the frame was dropped (counted).
-    fn seal_frame(&mut self, packet: &mut [u8], out: &mut [u8]) -> Result<usize, End> {
-        let plaintext = match self.framing {
-            Framing::Plain | Framing::Gso => &*packet,
-            Framing::Strip => match vnet::strip(packet) {
-                Ok(frame) => frame,
-                Err(why) => {
-                    Counters::add(&self.counters.dropped_offload, 1);
-                    if why != Reject::SuperFrame {
-                        log::debug!("dropped a frame from the device: {why}");
-                    }
-                    return Ok(0);
+    /// Seals a packet read from the device; returns the bytes used, 0 when
+    /// the frame was dropped (counted).
+    fn seal_frame(&mut self, packet: &mut [u8], out: &mut [u8]) -> usize {
+        match self.sender.seal(packet, out) {
+            Sealed::Message { used, bytes } => {
+                Counters::add(&self.counters.frames_out, 1);
+                Counters::add(&self.counters.bytes_out, bytes as u64);
+                used
+            }
+            Sealed::Drop(Unsent::Offload(why)) => {
+                Counters::add(&self.counters.dropped_offload, 1);
+                if why != Reject::SuperFrame {
+                    log::debug!("dropped a frame from the device: {why}");
                 }
-            },
-        };
-        self.seal(plaintext, out)
+                0
+            }
+            Sealed::Drop(Unsent::Oversize) => {
+                Counters::add(&self.counters.dropped_oversize, 1);
+                log::debug!("dropped a frame of {} bytes from the device", packet.len());
+                0
+            }
+        }
     }
 
-    /// Seals `plaintext` into `out` behind its prefix; returns the bytes
-    /// used. `out` has room for the prefix, the plaintext (at most MAX_FRAME
-    /// and a virtio header) and the tag, so sealing only fails on a bug.
-    fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, End> {
-        let room = plaintext.len() + TAG_LEN;
-        let used = frame::encode_with(out, |body| {
-            self.transport
-                .seal(self.nonce, plaintext, &mut body[..room])
-        })
-        .map_err(|e| End::Protocol(format!("cannot seal a frame: {e}")))?;
-        self.nonce += 1;
-        if plaintext.is_empty() {
+    /// Seals a keepalive; returns the bytes used.
+    fn keepalive(&mut self, out: &mut [u8]) -> usize {
+        let used = self.sender.keepalive(out);
+        if used > 0 {
             Counters::add(&self.counters.keepalives_out, 1);
-        } else {
-            Counters::add(&self.counters.frames_out, 1);
-            let bytes = plaintext.len().saturating_sub(self.framing.overhead());
-            Counters::add(&self.counters.bytes_out, bytes as u64);
         }
-        Ok(used)
+        used
     }
 }
 
 /// Reads one frame from the device (with its virtio header, if it has
 /// them): `Ok(None)` when none is queued, and frames too large to carry are
 /// dropped (counted) and skipped.
-fn read_frame<D: PacketDevice>(
-    device: &D,
-    packet: &mut [u8],
-    counters: &Counters,
-) -> Result<Option<usize>, End> {
-    let limit = MAX_FRAME + if device.vnet_hdr() { vnet::HDR_LEN } else { 0 };
+fn read_frame<D: PacketDevice>(device: &D, packet: &mut [u8]) -> Result<Option<usize>, End> {
     loop {
         match device.recv(packet) {
             Ok(0) => continue,
-            Ok(n) if n > limit => {
-                Counters::add(&counters.dropped_oversize, 1);
-                log::debug!("dropped a frame of {n} bytes from the device (the limit is {limit})");
-            }
             Ok(n) => return Ok(Some(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -558,7 +500,8 @@ fn read_frame<D: PacketDevice>(
 }
 
 /// Waits for frames from the device (or the keepalive time) and seals what
-/// is queued, as long as a full message fits; returns the bytes used.
+/// is queued, as long as a full message fits; returns the bytes used. Once
+/// idle for [`IDLE_RELEASE`], gives the pages of the buffers back.
 fn gather<D: PacketDevice>(
     device: &D,
     sealer: &mut Sealer<'_>,
@@ -568,17 +511,27 @@ fn gather<D: PacketDevice>(
     stop: &Stop,
 ) -> Result<usize, End> {
     let mut used = 0;
+    let mut dirty = true;
     while out.len() - used >= frame::MAX_WIRE {
-        match read_frame(device, packet, sealer.counters)? {
-            Some(n) => used += sealer.seal_frame(&mut packet[..n], &mut out[used..])?,
+        match read_frame(device, packet)? {
+            Some(n) => used += sealer.seal_frame(&mut packet[..n], &mut out[used..]),
             None if used > 0 => break,
-            None => match sys::wait_readable(device.raw_fd(), &[stop], keepalive_due) {
-                Ok(Wait::Ready) => {}
-                Ok(Wait::Stopped) => return Err(End::Stopped),
-                // Idle for the keepalive interval: an empty message.
-                Ok(Wait::TimedOut) => return sealer.seal(&[], out),
-                Err(e) => return Err(End::DeviceError(e)),
-            },
+            None => {
+                let release_due = dirty.then(|| Instant::now() + IDLE_RELEASE);
+                let due = [keepalive_due, release_due].into_iter().flatten().min();
+                match sys::wait_readable(device.raw_fd(), &[stop], due) {
+                    Ok(Wait::Ready) => {}
+                    Ok(Wait::Stopped) => return Err(End::Stopped),
+                    // Idle for the keepalive interval: an empty message.
+                    Ok(Wait::TimedOut) if due == keepalive_due => return Ok(sealer.keepalive(out)),
+                    Ok(Wait::TimedOut) => {
+                        sys::release_pages(packet);
+                        sys::release_pages(out);
+                        dirty = false;
+                    }
+                    Err(e) => return Err(End::DeviceError(e)),
+                }
+            }
         }
     }
     if log::log_enabled!(log::Level::Trace) {
@@ -599,7 +552,7 @@ fn backlog<D: PacketDevice>(
     out: &mut [u8],
     mut used: usize,
 ) -> Result<usize, End> {
-    while let Some(n) = read_frame(device, packet, sealer.counters)? {
+    while let Some(n) = read_frame(device, packet)? {
         // At most n bytes of plaintext (less once a virtio header is stripped).
         let need = frame::HEADER_LEN + n + TAG_LEN;
         let reserve = if n <= SMALL_FRAME + vnet::HDR_LEN {
@@ -608,7 +561,7 @@ fn backlog<D: PacketDevice>(
             SMALL_FRAME_RESERVE
         };
         if out.len() - used >= need + reserve {
-            used += sealer.seal_frame(&mut packet[..n], &mut out[used..])?;
+            used += sealer.seal_frame(&mut packet[..n], &mut out[used..]);
         } else {
             Counters::add(&sealer.counters.dropped_backlog, 1);
         }
@@ -623,13 +576,13 @@ mod tests {
     use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::time::Duration;
 
-    use crate::device::Layer;
-    use crate::handshake::{Cipher, Hello, Identity, Initiator, Responder};
+    use crate::device::{Layer, MAX_FRAME};
+    use crate::handshake::{Cipher, Hello, Identity, Initiator, Responder, Transport};
     use crate::keys::PrivateKey;
     use crate::transport::Stream;
 
     /// Two transports as after a real handshake (initiator, responder).
-    fn transports() -> (Transport, Transport) {
+    fn transports() -> (Arc<Transport>, Arc<Transport>) {
         let (a, b) = (
             PrivateKey::from_bytes([1; 32]),
             PrivateKey::from_bytes([2; 32]),
@@ -647,8 +600,8 @@ mod tests {
         let n = init.write_message3(&mut buf).unwrap();
         resp.read_message3(&buf[..n]).unwrap();
         (
-            init.into_transport().unwrap().0,
-            resp.into_transport().unwrap().0,
+            Arc::new(init.into_transport().unwrap().0),
+            Arc::new(resp.into_transport().unwrap().0),
         )
     }
 
@@ -705,21 +658,17 @@ mod tests {
         }
     }
 
-    fn run(end: &Side, stream: UnixStream, transport: &Transport) -> End {
+    fn run(end: &Side, stream: UnixStream, transport: &Arc<Transport>) -> End {
         let stream = Stream::socket(stream.into(), "test".into()).unwrap();
         let (framed, closer) = stream.split(std::slice::from_ref(&end.stop)).unwrap();
-        let link = Link {
-            send_nonce: 0,
-            recv_nonce: 0,
-            keepalive: None,
-            framing: end.framing,
-        };
+        let kind = vnet::Kind::Ethernet;
+        let channel = Channel::resume(transport.clone(), 0, 0, end.framing, kind);
         relay(
             &end.device,
             framed,
             &closer,
-            transport,
-            link,
+            channel,
+            None,
             &end.stop,
             &end.counters,
         )
@@ -820,6 +769,43 @@ mod tests {
             assert!(matches!(run(&b, sa, &tr), End::Protocol(_)));
             assert_eq!(b.counters.frames_in.load(Ordering::Relaxed), 0);
         }
+    }
+
+    #[test]
+    fn a_silent_peer_is_dead_once_the_idle_limit_has_passed_since_its_last_message() {
+        let (ti, tr) = transports();
+        let (sa, mut wire) = UnixStream::pair().unwrap();
+        let b = end();
+        let stream = Stream::socket(sa.into(), "test".into()).unwrap();
+        let (mut framed, closer) = stream.split(std::slice::from_ref(&b.stop)).unwrap();
+        let limit = Duration::from_millis(1500);
+        framed.reader.get_mut().set_idle_limit(Some(limit));
+        let mut sealed = vec![0u8; 100];
+        let n = ti.seal(0, b"last words", &mut sealed).unwrap();
+        let mut bytes = Vec::new();
+        frame::encode(&sealed[..n], &mut bytes);
+        wire.write_all(&bytes).unwrap();
+        let channel = Channel::resume(tr, 0, 0, Framing::Plain, vnet::Kind::Ethernet);
+        let start = Instant::now();
+        let end = relay(
+            &b.device,
+            framed,
+            &closer,
+            channel,
+            None,
+            &b.stop,
+            &b.counters,
+        );
+        let took = start.elapsed();
+        assert!(matches!(end, End::Dead(_)), "{end}");
+        // Waiting for the stream to go idle (to give the buffers back) does
+        // not add to the limit.
+        assert!(
+            took >= limit && took < limit + IDLE_RELEASE / 2,
+            "declared dead after {took:?}"
+        );
+        assert_eq!(b.counters.frames_in.load(Ordering::Relaxed), 1);
+        drop(wire);
     }
 
     #[test]

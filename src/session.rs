@@ -32,7 +32,7 @@ use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::handshake::{Established, FLAG_GSO, HandshakeError, Hello, Identity};
 use crate::hooks::{self, HOOK_LIMIT, HookEnv};
-use crate::relay::{self, Counters, End, Framing, Link};
+use crate::relay::{self, Channel, Counters, End, Framing};
 use crate::sys::Stop;
 use crate::transport::{Closer, Framed, Stream};
 
@@ -379,19 +379,14 @@ impl Owner {
         framed
             .writer
             .set_stall_limit(ours.map(|d| d * DEAD_AFTER_INTERVALS));
-        let link = Link {
-            send_nonce: keys.send_nonce,
-            recv_nonce: keys.recv_nonce,
-            keepalive: ours,
-            framing,
-        };
+        let channel = Channel::new(keys, framing, device.vnet_kind());
         let before = self.counters.snapshot();
         let end = relay::relay(
             device,
             framed,
             &closer,
-            &keys.transport,
-            link,
+            channel,
+            ours,
             &stop,
             &self.counters,
         );
@@ -671,18 +666,13 @@ mod tests {
             };
             match after {
                 After::Relay => {
-                    let link = Link {
-                        send_nonce: keys.send_nonce,
-                        recv_nonce: keys.recv_nonce,
-                        keepalive: None,
-                        framing: Framing::Plain,
-                    };
+                    let channel = Channel::new(keys, Framing::Plain, device.vnet_kind());
                     relay::relay(
                         &device,
                         framed,
                         &closer,
-                        &keys.transport,
-                        link,
+                        channel,
+                        None,
                         &thread_stop,
                         &thread_counters,
                     );

@@ -915,3 +915,20 @@ pub fn take_env_secret(name: &str) -> Option<zeroize::Zeroizing<String>> {
     };
     Some(text)
 }
+
+/// Gives the whole pages inside `buf` back to the kernel, so that an idle
+/// session's buffers cost no memory until they are written again; they read
+/// as zeros meanwhile. Best effort: nothing happens if the kernel refuses.
+pub fn release_pages(buf: &mut [u8]) {
+    // SAFETY: sysconf reads a constant of the system.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = (buf.as_mut_ptr() as usize).next_multiple_of(page);
+    let end = (buf.as_mut_ptr() as usize + buf.len()) / page * page;
+    if end > start {
+        // SAFETY: [start, end) lies inside `buf`, which is borrowed mutably,
+        // so nothing else reads it now. The heap is private anonymous memory,
+        // where MADV_DONTNEED only swaps its pages for zero-filled ones on
+        // the next access: the bytes stay valid, and still ours.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}

@@ -40,6 +40,8 @@ pub struct StreamReader {
     /// Reads fail with `TimedOut` when nothing arrives for this long (a
     /// dead peer).
     idle: Option<Duration>,
+    /// When bytes last arrived: the idle limit counts from here.
+    heard: Instant,
 }
 
 impl StreamReader {
@@ -49,18 +51,25 @@ impl StreamReader {
 
     pub fn set_idle_limit(&mut self, idle: Option<Duration>) {
         self.idle = idle;
+        self.heard = Instant::now();
     }
 }
 
 impl Read for StreamReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let idle_deadline = self.idle.map(|idle| Instant::now() + idle);
+        // From the last bytes received, not from this call: a read may
+        // have given up at its deadline before.
+        let idle_deadline = self.idle.map(|idle| self.heard + idle);
         let deadline = earliest(self.deadline, idle_deadline);
         loop {
             match sys::wait_readable(self.file.as_raw_fd(), &self.stops, deadline)? {
                 Wait::Ready => match (&self.file).read(buf) {
                     // The descriptor may be shared with the non-blocking writer.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Ok(n) => {
+                        self.heard = Instant::now();
+                        return Ok(n);
+                    }
                     other => return other,
                 },
                 Wait::Stopped => return Err(Stopped::error()),
@@ -323,6 +332,7 @@ impl Stream {
             stops: stops.to_vec(),
             deadline: None,
             idle: None,
+            heard: Instant::now(),
         };
         let writer = StreamWriter {
             file: File::from(self.write),

@@ -1,4 +1,4 @@
-//! An established session's receiving side (the real relay) reading a hostile stream.
+//! An established session's receiving half (the relay's own channel) opening a hostile stream.
 //! The checks live in `taptun::fuzz::session_transport` (src/fuzz.rs), whose unit tests
 //! replay this target's corpus under `cargo test`.
 #![no_main]
