@@ -60,7 +60,7 @@ pub use device::{MAX_FRAME, PacketDevice};
 pub use error::{Error, SEE_HELP};
 pub use frame::{
     FrameReader, MAX_MESSAGE, MAX_WIRE, READ_BUFFER, decode as decode_message,
-    encode as encode_message, encode_with as encode_message_with,
+    encode as encode_message,
 };
 pub use handshake::{
     Cipher, Established, FLAG_GSO, Hello, Identity, Initiator, MESSAGE1_LEN, MessageIo, Responder,
