@@ -13,7 +13,8 @@
 //! - `device`: opening TAP and TUN devices; the `PacketDevice` trait;
 //!   `endpoint`: a device with its carrier and its drain while no session is attached.
 //! - `transport`: the streams: TCP listen and dial, stdio, a command's pipes;
-//!   `child`: running and stopping a hook or a -x command with /bin/sh -c.
+//!   `proxy`: HTTP CONNECT and SOCKS5 for -P; `child`: running and stopping a
+//!   hook or a -x command with /bin/sh -c.
 //! - `channel`: an established session's protocol rules with no I/O: seal and open.
 //! - `relay`: the two directions of an established session, and counters.
 //! - `session`: the one owner of sessions (handshake, hooks, relay,
