@@ -155,6 +155,16 @@ fn public_binary() -> (RemoveOnDrop, PathBuf) {
     let bin = guard.0.join("taptun");
     fs::copy(TAPTUN, &bin).unwrap();
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    // A child another test forked while the copy was open for writing holds
+    // that descriptor until it execs, and until then running the copy fails
+    // with ETXTBSY: wait for that moment to pass (later forks cannot have it).
+    let runs = || {
+        !matches!(
+            Command::new(&bin).arg("--version").output(),
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY)
+        )
+    };
+    assert!(wait_for(DEADLINE, runs), "{} stays busy", bin.display());
     (guard, bin)
 }
 
