@@ -254,30 +254,13 @@ impl Receiver {
 mod tests {
     use super::*;
     use crate::device::Layer;
-    use crate::handshake::{Cipher, Hello, Identity, Initiator, Responder};
-    use crate::keys::PrivateKey;
+    use crate::handshake::{Cipher, Hello};
 
     /// Both ends of a session after a real handshake in memory (initiator,
     /// responder), before the responder's key confirmation ([`confirm`]).
     fn channels(cipher: Cipher, ours: Framing, theirs: Framing) -> (Channel, Channel) {
-        let (a, b) = (
-            PrivateKey::from_bytes([1; 32]),
-            PrivateKey::from_bytes([2; 32]),
-        );
-        let ia = Identity::new(a.clone(), b.public_key(), cipher).unwrap();
-        let ib = Identity::new(b, a.public_key(), cipher).unwrap();
+        let ((ti, ki), (tr, kr)) = crate::handshake::in_memory(cipher);
         let hello = Hello::new(Layer::Tap, 1500);
-        let mut init = Initiator::new(&ia, hello).unwrap();
-        let mut resp = Responder::new(&ib, hello).unwrap();
-        let mut buf = vec![0u8; 1024];
-        let n = init.write_message1(&mut buf).unwrap();
-        resp.read_message1(&buf[..n]).unwrap();
-        let n = resp.write_message2(&mut buf).unwrap();
-        init.read_message2(&buf[..n]).unwrap();
-        let n = init.write_message3(&mut buf).unwrap();
-        resp.read_message3(&buf[..n]).unwrap();
-        let (ti, ki) = init.into_transport().unwrap();
-        let (tr, kr) = resp.into_transport().unwrap();
         let established = |transport, peer_key, send_nonce, recv_nonce| Established {
             transport,
             peer_hello: hello,

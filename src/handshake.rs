@@ -940,6 +940,33 @@ impl Replays for ReplayCache {
     }
 }
 
+/// Both ends of a handshake between two fixed keys, run in memory: each
+/// side's transport with the peer key it saw, the initiator's first. For the
+/// tests of the modules that take an established session.
+#[cfg(test)]
+pub(crate) fn in_memory(cipher: Cipher) -> ((Transport, PublicKey), (Transport, PublicKey)) {
+    let (a, b) = (
+        PrivateKey::from_bytes([1; 32]),
+        PrivateKey::from_bytes([2; 32]),
+    );
+    let ia = Identity::new(a.clone(), b.public_key(), cipher).unwrap();
+    let ib = Identity::new(b, a.public_key(), cipher).unwrap();
+    let hello = Hello::new(Layer::Tap, 1500);
+    let mut init = Initiator::new(&ia, hello).unwrap();
+    let mut resp = Responder::new(&ib, hello).unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = init.write_message1(&mut buf).unwrap();
+    resp.read_message1(&buf[..n]).unwrap();
+    let n = resp.write_message2(&mut buf).unwrap();
+    init.read_message2(&buf[..n]).unwrap();
+    let n = init.write_message3(&mut buf).unwrap();
+    resp.read_message3(&buf[..n]).unwrap();
+    (
+        init.into_transport().unwrap(),
+        resp.into_transport().unwrap(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

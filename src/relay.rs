@@ -576,33 +576,14 @@ mod tests {
     use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::time::Duration;
 
-    use crate::device::{Layer, MAX_FRAME};
-    use crate::handshake::{Cipher, Hello, Identity, Initiator, Responder, Transport};
-    use crate::keys::PrivateKey;
+    use crate::device::MAX_FRAME;
+    use crate::handshake::{Cipher, Transport};
     use crate::transport::Stream;
 
     /// Two transports as after a real handshake (initiator, responder).
     fn transports() -> (Arc<Transport>, Arc<Transport>) {
-        let (a, b) = (
-            PrivateKey::from_bytes([1; 32]),
-            PrivateKey::from_bytes([2; 32]),
-        );
-        let ia = Identity::new(a.clone(), b.public_key(), Cipher::ChaChaPoly).unwrap();
-        let ib = Identity::new(b, a.public_key(), Cipher::ChaChaPoly).unwrap();
-        let hello = Hello::new(Layer::Tap, 1500);
-        let mut init = Initiator::new(&ia, hello).unwrap();
-        let mut resp = Responder::new(&ib, hello).unwrap();
-        let mut buf = vec![0u8; 1024];
-        let n = init.write_message1(&mut buf).unwrap();
-        resp.read_message1(&buf[..n]).unwrap();
-        let n = resp.write_message2(&mut buf).unwrap();
-        init.read_message2(&buf[..n]).unwrap();
-        let n = init.write_message3(&mut buf).unwrap();
-        resp.read_message3(&buf[..n]).unwrap();
-        (
-            Arc::new(init.into_transport().unwrap().0),
-            Arc::new(resp.into_transport().unwrap().0),
-        )
+        let ((ti, _), (tr, _)) = crate::handshake::in_memory(Cipher::ChaChaPoly);
+        (Arc::new(ti), Arc::new(tr))
     }
 
     /// A datagram socket as a device, with or without virtio headers.
