@@ -108,6 +108,7 @@ fn env(var: &str) -> Option<String> {
 /// Every failure, as an [`Error`] whose `exit_code` is the process status.
 pub fn run(config: Config) -> Result<(), Error> {
     let started = Instant::now();
+    wipe_secrets_from_the_environment();
     // First of all, before taptun opens a descriptor of its own that could
     // take a number systemd's hand-over names.
     let serve = matches!(config.mode, Mode::Server { .. });
@@ -268,6 +269,7 @@ fn resolve_ids(config: &Config) -> Result<Option<(libc::uid_t, libc::gid_t)>, Er
 /// What `run` would have refused before opening anything (exit 2).
 pub fn check(config: &Config) -> Result<(), Error> {
     forbid_core_dumps();
+    wipe_secrets_from_the_environment();
     for warning in &config.warnings {
         ::log::warn!("{warning}");
     }
@@ -323,6 +325,16 @@ fn load_identity(config: &Config) -> Result<Identity, Error> {
         subject: "the remote key".into(),
         why,
     })
+}
+
+/// The config holds its own zeroed copies of TAPTUN_LOCAL and TAPTUN_REMOTE:
+/// the environment's, which /proc/PID/environ shows to root and to our own
+/// uid for as long as we run, are overwritten and unset (TAPTUN_PROXY_AUTH
+/// is taken the same way when it is read). Call before any thread starts.
+fn wipe_secrets_from_the_environment() {
+    for var in [config::ENV_LOCAL, config::ENV_REMOTE] {
+        drop(sys::take_env_secret(var));
+    }
 }
 
 /// The proxy's credentials, from --proxy-auth @FILE or TAPTUN_PROXY_AUTH

@@ -367,3 +367,45 @@ fn genkey_is_non_dumpable_while_it_writes_the_key() {
         "genkey printed {key:?}"
     );
 }
+
+/// Secrets given in TAPTUN_LOCAL and TAPTUN_REMOTE are wiped from the process's environment once
+/// read: /proc/PID/environ shows them to root and to the same uid for as long as taptun runs.
+#[test]
+fn secrets_from_the_environment_are_wiped_from_it() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let key_text = |secret: &str| {
+        let path = secret.strip_prefix('@').expect("a key file");
+        fs::read_to_string(path).unwrap().trim().to_owned()
+    };
+    let (local, remote) = (key_text(&p.server_key), key_text(&p.client_key));
+    let args = format!("-s -p {} -v -d tt0", p.port);
+    let mut cmd = p.a.taptun(&args);
+    cmd.env("TAPTUN_LOCAL", &local)
+        .env("TAPTUN_REMOTE", &remote);
+    let (mut server, pid) = start_with_pid("server", cmd, &p.scratch);
+    let listening = wait_for(DEADLINE, || !server.running() || p.a.listening(p.port));
+    assert!(listening && server.running(), "the server did not start");
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let shows = |secret: &str| {
+        environ
+            .windows(secret.len())
+            .any(|w| w == secret.as_bytes())
+    };
+    assert!(
+        !shows(&local),
+        "TAPTUN_LOCAL's key is still in /proc/{pid}/environ"
+    );
+    assert!(
+        !shows(&remote),
+        "TAPTUN_REMOTE's key is still in /proc/{pid}/environ"
+    );
+    // And the secrets were used: a client with the matching keys gets a session.
+    let client = p.good_client("client", "tt0");
+    assert!(
+        common::wait_log(&client, &["session with", " established"], 1, DEADLINE),
+        "no session with the server's secrets from its environment"
+    );
+}
