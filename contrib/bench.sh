@@ -14,10 +14,16 @@
 #                      tap, tun, tap-chachapoly, tap-aesgcm, tun-chachapoly,
 #                      tun-aesgcm, any of those four with -plain appended
 #                      (taptun -n: plain frames, no GSO), openvpn (default:
-#                      all, with tap-aesgcm-plain; openvpn when installed)
+#                      all, with tap-aesgcm-plain; openvpn when installed);
+#                      a taptun row with @ALG appended (tap-aesgcm@cubic)
+#                      runs both ends with --congestion ALG for the carrier
 #     --json FILE      also write every figure (and the raw runs) as JSON
 #     --markdown FILE  also write the tables as Markdown
 #     --no-build       use target/release/taptun as it is
+#     --taptun PATH    measure the taptun binary at PATH (implies --no-build):
+#                      for A/B runs, copy each build to its own path first
+#     --brief          one stream each way and the ping figures only (no
+#                      four-stream runs, no memory table): for --wan runs
 #     --memory         only the memory table (below): no iperf3 and no ping
 #                      figures, taptun rows only (needs no iperf3)
 #     --perf DIR       after measuring each tunnel, profile one more "up 1" run
@@ -112,6 +118,7 @@ perf_dir=""
 rounds=1
 build=1
 memory_only=0
+brief=0
 wan=""
 while (($#)); do
     case $1 in
@@ -123,6 +130,8 @@ while (($#)); do
         --json) json_out=${2:?--json needs a file}; shift ;;
         --markdown) markdown_out=${2:?--markdown needs a file}; shift ;;
         --no-build) build=0 ;;
+        --taptun) taptun=${2:?--taptun needs a path}; build=0; shift ;;
+        --brief) brief=1 ;;
         --memory) memory_only=1 ;;
         --perf) perf_dir=${2:?--perf needs a folder}; shift ;;
         --wan) wan=${2:?--wan needs a link: dsl, wan or mobile}; shift ;;
@@ -159,13 +168,17 @@ else
             taptun) for c in $all_taptun; do add_config "$c"; done ;;
             tap | tun) add_config "$w-chachapoly"; add_config "$w-aesgcm" ;;
             openvpn) add_config openvpn; openvpn_asked=1 ;;
+            tap-*@* | tun-*@*)
+                [[ ${w%@*} =~ ^(tap|tun)-(chachapoly|aesgcm)(-plain)?$ && ${w#*@} =~ ^[a-z0-9_]+$ ]] ||
+                    missing "--only: unknown item '$w' (see --help)"
+                add_config "$w" ;;
             *) missing "--only: unknown item '$w' (see --help)" ;;
         esac
     done
 fi
 if ((memory_only)); then
     kept=()
-    for c in "${configs[@]}"; do [[ $c == tap-* || $c == tun-* ]] && kept+=("$c"); done
+    for c in "${configs[@]}"; do [[ $c == tap-* || $c == tun-* ]] && [[ $c != *@* ]] && kept+=("$c"); done
     ((${#kept[@]})) || missing "--memory measures taptun rows only, and --only named none"
     configs=("${kept[@]}")
 fi
@@ -433,8 +446,9 @@ measure() {
     say "  $name: load average $(<"$dir/load"); idle ping ($pings pings, 10 ms apart)"
     in_b ping -n -c "$pings" -i 0.01 -W 2 "$target" >"$dir/ping-idle.txt" 2>&1 || true
 
-    local run streams reverse before after
-    for run in up1 down1 up4 down4; do
+    local run streams reverse before after runs=(up1 down1 up4 down4)
+    ((brief)) && runs=(up1 down1)
+    for run in "${runs[@]}"; do
         streams=${run: -1}
         reverse=()
         [[ $run == down* ]] && reverse=(-R)
@@ -455,7 +469,20 @@ measure() {
     local load_pid=$! status=0
     pids+=("$load_pid")
     sleep 1.5
+    # Over a tunnel, the same pings beside it to the far end's own address
+    # take the link but not the carrier's stream: the RTT that the link's
+    # queue adds, apart from the tunnel's queue and its head-of-line stalls.
+    local link_pid=""
+    if [[ $target != "$underlay_a" ]]; then
+        in_b ping -n -c "$pings" -i 0.01 -W 2 "$underlay_a" >"$dir/ping-link.txt" 2>&1 3>&- 4>&- &
+        link_pid=$!
+        pids+=("$link_pid")
+    fi
     in_b ping -n -c "$pings" -i 0.01 -W 2 "$target" >"$dir/ping-load.txt" 2>&1 || true
+    if [[ -n $link_pid ]]; then
+        wait "$link_pid" || true
+        forget "$link_pid"
+    fi
     wait "$load_pid" || status=$?
     forget "$load_pid"
     iperf_check "$dir/iperf-load.json" "$status"
@@ -583,18 +610,23 @@ taptun_up() {
     first_ping
 }
 
-run_taptun() { # run_taptun tap|tun CIPHER [-n]
+run_taptun() { # run_taptun tap|tun CIPHER [-n] [ALG]
     local layer=$1 cipher=$2 name="$1-$2" common=(-d "$device" -t "$1" -e "$2" -M 1500)
     if [[ ${3:-} == -n ]]; then
         name+=-plain
         common+=(-n)
     fi
+    if [[ -n ${4:-} ]]; then
+        name+="@$4"
+        common+=(--congestion "$4")
+    fi
     if ((!memory_only)); then
-        say "taptun $layer $cipher ${3:-}: -s in $ns_a, -c -m $underlay_a in $ns_b"
+        say "taptun $layer $cipher ${3:-} ${4:+--congestion $4}: -s in $ns_a, -c -m $underlay_a in $ns_b"
         taptun_up "$tmp/$name" "$layer" keys "${common[@]}"
         measure "$name" taptun "$tunnel_a"
         stop_tunnel
     fi
+    ((brief)) && return
     local secrets dir
     for secrets in keys passphrases; do
         say "taptun $layer $cipher ${3:-}: memory with $secrets"
@@ -657,8 +689,12 @@ for ((round = 1; round <= rounds; round++)); do
             "") ;;
             veth) ((memory_only)) || run_veth ;;
             openvpn) ((memory_only)) || run_openvpn ;;
-            *-plain) base=${c%-plain} && run_taptun "${base%%-*}" "${base#*-}" -n ;;
-            *) run_taptun "${c%%-*}" "${c#*-}" ;;
+            *)
+                alg="" base=$c plain=""
+                [[ $c == *@* ]] && alg=${c#*@} base=${c%@*}
+                [[ $base == *-plain ]] && plain=-n base=${base%-plain}
+                run_taptun "${base%%-*}" "${base#*-}" "$plain" "$alg"
+                ;;
         esac
     done
 done
@@ -725,6 +761,8 @@ columns = [
     ("load_p50", "load p50", "ms", 3),
     ("load_p99", "load p99", "ms", 3),
     ("load_loss", "load loss", "%", 1),
+    ("link_p50", "link p50", "ms", 1),
+    ("link_p99", "link p99", "ms", 1),
     ("cpu_s_per_gb", "CPU", "s/GB", 2),
     ("rss_idle", "RSS idle", "MiB", 1),
     ("rss_peak", "RSS peak", "MiB", 1),
@@ -773,6 +811,9 @@ def measure_round(d):
     cpu_ticks = 0
     moved = 0
     for run in ("up1", "down1", "up4", "down4"):
+        if not os.path.exists(os.path.join(d, f"iperf-{run}.json")):  # --brief
+            m[run] = None
+            continue
         r = iperf_stats(os.path.join(d, f"iperf-{run}.json"))
         before, after = map(int, read(os.path.join(d, f"cpu-{run}")).split())
         r["cpu_seconds"] = (after - before) / clk_tck
@@ -786,6 +827,11 @@ def measure_round(d):
     runs["ping_idle"], runs["ping_load"] = idle, load
     m["idle_p50"], m["idle_p99"] = idle["p50_ms"], idle["p99_ms"]
     m["load_p50"], m["load_p99"], m["load_loss"] = load["p50_ms"], load["p99_ms"], load["loss_pct"]
+    m["link_p50"] = m["link_p99"] = None
+    if os.path.exists(os.path.join(d, "ping-link.txt")):
+        link = ping_stats(os.path.join(d, "ping-link.txt"))
+        runs["ping_link"] = link
+        m["link_p50"], m["link_p99"] = link["p50_ms"], link["p99_ms"]
     has_process = os.path.exists(os.path.join(d, "rss-idle"))
     if has_process:
         m["cpu_s_per_gb"] = (cpu_ticks / clk_tck) / (moved / 1e9)
@@ -811,7 +857,9 @@ for name in order:
     for key, *_ in columns:
         values = [rm[key] for rm, _ in rounds if rm.get(key) is not None]
         m[key] = statistics.median(values) if values else None
-    rows.append({"name": name, "label": labels.get(name, name), "metrics": m,
+    base_name, _, alg = name.partition("@")
+    label = labels.get(base_name, base_name) + (f" ({alg})" if alg else "")
+    rows.append({"name": name, "label": label, "metrics": m,
                  "rounds": [{"metrics": rm, "runs": runs} for rm, runs in rounds]})
 
 
@@ -883,7 +931,8 @@ if rows:
         machine_line,
         *([f"link: wanem.py --link {wan} between the namespaces; every iperf3 flow with -C cubic"] if wan else []),
         f"iperf3 {meta['settings']['iperf3_seconds']} s per run; up = client to server, down = -R; 1 or 4 streams; "
-        f"ping: {meta['settings']['pings']} pings 10 ms apart, idle and under one up stream",
+        f"ping: {meta['settings']['pings']} pings 10 ms apart, idle and under one up stream; "
+        "link: pings beside those under load to the far end's address outside the tunnel",
         "CPU s/GB: both ends' utime+stime over the four throughput runs, per 10^9 payload bytes; "
         "RSS: the larger end with genkey keys, idle (VmRSS) and peak (VmHWM)",
         "vs: the figure above divided by the reference's, from this run"

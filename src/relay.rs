@@ -41,12 +41,28 @@ const OUT_BUFFER_MESSAGES: usize = 4;
 
 /// While the stream is backed up, frames up to this size (pings, TCP
 /// acknowledgements, DNS, ARP) still join the backlog while it has room for
-/// them; larger ones only while [`SMALL_FRAME_RESERVE`] stays free. Bulk
-/// flows then see drops (and slow down) while interactive traffic and the
-/// acknowledgements of flows the other way still get through.
+/// them; larger ones only while the oldest byte waiting in the backlog has
+/// waited less than [`SOJOURN_TARGET`] and [`SMALL_FRAME_RESERVE`] stays
+/// free. Bulk flows then see drops (and slow down) while interactive
+/// traffic and the acknowledgements of flows the other way still get
+/// through.
 const SMALL_FRAME: usize = 256;
 /// Room in the output buffer kept for small frames.
 const SMALL_FRAME_RESERVE: usize = 16 * 1024;
+/// How long the backlog's oldest byte may wait for the carrier before bulk
+/// frames are dropped at the ingress (CoDel's target, at the ingress since
+/// sealed frames cannot be dropped). A time, not a size: a byte limit that
+/// is 2 ms at 1 Gbit/s is 100 ms at 20 Mbit/s, and an inner TCP flow, which
+/// sees no loss of its own on a carrier that hides the link's, fills it.
+const SOJOURN_TARGET: Duration = Duration::from_millis(5);
+/// CoDel's interval: while the backlog stays late, the n-th drop follows
+/// the one before after this divided by the square root of n. One drop per
+/// round trip is all an inner TCP flow needs to slow down; dropping every
+/// bulk frame while late costs it whole windows and timeouts.
+const DROP_INTERVAL: Duration = Duration::from_millis(100);
+/// How many batches of the output buffer keep their own sealing time; the
+/// newest absorbs any beyond (its time then errs on the old side).
+const AGE_STAMPS: usize = 64;
 
 /// After this long with nothing to carry, a direction gives the pages of its
 /// buffers back (they are kept, and fill again under load): an idle session
@@ -383,6 +399,8 @@ fn device_to_stream<D: PacketDevice>(
     // out[start..end]: sealed, not yet written. Sealed frames are never
     // dropped (the peer's nonce counter would fall out of step).
     let (mut start, mut end) = (0, 0);
+    let mut ages = Ages::new();
+    let mut dropper = Dropper::default();
     let mut last_send = Instant::now();
     let mut blocked_since: Option<Instant> = None;
     loop {
@@ -400,10 +418,12 @@ fn device_to_stream<D: PacketDevice>(
                 Ok(used) => end = used,
                 Err(why) => return why,
             }
+            ages.sealed(end, Instant::now());
         }
         match writer.try_write(&out[start..end]) {
             Ok(n) => {
                 start += n;
+                ages.written(n);
                 blocked_since = None;
                 last_send = Instant::now();
                 continue;
@@ -418,6 +438,7 @@ fn device_to_stream<D: PacketDevice>(
         // not fit, so that the inner TCP flows see the bottleneck instead of
         // a queue of seconds.
         let since = *blocked_since.get_or_insert_with(Instant::now);
+        writer.fit_unsent_to_rate();
         let stall = writer.stall_limit();
         let watch = [
             (writer.raw_fd(), Interest::Write),
@@ -427,8 +448,18 @@ fn device_to_stream<D: PacketDevice>(
             Ok(WaitAny::Ready(ready)) if ready & 2 != 0 => {
                 out.copy_within(start..end, 0);
                 (start, end) = (0, end - start);
-                match backlog(device, &mut sealer, &mut packet, &mut out, end) {
-                    Ok(used) => end = used,
+                let now = Instant::now();
+                let late = ages.oldest().is_some_and(|t| now - t > SOJOURN_TARGET);
+                let ingress = Ingress {
+                    late,
+                    now,
+                    dropper: &mut dropper,
+                };
+                match backlog(device, &mut sealer, &mut packet, &mut out, end, ingress) {
+                    Ok(used) => {
+                        ages.sealed(used - end, now);
+                        end = used;
+                    }
                     Err(why) => return why,
                 }
             }
@@ -440,6 +471,53 @@ fn device_to_stream<D: PacketDevice>(
             }
             Err(e) => return End::StreamError(e),
         }
+    }
+}
+
+/// When the bytes waiting in the output buffer were sealed, by batch, so
+/// that the backlog knows how long its oldest byte has waited. The stamps
+/// are in a ring allocated once.
+struct Ages {
+    /// (bytes sealed in all, up to the end of a batch; when it was sealed),
+    /// oldest first.
+    stamps: std::collections::VecDeque<(u64, Instant)>,
+    sealed: u64,
+    written: u64,
+}
+
+impl Ages {
+    fn new() -> Ages {
+        Ages {
+            stamps: std::collections::VecDeque::with_capacity(AGE_STAMPS),
+            sealed: 0,
+            written: 0,
+        }
+    }
+
+    /// `bytes` more were sealed at `at`.
+    fn sealed(&mut self, bytes: usize, at: Instant) {
+        if bytes == 0 {
+            return;
+        }
+        self.sealed += bytes as u64;
+        let full = self.stamps.len() == AGE_STAMPS;
+        match self.stamps.back_mut() {
+            Some(newest) if full => newest.0 = self.sealed,
+            _ => self.stamps.push_back((self.sealed, at)),
+        }
+    }
+
+    /// `bytes` more went to the stream.
+    fn written(&mut self, bytes: usize) {
+        self.written += bytes as u64;
+        while self.stamps.front().is_some_and(|&(end, _)| end <= self.written) {
+            self.stamps.pop_front();
+        }
+    }
+
+    /// When the oldest byte not yet written was sealed.
+    fn oldest(&self) -> Option<Instant> {
+        self.stamps.front().map(|&(_, at)| at)
     }
 }
 
@@ -540,27 +618,65 @@ fn gather<D: PacketDevice>(
     Ok(used)
 }
 
+/// Whether the backlog is late (its oldest byte has waited longer than
+/// [`SOJOURN_TARGET`]), and the drop schedule.
+struct Ingress<'a> {
+    late: bool,
+    now: Instant,
+    dropper: &'a mut Dropper,
+}
+
+/// CoDel's control law at the ingress: while the backlog stays late, one
+/// bulk frame is dropped, then the next after [`DROP_INTERVAL`] / sqrt(n)
+/// (n drops so far), so the drops come faster until the inner flows have
+/// slowed down enough; once the backlog is on time again the count decays.
+#[derive(Debug, Default)]
+struct Dropper {
+    /// Drops in this late spell (or the last, if it ended recently).
+    count: u32,
+    /// No drop before this.
+    next: Option<Instant>,
+}
+
+impl Dropper {
+    /// Whether a bulk frame arriving at `now` is to be dropped.
+    fn drop_now(&mut self, late: bool, now: Instant) -> bool {
+        if !late {
+            // A spell long over: start the next one gently.
+            if self.next.is_some_and(|next| now > next + DROP_INTERVAL) {
+                self.count = 0;
+            }
+            return false;
+        }
+        if self.next.is_some_and(|next| now < next) {
+            return false;
+        }
+        self.count = self.count.saturating_add(1);
+        self.next = Some(now + DROP_INTERVAL.div_f64(f64::from(self.count).sqrt()));
+        true
+    }
+}
+
 /// While the stream is backed up: takes what the device has queued into the
-/// backlog behind `used` bytes while the output buffer has room (about
-/// 256 KiB: 2 ms at 1 Gbit/s; small frames may use the last
-/// [`SMALL_FRAME_RESERVE`] bytes), and drops the rest (counted). Returns the
-/// bytes used.
+/// backlog behind `used` bytes, and drops (counted) what may not join it:
+/// a bulk frame when the ingress's drop schedule says so or when it would
+/// leave less than [`SMALL_FRAME_RESERVE`] free, small frames only once the
+/// output buffer is full. Returns the bytes used.
 fn backlog<D: PacketDevice>(
     device: &D,
     sealer: &mut Sealer<'_>,
     packet: &mut [u8],
     out: &mut [u8],
     mut used: usize,
+    ingress: Ingress<'_>,
 ) -> Result<usize, End> {
     while let Some(n) = read_frame(device, packet)? {
         // At most n bytes of plaintext (less once a virtio header is stripped).
         let need = frame::HEADER_LEN + n + TAG_LEN;
-        let reserve = if n <= SMALL_FRAME + vnet::HDR_LEN {
-            0
-        } else {
-            SMALL_FRAME_RESERVE
-        };
-        if out.len() - used >= need + reserve {
+        let small = n <= SMALL_FRAME + vnet::HDR_LEN;
+        let reserve = if small { 0 } else { SMALL_FRAME_RESERVE };
+        let scheduled = !small && ingress.dropper.drop_now(ingress.late, ingress.now);
+        if !scheduled && out.len() - used >= need + reserve {
             used += sealer.seal_frame(&mut packet[..n], &mut out[used..]);
         } else {
             Counters::add(&sealer.counters.dropped_backlog, 1);

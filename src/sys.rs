@@ -932,3 +932,31 @@ pub fn release_pages(buf: &mut [u8]) {
         unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
     }
 }
+
+/// The rate at which a TCP socket's peer has lately been acknowledging data
+/// (tcp_info's delivery rate), in bytes a second: `Ok(0)` when the kernel
+/// has no sample yet or predates the field.
+///
+/// # Errors
+/// getsockopt(2)'s errors (EOPNOTSUPP or ENOPROTOOPT when `fd` is not TCP).
+pub fn tcp_delivery_rate(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: tcp_info is plain integers, for which all zeros is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: passes a pointer to a live tcp_info and its exact size; the
+    // kernel writes at most `len` bytes and says how many in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // An older kernel fills less: the fields past `len` stay zero.
+    Ok(info.tcpi_delivery_rate)
+}

@@ -104,6 +104,9 @@ pub struct StreamWriter {
     deadline: Option<Instant>,
     /// Writes fail with `TimedOut` when nothing can be written for this long.
     stall: Option<Duration>,
+    /// The TCP_NOTSENT_LOWAT last set, and when it was last fitted to the
+    /// delivery rate; `None` when the stream is no TCP socket.
+    unsent: Option<(u32, Instant)>,
 }
 
 impl StreamWriter {
@@ -135,6 +138,49 @@ impl StreamWriter {
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         self.file.as_raw_fd()
     }
+
+    /// Fits TCP_NOTSENT_LOWAT to the rate at which the carrier delivers now
+    /// (at most every [`UNSENT_REFIT`]; call it while the stream is backed
+    /// up, when that rate is the link's): a fixed 128 KiB is 0.1 ms at
+    /// 10 Gbit/s but 50 ms at 20 Mbit/s, a queue that every frame, pings
+    /// included, would wait behind.
+    pub fn fit_unsent_to_rate(&mut self) {
+        let Some((limit, fitted)) = self.unsent else {
+            return;
+        };
+        let now = Instant::now();
+        if now < fitted + UNSENT_REFIT {
+            return;
+        }
+        let fd = self.file.as_raw_fd();
+        let fit = match sys::tcp_delivery_rate(fd) {
+            Ok(0) => limit,
+            Ok(rate) => unsent_for_rate(rate),
+            Err(e) => {
+                log::debug!("TCP_INFO not available, the unsent limit stays: {e}");
+                self.unsent = None;
+                return;
+            }
+        };
+        if fit != limit
+            && let Err(e) = sys::set_tcp_notsent_lowat(fd, fit)
+        {
+            log::debug!("TCP_NOTSENT_LOWAT not changed: {e}");
+            self.unsent = None;
+            return;
+        }
+        self.unsent = Some((fit, now));
+    }
+}
+
+/// TCP_NOTSENT_LOWAT for a carrier that delivers `rate` bytes a second:
+/// [`UNSENT_TIME`] of it, within [`UNSENT_LOW_WATER_MIN`] and
+/// [`UNSENT_LOW_WATER`].
+fn unsent_for_rate(rate: u64) -> u32 {
+    let bytes = rate.saturating_mul(UNSENT_TIME.as_micros() as u64) / 1_000_000;
+    u32::try_from(bytes)
+        .unwrap_or(u32::MAX)
+        .clamp(UNSENT_LOW_WATER_MIN, UNSENT_LOW_WATER)
 }
 
 impl Write for StreamWriter {
@@ -334,11 +380,13 @@ impl Stream {
             idle: None,
             heard: Instant::now(),
         };
+        let unsent = is_tcp(&self.write).then(|| (UNSENT_LOW_WATER, Instant::now()));
         let writer = StreamWriter {
             file: File::from(self.write),
             stops: stops.to_vec(),
             deadline: None,
             stall: None,
+            unsent,
         };
         let framed = Framed {
             // Small while the handshake runs (a server may have 64 of them);
@@ -354,8 +402,17 @@ impl Stream {
 
 /// Unsent bytes above which a TCP socket no longer polls writable: the relay
 /// then drops new frames at the tunnel's ingress instead of queueing them,
-/// so a saturated tunnel does not build seconds of delay.
+/// so a saturated tunnel does not build seconds of delay. This is the most,
+/// set at the start and kept on fast links; a slower carrier gets
+/// [`UNSENT_TIME`] of its delivery rate ([`StreamWriter::fit_unsent_to_rate`]).
 pub const UNSENT_LOW_WATER: u32 = 128 * 1024;
+/// The least unsent limit: a dozen full-size segments, so that the writer,
+/// woken late on a busy machine, still finds the carrier with data to send.
+const UNSENT_LOW_WATER_MIN: u32 = 16 * 1024;
+/// How long the carrier's unsent bytes take to leave at its delivery rate.
+const UNSENT_TIME: Duration = Duration::from_millis(5);
+/// How often the unsent limit follows the delivery rate, at most.
+const UNSENT_REFIT: Duration = Duration::from_millis(100);
 
 /// Sets TCP_NOTSENT_LOWAT (not TCP, or an old kernel: nothing happens).
 fn limit_unsent(socket: &impl AsRawFd) {

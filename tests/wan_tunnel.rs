@@ -3,8 +3,10 @@
 //! (every frame lost) does not end the session under the default keepalive: traffic resumes soon
 //! after the link is back, as soon as the outer TCP's retransmission backoff lets it.
 //!
-//! Not here yet: ping under load within issue 14's figure (taptun's own queues still hold about
-//! 150 ms at this rate; `contrib/bench.sh --wan dsl` measures it).
+//! Under one saturating inner flow, pings through the tunnel stay within twice issue 14's figure
+//! (RTT + 1.5 RTT + 10 ms): the tunnel drops bulk frames at its ingress once they would wait,
+//! instead of queueing them behind the carrier (`contrib/bench.sh --wan dsl` holds the real
+//! figure).
 
 mod common;
 
@@ -69,4 +71,69 @@ fn over_dsl_a_session_carries_10_mb_and_outlives_a_5_second_outage() {
     );
     // And the session carries bulk data again.
     echo_across_the_tunnel(&p, &p.tap_addr(1), 1 << 20, 15);
+}
+
+/// Issue 14's ping p99 under load on dsl: base RTT + 1.5 x RTT + 10 ms; the test allows twice
+/// that (the benchmark holds the real figure).
+const DSL_LOAD_P99_MS: f64 = 2.0 * (40.0 + 1.5 * 40.0 + 10.0);
+
+/// Pings through the tunnel while one inner cubic flow saturates the dsl link the same way;
+/// returns their RTTs in ms and the flow's rate in Mbit/s.
+fn pings_under_load(p: &Pair, round: u16) -> (Vec<f64>, f64) {
+    let addr = p.tap_addr(1);
+    let (pings, rate) = thread::scope(|s| {
+        let flow = s.spawn(|| {
+            iperf3(
+                &p.a,
+                &p.b,
+                &addr,
+                5201 + round,
+                "32M",
+                &["-C", "cubic"],
+                Duration::from_secs(60),
+                &p.scratch,
+            )
+        });
+        // Past slow start: the queue the flow keeps, not the one it overshoots to at first.
+        thread::sleep(Duration::from_secs(3));
+        (ping_rtts(&p.b, &addr, 600, "0.01"), flow.join().unwrap())
+    });
+    let mbit_s = rate.unwrap_or_else(|e| panic!("iperf3 through the tunnel: {e}"));
+    (pings, mbit_s)
+}
+
+#[test]
+fn over_dsl_pings_under_load_stay_within_twice_the_issues_figure() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let _wan = Wan::between(&p, "dsl --seed 11");
+    let _server = p.server("");
+    let client = p.good_client("client", "tt0");
+    assert!(
+        wait_log(&client, ESTABLISHED, 1, DEADLINE),
+        "no session over the dsl link"
+    );
+    p.address_tap();
+    p.assert_tap_ping();
+    // The median of three rounds' p99: one round can meet a burst of the machine's other work.
+    let mut p99s = Vec::new();
+    for round in 0..3 {
+        let (pings, mbit_s) = pings_under_load(&p, round);
+        assert!(pings.len() >= 500, "{} of 600 pings answered", pings.len());
+        let (p50, p99) = (percentile(&pings, 50.0), percentile(&pings, 99.0));
+        eprintln!("round {round}: inner flow {mbit_s} Mbit/s; ping under it p50 {p50} p99 {p99} ms");
+        p99s.push(p99);
+    }
+    let p99 = percentile(&p99s, 50.0);
+    assert!(
+        p99 <= DSL_LOAD_P99_MS,
+        "ping p99 under load {p99} ms (median of {p99s:?}): more than {DSL_LOAD_P99_MS} ms"
+    );
+    assert_eq!(
+        log_count(&client, ESTABLISHED),
+        1,
+        "the session restarted under load"
+    );
 }
