@@ -13,8 +13,9 @@
 #     --only LIST      comma-separated subset of: veth, taptun (all four below),
 #                      tap, tun, tap-chachapoly, tap-aesgcm, tun-chachapoly,
 #                      tun-aesgcm, any of those four with -plain appended
-#                      (taptun -n: plain frames, no GSO), openvpn (default:
-#                      all, with tap-aesgcm-plain; openvpn when installed);
+#                      (taptun -n: plain frames, no GSO), openvpn, vtun,
+#                      quicktun (default: all, with tap-aesgcm-plain; the
+#                      last three each when installed);
 #                      a taptun row with @ALG appended (tap-aesgcm@cubic)
 #                      runs both ends with --congestion ALG for the carrier
 #     --json FILE      also write every figure (and the raw runs) as JSON
@@ -44,7 +45,8 @@
 # It needs root (network namespaces, TAP/TUN devices) and the Debian packages
 # iproute2 (ip), iputils-ping (ping), iperf3 and python3 (parses iperf3's
 # JSON and prints the table; runs contrib/wanem.py), and ethtool for --wan;
-# openvpn and openssl are optional (the OpenVPN peer). It installs nothing itself. With cargo on PATH it first runs
+# openvpn and openssl are optional (the OpenVPN peer), and so are vtun and
+# quicktun (the VTun and QuickTun peers). It installs nothing itself. With cargo on PATH it first runs
 # `cargo build --release` (as $SUDO_USER under sudo, through a login shell so
 # that rustup's PATH is found); otherwise build first, as yourself: sudo
 # usually resets PATH, so the cargo that rustup installed is not found.
@@ -67,6 +69,12 @@
 #                   taptun sets it, DCO off (it has no TAP mode). Static-key
 #                   mode is not used: it cannot use AES-256-GCM and 2.6
 #                   deprecates it.
+#   vtun            VTun 3 (vtund) in Ethernet (TAP) mode over TCP, its
+#                   AES-256-CBC (`encrypt aes256cbc`: VTun has no AEAD), no
+#                   compression, a shared password.
+#   quicktun        QuickTun 2 in TAP mode over UDP (it has no TCP), its
+#                   nacltai protocol (Curve25519, XSalsa20-Poly1305), keys
+#                   from its `keypair` tool.
 #
 # For each: iperf3 throughput client to server ("up") and back ("down"), one
 # stream and four; ping RTT idle (p50, p99) and while one iperf3 stream
@@ -98,7 +106,7 @@ taptun="$repo_dir/target/release/taptun"
 
 readonly underlay_a=10.79.0.1 underlay_b=10.79.0.2
 readonly tunnel_a=10.79.1.1 tunnel_b=10.79.1.2
-readonly device=tbench0 taptun_port=1980 openvpn_port=1194
+readonly device=tbench0 taptun_port=1980 openvpn_port=1194 vtun_port=5000 quicktun_port=2998
 # How long to wait for a device, a listening socket or the first ping.
 readonly deadline_s=30
 
@@ -150,6 +158,8 @@ done
 
 all_taptun="tap-chachapoly tap-aesgcm tun-chachapoly tun-aesgcm"
 openvpn_asked=0
+vtun_asked=0
+quicktun_asked=0
 configs=()
 add_config() {
     local c
@@ -157,7 +167,7 @@ add_config() {
     configs+=("$1")
 }
 if [[ -z $only ]]; then
-    for c in veth $all_taptun tap-aesgcm-plain openvpn; do add_config "$c"; done
+    for c in veth $all_taptun tap-aesgcm-plain openvpn vtun quicktun; do add_config "$c"; done
 else
     IFS=, read -ra wanted <<<"$only"
     for w in "${wanted[@]}"; do
@@ -168,6 +178,8 @@ else
             taptun) for c in $all_taptun; do add_config "$c"; done ;;
             tap | tun) add_config "$w-chachapoly"; add_config "$w-aesgcm" ;;
             openvpn) add_config openvpn; openvpn_asked=1 ;;
+            vtun) add_config vtun; vtun_asked=1 ;;
+            quicktun) add_config quicktun; quicktun_asked=1 ;;
             tap-*@* | tun-*@*)
                 [[ ${w%@*} =~ ^(tap|tun)-(chachapoly|aesgcm)(-plain)?$ && ${w#*@} =~ ^[a-z0-9_]+$ ]] ||
                     missing "--only: unknown item '$w' (see --help)"
@@ -216,6 +228,17 @@ if wants openvpn; then
         say "openvpn or openssl not installed (apt-get install openvpn openssl): OpenVPN skipped, no ratios to it"
         configs=("${configs[@]/openvpn/}")
     fi
+fi
+
+if wants vtun && ! command -v vtund >/dev/null; then
+    ((vtun_asked)) && need vtund vtun
+    say "vtund not installed (apt-get install vtun): VTun skipped"
+    configs=("${configs[@]/vtun/}")
+fi
+if wants quicktun && ! command -v quicktun >/dev/null; then
+    ((quicktun_asked)) && need quicktun quicktun
+    say "quicktun not installed (apt-get install quicktun): QuickTun skipped"
+    configs=("${configs[@]/quicktun/}")
 fi
 
 wants_taptun=0
@@ -682,6 +705,76 @@ run_openvpn() {
     stop_tunnel
 }
 
+run_vtun() {
+    say "VTun $(vtund -h 2>&1 | awk '/VTun ver/ { print $3; exit }'): TAP over TCP, AES-256-CBC"
+    local end conf
+    for end in server client; do
+        conf="$tmp/vtund-$end.conf"
+        local addr=$tunnel_a
+        [[ $end == client ]] && addr=$tunnel_b
+        cat >"$conf" <<VTUN
+options {
+    port $vtun_port;
+    ip $(command -v ip);
+    timeout 10;
+}
+bench {
+    passwd "bench password, not a secret";
+    type ether;
+    proto tcp;
+    device $device;
+    compress no;
+    encrypt aes256cbc;
+    keepalive yes;
+    stat no;
+    up {
+        ip "link set %% mtu 1500 up";
+        ip "addr add $addr/24 dev %%";
+    };
+}
+VTUN
+        chmod 600 "$conf"
+    done
+    start "vtund (server)" "$tmp/vtund-server.log" "$ns_a" vtund -s -n -f "$tmp/vtund-server.conf"
+    wait_for "vtund to listen" listening "$ns_a" "$vtun_port"
+    start "vtund (client)" "$tmp/vtund-client.log" "$ns_b" vtund -n -f "$tmp/vtund-client.conf" bench "$underlay_a"
+    first_ping
+    measure vtun vtun "$tunnel_a"
+    stop_tunnel
+}
+
+run_quicktun() {
+    say "QuickTun: TAP over UDP, nacltai"
+    local keys_a keys_b
+    keys_a=$(keypair 2>/dev/null) || fail "quicktun's keypair failed"
+    keys_b=$(keypair 2>/dev/null) || fail "quicktun's keypair failed"
+    local secret_a public_a secret_b public_b
+    secret_a=$(awk '/^SECRET:/ { print $2 }' <<<"$keys_a")
+    public_a=$(awk '/^PUBLIC:/ { print $2 }' <<<"$keys_a")
+    secret_b=$(awk '/^SECRET:/ { print $2 }' <<<"$keys_b")
+    public_b=$(awk '/^PUBLIC:/ { print $2 }' <<<"$keys_b")
+    local common=(INTERFACE="$device" TUN_MODE=0 PROTOCOL=nacltai LOCAL_PORT="$quicktun_port"
+        REMOTE_PORT="$quicktun_port")
+    start "quicktun (server)" "$tmp/quicktun-server.log" "$ns_a" env "${common[@]}" \
+        LOCAL_ADDRESS="$underlay_a" REMOTE_ADDRESS="$underlay_b" \
+        PRIVATE_KEY="$secret_a" PUBLIC_KEY="$public_b" quicktun
+    start "quicktun (client)" "$tmp/quicktun-client.log" "$ns_b" env "${common[@]}" \
+        LOCAL_ADDRESS="$underlay_b" REMOTE_ADDRESS="$underlay_a" \
+        PRIVATE_KEY="$secret_b" PUBLIC_KEY="$public_a" quicktun
+    wait_for "the server's $device" ip -n "$ns_a" link show dev "$device"
+    wait_for "the client's $device" ip -n "$ns_b" link show dev "$device"
+    local ns addr
+    for ns in "$ns_a" "$ns_b"; do
+        addr=$tunnel_a
+        [[ $ns == "$ns_b" ]] && addr=$tunnel_b
+        ip -n "$ns" link set "$device" mtu 1500 up
+        ip -n "$ns" addr add "$addr/24" dev "$device"
+    done
+    first_ping
+    measure quicktun quicktun "$tunnel_a"
+    stop_tunnel
+}
+
 for ((round = 1; round <= rounds; round++)); do
     ((rounds == 1)) || say "round $round of $rounds (load average $(cut -d' ' -f1-3 /proc/loadavg))"
     for c in "${configs[@]}"; do
@@ -689,6 +782,8 @@ for ((round = 1; round <= rounds; round++)); do
             "") ;;
             veth) ((memory_only)) || run_veth ;;
             openvpn) ((memory_only)) || run_openvpn ;;
+            vtun) ((memory_only)) || run_vtun ;;
+            quicktun) ((memory_only)) || run_quicktun ;;
             *)
                 alg="" base=$c plain=""
                 [[ $c == *@* ]] && alg=${c#*@} base=${c%@*}
@@ -742,6 +837,8 @@ rate_unit, rate_scale, rate_digits = ("Mbit/s", 1e6, 1) if wan else ("Gbit/s", 1
 labels = {
     "veth": "raw TCP over the link" if wan else "raw veth",
     "openvpn": "OpenVPN TAP/TCP aesgcm",
+    "vtun": "VTun TAP/TCP aes256cbc",
+    "quicktun": "QuickTun TAP/UDP nacltai",
     "tap-chachapoly": "taptun tap chachapoly",
     "tap-aesgcm": "taptun tap aesgcm",
     "tun-chachapoly": "taptun tun chachapoly",

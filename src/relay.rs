@@ -1058,6 +1058,55 @@ mod tests {
     }
 
     #[test]
+    fn a_late_backlog_drops_one_bulk_frame_then_more_often_while_it_stays_late() {
+        let mut d = Dropper::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        assert!(!d.drop_now(false, t0), "on time: nothing dropped");
+        assert!(d.drop_now(true, t0), "late: the first frame goes at once");
+        assert!(!d.drop_now(true, ms(1)), "then no more for an interval");
+        assert!(!d.drop_now(true, ms(99)));
+        assert!(d.drop_now(true, ms(100)), "the second after the interval");
+        // The third after 100 / sqrt(2) ms.
+        assert!(!d.drop_now(true, ms(170)));
+        assert!(d.drop_now(true, ms(171)));
+        assert_eq!(d.count, 3);
+        // On time again: nothing dropped, and a long pause starts the count over.
+        assert!(!d.drop_now(false, ms(200)));
+        assert_eq!(d.count, 3, "a short pause keeps the count");
+        assert!(!d.drop_now(false, ms(400)));
+        assert_eq!(d.count, 0);
+        assert!(d.drop_now(true, ms(401)));
+        assert!(!d.drop_now(true, ms(450)), "the interval is whole again");
+    }
+
+    #[test]
+    fn ages_name_the_sealing_time_of_the_oldest_unwritten_byte() {
+        let mut ages = Ages::new();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        assert_eq!(ages.oldest(), None);
+        ages.sealed(100, ms(0));
+        ages.sealed(0, ms(1));
+        ages.sealed(50, ms(2));
+        ages.written(99);
+        assert_eq!(ages.oldest(), Some(ms(0)));
+        ages.written(1);
+        assert_eq!(ages.oldest(), Some(ms(2)));
+        ages.written(50);
+        assert_eq!(ages.oldest(), None);
+        // More batches than stamps: the newest stamp takes the rest.
+        for i in 0..AGE_STAMPS as u64 + 10 {
+            ages.sealed(10, ms(10 + i));
+        }
+        assert_eq!(ages.stamps.len(), AGE_STAMPS);
+        ages.written(10 * (AGE_STAMPS - 1));
+        assert_eq!(ages.oldest(), Some(ms(10 + AGE_STAMPS as u64 - 1)));
+        ages.written(10 * 11);
+        assert_eq!(ages.oldest(), None);
+    }
+
+    #[test]
     fn status_line_starts_with_the_session_state_and_names_directions() {
         let c = Counters::default();
         Counters::add(&c.frames_out, 12);

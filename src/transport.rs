@@ -1182,6 +1182,17 @@ mod tests {
     }
 
     #[test]
+    fn unsent_limit_is_5_ms_of_the_delivery_rate_within_16_and_128_kib() {
+        // 20 Mbit/s: 12.5 kB in 5 ms, below the floor.
+        assert_eq!(unsent_for_rate(2_500_000), 16 * 1024);
+        // 100 Mbit/s: 62.5 kB.
+        assert_eq!(unsent_for_rate(12_500_000), 62_500);
+        // 10 Gbit/s: the ceiling, as before the limit followed the rate.
+        assert_eq!(unsent_for_rate(1_250_000_000), UNSENT_LOW_WATER);
+        assert_eq!(unsent_for_rate(u64::MAX), UNSENT_LOW_WATER);
+    }
+
+    #[test]
     fn happy_eyeballs_alternates_families_starting_with_the_resolvers_first() {
         let order = interleave(addrs(&[
             "[2001:db8::1]:1",
