@@ -706,7 +706,7 @@ run_openvpn() {
 }
 
 run_vtun() {
-    say "VTun $(vtund -h 2>&1 | awk '/VTun ver/ { print $3; exit }'): TAP over TCP, AES-256-CBC"
+    say "VTun: TAP over TCP, AES-256-CBC"
     local end conf
     for end in server client; do
         conf="$tmp/vtund-$end.conf"
@@ -719,7 +719,7 @@ options {
     timeout 10;
 }
 bench {
-    passwd "bench password, not a secret";
+    passwd vtunbench;
     type ether;
     proto tcp;
     device $device;
@@ -753,14 +753,16 @@ run_quicktun() {
     public_a=$(awk '/^PUBLIC:/ { print $2 }' <<<"$keys_a")
     secret_b=$(awk '/^SECRET:/ { print $2 }' <<<"$keys_b")
     public_b=$(awk '/^PUBLIC:/ { print $2 }' <<<"$keys_b")
-    local common=(INTERFACE="$device" TUN_MODE=0 PROTOCOL=nacltai LOCAL_PORT="$quicktun_port"
-        REMOTE_PORT="$quicktun_port")
+    # Debian's quicktun reads its settings as ifupdown passes them: IFACE,
+    # and IF_QT_ before each name.
+    local common=(IFACE="$device" IF_QT_TUN_MODE=0 IF_QT_PROTOCOL=nacltai
+        IF_QT_LOCAL_PORT="$quicktun_port" IF_QT_REMOTE_PORT="$quicktun_port")
     start "quicktun (server)" "$tmp/quicktun-server.log" "$ns_a" env "${common[@]}" \
-        LOCAL_ADDRESS="$underlay_a" REMOTE_ADDRESS="$underlay_b" \
-        PRIVATE_KEY="$secret_a" PUBLIC_KEY="$public_b" quicktun
+        IF_QT_LOCAL_ADDRESS="$underlay_a" IF_QT_REMOTE_ADDRESS="$underlay_b" \
+        IF_QT_PRIVATE_KEY="$secret_a" IF_QT_PUBLIC_KEY="$public_b" quicktun
     start "quicktun (client)" "$tmp/quicktun-client.log" "$ns_b" env "${common[@]}" \
-        LOCAL_ADDRESS="$underlay_b" REMOTE_ADDRESS="$underlay_a" \
-        PRIVATE_KEY="$secret_b" PUBLIC_KEY="$public_a" quicktun
+        IF_QT_LOCAL_ADDRESS="$underlay_b" IF_QT_REMOTE_ADDRESS="$underlay_a" \
+        IF_QT_PRIVATE_KEY="$secret_b" IF_QT_PUBLIC_KEY="$public_a" quicktun
     wait_for "the server's $device" ip -n "$ns_a" link show dev "$device"
     wait_for "the client's $device" ip -n "$ns_b" link show dev "$device"
     local ns addr
