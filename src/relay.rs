@@ -510,7 +510,11 @@ impl Ages {
     /// `bytes` more went to the stream.
     fn written(&mut self, bytes: usize) {
         self.written += bytes as u64;
-        while self.stamps.front().is_some_and(|&(end, _)| end <= self.written) {
+        while self
+            .stamps
+            .front()
+            .is_some_and(|&(end, _)| end <= self.written)
+        {
             self.stamps.pop_front();
         }
     }

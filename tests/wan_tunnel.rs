@@ -123,7 +123,9 @@ fn over_dsl_pings_under_load_stay_within_twice_the_issues_figure() {
         let (pings, mbit_s) = pings_under_load(&p, round);
         assert!(pings.len() >= 500, "{} of 600 pings answered", pings.len());
         let (p50, p99) = (percentile(&pings, 50.0), percentile(&pings, 99.0));
-        eprintln!("round {round}: inner flow {mbit_s} Mbit/s; ping under it p50 {p50} p99 {p99} ms");
+        eprintln!(
+            "round {round}: inner flow {mbit_s} Mbit/s; ping under it p50 {p50} p99 {p99} ms"
+        );
         p99s.push(p99);
     }
     let p99 = percentile(&p99s, 50.0);
