@@ -40,13 +40,17 @@
 #                      --wan 'dsl --loss 0'. Every iperf3 flow then uses cubic
 #                      (-C cubic), as most hosts do; throughput is in Mbit/s.
 #                      Use --time 20 or more: slow start takes seconds there.
+#     --install        first install with apt-get what the benchmark uses:
+#                      iperf3, iproute2, iputils-ping, python3, ethtool, and
+#                      the peers openvpn, openssl, vtun and quicktun
 #     -h, --help       this text
 #
 # It needs root (network namespaces, TAP/TUN devices) and the Debian packages
 # iproute2 (ip), iputils-ping (ping), iperf3 and python3 (parses iperf3's
 # JSON and prints the table; runs contrib/wanem.py), and ethtool for --wan;
 # openvpn and openssl are optional (the OpenVPN peer), and so are vtun and
-# quicktun (the VTun and QuickTun peers). It installs nothing itself. With cargo on PATH it first runs
+# quicktun (the VTun and QuickTun peers). It installs nothing itself unless
+# given --install. With cargo on PATH it first runs
 # `cargo build --release` (as $SUDO_USER under sudo, through a login shell so
 # that rustup's PATH is found); otherwise build first, as yourself: sudo
 # usually resets PATH, so the cargo that rustup installed is not found.
@@ -127,6 +131,7 @@ rounds=1
 build=1
 memory_only=0
 brief=0
+install=0
 wan=""
 while (($#)); do
     case $1 in
@@ -140,6 +145,7 @@ while (($#)); do
         --no-build) build=0 ;;
         --taptun) taptun=${2:?--taptun needs a path}; build=0; shift ;;
         --brief) brief=1 ;;
+        --install) install=1 ;;
         --memory) memory_only=1 ;;
         --perf) perf_dir=${2:?--perf needs a folder}; shift ;;
         --wan) wan=${2:?--wan needs a link: dsl, wan or mobile}; shift ;;
@@ -200,6 +206,12 @@ wants() { [[ " ${configs[*]} " == *" $1 "* ]]; }
 
 if [[ $EUID -ne 0 ]]; then
     missing "must run as root (network namespaces, TAP/TUN devices): sudo $0"
+fi
+if ((install)); then
+    say "apt-get install: the benchmark's tools and its peers"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        iperf3 iproute2 iputils-ping python3 ethtool openvpn openssl vtun quicktun ||
+        missing "apt-get install failed"
 fi
 need() { # need COMMAND PACKAGE
     command -v "$1" >/dev/null || missing "'$1' not found: install the package $2 (apt-get install $2)"
