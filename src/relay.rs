@@ -7,6 +7,10 @@
 //!   only when it is empty), seal it with the next send nonce, and append
 //!   prefix and ciphertext to one output buffer; frames already queued in the
 //!   device join the same buffer, and the whole batch goes out in one write.
+//!   While the stream is backed up, frames join a backlog in that buffer
+//!   until its oldest byte has waited [`SOJOURN_TARGET`]; then bulk frames
+//!   are dropped at the ingress on CoDel's schedule (counted), so that the
+//!   inner flows see the bottleneck and no standing queue builds here.
 //! - stream to device: take the next message from the framed reader (one
 //!   read fills a large buffer with many messages), open it, and write the
 //!   frame to the device.
