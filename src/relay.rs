@@ -438,9 +438,10 @@ fn device_to_stream<D: PacketDevice>(
             Err(e) => return End::from(StreamEnd::from(e)),
         }
         // The stream is backed up: wait for it, and meanwhile take frames
-        // from the device into a small backlog, dropping (counted) what does
-        // not fit, so that the inner TCP flows see the bottleneck instead of
-        // a queue of seconds.
+        // from the device into a backlog, dropping (counted) bulk frames once
+        // it has kept them waiting, so that the inner TCP flows see the
+        // bottleneck instead of a queue of their own making. The carrier's
+        // rate is the link's now: the unsent limit follows it.
         let since = *blocked_since.get_or_insert_with(Instant::now);
         writer.fit_unsent_to_rate();
         let stall = writer.stall_limit();
