@@ -40,6 +40,10 @@
 #                      --wan 'dsl --loss 0'. Every iperf3 flow then uses cubic
 #                      (-C cubic), as most hosts do; throughput is in Mbit/s.
 #                      Use --time 20 or more: slow start takes seconds there.
+#     --nice N         run everything the benchmark starts (tunnels, iperf3,
+#                      ping) at niceness N, e.g. -10 on a machine busy with
+#                      other work: the figures are then the tunnels', not
+#                      the scheduler's (every row alike)
 #     --install        first install with apt-get what the benchmark uses:
 #                      iperf3, iproute2, iputils-ping, python3, ethtool, and
 #                      the peers openvpn, openssl, vtun and quicktun
@@ -132,6 +136,7 @@ build=1
 memory_only=0
 brief=0
 install=0
+niceness=""
 wan=""
 while (($#)); do
     case $1 in
@@ -146,6 +151,7 @@ while (($#)); do
         --taptun) taptun=${2:?--taptun needs a path}; build=0; shift ;;
         --brief) brief=1 ;;
         --install) install=1 ;;
+        --nice) niceness=${2:?--nice needs a niceness}; shift ;;
         --memory) memory_only=1 ;;
         --perf) perf_dir=${2:?--perf needs a folder}; shift ;;
         --wan) wan=${2:?--wan needs a link: dsl, wan or mobile}; shift ;;
@@ -157,6 +163,7 @@ done
 [[ $duration =~ ^[1-9][0-9]*$ ]] || missing "--time wants whole seconds, not '$duration'"
 [[ $pings =~ ^[1-9][0-9]*$ ]] || missing "--pings wants a count, not '$pings'"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || missing "--rounds wants a count, not '$rounds'"
+[[ -z $niceness || $niceness =~ ^-?[0-9]+$ ]] || missing "--nice wants a niceness (-20 to 19), not '$niceness'"
 # Output files are given relative to where the script was started.
 [[ -z $json_out || $json_out == /* ]] || json_out="$PWD/$json_out"
 [[ -z $markdown_out || $markdown_out == /* ]] || markdown_out="$PWD/$markdown_out"
@@ -276,6 +283,9 @@ if ((wants_taptun)) && [[ ! -x $taptun ]]; then
     missing "$taptun not found: run 'cargo build --release' in $repo_dir first," \
         "as your own user (not with sudo)"
 fi
+
+# Every process started from here on inherits the niceness.
+[[ -z $niceness ]] || renice -n "$niceness" -p $$ >/dev/null || missing "--nice: renice failed"
 
 # --- cleanup: runs on every exit, success or failure --------------------------
 
@@ -821,7 +831,7 @@ command -v openvpn >/dev/null && openvpn_version=$(openvpn --version 2>/dev/null
 
 BENCH_ORDER="${order[*]}" BENCH_CPU=$cpu_model BENCH_LOAD_BEFORE=$machine_load_before \
     BENCH_LOAD_AFTER=$machine_load_after BENCH_SECONDS=$duration BENCH_PINGS=$pings BENCH_ROUNDS=$rounds \
-    BENCH_TAPTUN=$taptun_version BENCH_OPENVPN=$openvpn_version BENCH_WAN=$wan \
+    BENCH_TAPTUN=$taptun_version BENCH_OPENVPN=$openvpn_version BENCH_WAN=$wan BENCH_NICE=$niceness \
     python3 - "$results" "$json_out" "$markdown_out" <<'PYTHON' 3>&- 4>&-
 import json, os, re, statistics, sys
 
@@ -838,6 +848,7 @@ meta = {
         "load_after": env["BENCH_LOAD_AFTER"],
     },
     "settings": {"iperf3_seconds": int(env["BENCH_SECONDS"]), "pings": int(env["BENCH_PINGS"]),
+                 "niceness": int(env["BENCH_NICE"] or 0),
                  "rounds": int(env["BENCH_ROUNDS"]), "ping_interval_ms": 10, "mtu": 1500},
     "versions": {"taptun": env["BENCH_TAPTUN"], "openvpn": env["BENCH_OPENVPN"]},
 }
@@ -1046,6 +1057,8 @@ if rows:
         "link: pings beside those under load to the far end's address outside the tunnel",
         "CPU s/GB: both ends' utime+stime over the four throughput runs, per 10^9 payload bytes; "
         "RSS: the larger end with genkey keys, idle (VmRSS) and peak (VmHWM)",
+        *([f"every process the benchmark started ran at niceness {meta['settings']['niceness']}"]
+          if meta["settings"]["niceness"] else []),
         "vs: the figure above divided by the reference's, from this run"
         + (f"; each figure the median of {meta['settings']['rounds']} rounds" if meta["settings"]["rounds"] > 1 else ""),
     ]
