@@ -159,14 +159,12 @@ pub fn run(config: Config) -> Result<(), Error> {
         ::log::debug!("now running as uid {uid}, gid {gid}");
     }
     let owner = Owner {
-        identity,
         shutdown,
         counters: Default::default(),
         timing: Timing::REAL,
     };
-    let mut peer = Peer::new(device, config.keepalive, &owner);
-    peer.up = config.up.clone();
-    peer.down = config.down.clone();
+    let peer = Peer::new(device, identity, config.keepalive, owner.counters.clone());
+    peer.set(config.up.clone(), config.down.clone(), config.keepalive);
     let finished = Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?;
     if let Some(waits_for) = waits_for(&config.mode) {
         // Before the first attempt, whose failure may take seconds to show.
@@ -202,8 +200,16 @@ fn inetd<D: PacketDevice>(owner: &Owner, peer: &Peer<D>, stream: Stream) -> Resu
     // One connection per process: only a cache shared with the other -i
     // processes can see a replay from an earlier one.
     let replays = replay::InetdReplays::open(&env);
-    let respond =
-        |io: &mut _, id: &_| handshake::respond(io, id, peer.hello, Instant::now(), &replays, &());
+    let respond = |io: &mut _| {
+        handshake::respond(
+            io,
+            &peer.identity,
+            peer.hello(),
+            Instant::now(),
+            &replays,
+            &(),
+        )
+    };
     let Some(session) = owner.handshake(stream, respond)? else {
         return Ok(());
     };
@@ -291,6 +297,7 @@ fn load_identity(config: &Config) -> Result<Identity, Error> {
         Remote::Key(key) => *key,
         Remote::KeyFile(path) => keys::read_public_key_file(path)?,
         Remote::Secret(spec) => private_key(spec, inetd)?.public_key(),
+        Remote::Peers(_) => unreachable!("a hub has no one remote key"),
     };
     // Any 32 bytes pass for a public key, so -k given our own private key
     // (a key file instead of its `pubkey`) is only caught by comparing.
@@ -315,7 +322,7 @@ fn load_identity(config: &Config) -> Result<Identity, Error> {
                  runs -l S1 -r S2, the client -l S2 -r S1)",
                 spec.origin
             ),
-            Remote::Key(_) | Remote::KeyFile(_) => ::log::warn!(
+            Remote::Key(_) | Remote::KeyFile(_) | Remote::Peers(_) => ::log::warn!(
                 "-k is this end's own public key (that of {local_origin}): unless the other end \
                  runs with this very secret, give the other end's, as `taptun pubkey` prints it there"
             ),
