@@ -334,6 +334,11 @@ impl Identity {
         })
     }
 
+    /// The peer's key, which its sessions must prove.
+    pub fn remote(&self) -> PublicKey {
+        self.remote
+    }
+
     pub fn local_public(&self) -> PublicKey {
         self.local.public_key()
     }
