@@ -20,6 +20,7 @@
 //! - `session`: the one owner of sessions (handshake, hooks, relay,
 //!   replacement, end), generic over the device; `client`: -c's streams
 //!   and reconnection; `server`: -s's accept loop; `hooks`: -u and -D.
+//! - `peers`: the hub's peers file (-A): its rules, reading it, what a reload changes.
 //! - `log`: stderr or syslog. `error`: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
 
