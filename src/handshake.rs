@@ -339,6 +339,18 @@ impl Identity {
         self.remote
     }
 
+    /// As `new`, with the psk already derived: the hub's trial of message 1
+    /// (src/trial.rs) derived every listed peer's once, and the handshake
+    /// then needs no second X25519.
+    pub fn with_psk(local: PrivateKey, remote: PublicKey, psk: Psk, cipher: Cipher) -> Identity {
+        Identity {
+            local,
+            remote,
+            psk,
+            cipher,
+        }
+    }
+
     pub fn local_public(&self) -> PublicKey {
         self.local.public_key()
     }

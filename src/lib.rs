@@ -8,6 +8,8 @@
 //! - `handshake`: the Noise handshake as state machines, key confirmation, the replay cache;
 //!   `resolver`: its crypto, with X25519 keys zeroed on drop; `replay`: the replay cache
 //!   that -i processes share; `wire`: the layer and the cipher, the values both ends agree on.
+//!   `trial`: which listed peer a message 1 is from, tried without snow, and the CPU budget
+//!   of those trials (the hub's).
 //! - `frame`: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
 //!   write failed, for the handshake and the relay alike.
 //! - `device`: opening TAP and TUN devices; the `PacketDevice` trait;
@@ -76,6 +78,7 @@ pub use log::{Sink as LogSink, init as init_log};
 pub use relay::{Counters, relay};
 pub use sys::{Stop, is_socket};
 pub use transport::Stream;
+pub use trial::{Budget, Candidates};
 pub use vnet::{
     F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, HDR_LEN as VIRTIO_HDR_LEN, Header as VirtioHeader,
     Kind as VirtioKind, tcp_super_frame,
