@@ -23,7 +23,6 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
@@ -40,6 +39,11 @@ use crate::sys::{self, Stop, Wait};
 use crate::transport::Stream;
 use crate::trial::{Budget, Candidates};
 use crate::wire::{Cipher, Layer};
+
+/// The CPU time per second that trials of message 1 may take, all
+/// connections together: a flood of garbage costs the hub at most a quarter
+/// of one core.
+pub const TRIAL_BUDGET: Duration = Duration::from_millis(250);
 
 /// How long a reload waits for a removed peer's session and down hook to
 /// end before it makes a device of the same name again.
@@ -144,9 +148,8 @@ pub struct Hub {
     roster: RwLock<Arc<Roster>>,
     /// Peers made but whose keep thread has not started.
     unstarted: Mutex<Vec<(Arc<Listed>, mpsc::Receiver<Event>)>>,
-    budget: Budget,
-    /// Connections closed unread, over the budget.
-    pub over_budget: AtomicU64,
+    /// The trials' CPU budget; it counts the connections it refused.
+    pub budget: Budget,
 }
 
 impl Hub {
@@ -156,12 +159,7 @@ impl Hub {
     /// A peers file with any error (exit 2), or a device that cannot be
     /// made (exit 1): nothing is served then.
     pub fn load(path: &Path, local: PrivateKey, defaults: Defaults) -> Result<Hub, Error> {
-        let lines = peers::read(
-            path,
-            &local.public_key(),
-            defaults.layer,
-            peers::MAX_PEERS,
-        )?;
+        let lines = peers::read(path, &local.public_key(), defaults.layer, peers::MAX_PEERS)?;
         let started = Instant::now();
         let mut made = Vec::with_capacity(lines.len());
         for line in lines {
@@ -181,13 +179,15 @@ impl Hub {
             defaults,
             roster: RwLock::new(Arc::new(roster)),
             unstarted: Mutex::new(made),
-            budget: Budget::default(),
-            over_budget: AtomicU64::new(0),
+            budget: Budget::new(TRIAL_BUDGET, Instant::now()),
         })
     }
 
     fn roster(&self) -> Arc<Roster> {
-        self.roster.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.roster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The peers in force, in the file's order.
@@ -197,7 +197,8 @@ impl Hub {
 
     /// Starts the keep thread of every peer made since the last call.
     fn start<'scope>(&self, owner: &'scope Owner, scope: &'scope Scope<'scope, '_>) {
-        let unstarted = std::mem::take(&mut *self.unstarted.lock().unwrap_or_else(|p| p.into_inner()));
+        let unstarted =
+            std::mem::take(&mut *self.unstarted.lock().unwrap_or_else(|p| p.into_inner()));
         for (listed, inbox) in unstarted {
             let events = listed.inbox.clone();
             scope.spawn(move || owner.keep(&listed.peer, inbox, events));
@@ -260,6 +261,8 @@ impl Hub {
         for listed in &going {
             let _ = listed.inbox.send(Event::Shutdown);
         }
+        // The old roster holds them too.
+        drop(old);
         release(going);
         for line in &in_place {
             if let Some(listed) = staying.iter().find(|p| p.line().name == line.name) {
@@ -346,7 +349,8 @@ impl Choose for Hub {
         let roster = self.roster();
         let started = Instant::now();
         let found = roster.candidates.find(msg1);
-        self.budget.charge(started.elapsed());
+        let now = Instant::now();
+        self.budget.charge(now, now.duration_since(started));
         found
             .and_then(|i| roster.peers.get(i).cloned())
             .ok_or(HandshakeError::Message1NotAuthentic)
@@ -359,11 +363,7 @@ impl Choose for Hub {
 
 impl Directory for Hub {
     fn admit(&self) -> bool {
-        let admitted = self.budget.admit();
-        if !admitted {
-            self.over_budget.fetch_add(1, Ordering::Relaxed);
-        }
-        admitted
+        self.budget.admit(Instant::now())
     }
 
     fn deliver(&self, listed: Arc<Listed>, session: session::Session) {
@@ -471,10 +471,11 @@ pub fn inetd(
         peers::MAX_INETD_PEERS,
     )?;
     let keys: Vec<PublicKey> = lines.iter().map(|l| l.key).collect();
-    let candidates = Candidates::new(local, defaults.cipher, &keys).map_err(|why| Error::Secret {
-        subject: "a listed peer's key".into(),
-        why,
-    })?;
+    let candidates =
+        Candidates::new(local, defaults.cipher, &keys).map_err(|why| Error::Secret {
+            subject: "a listed peer's key".into(),
+            why,
+        })?;
     let chooser = OneOfMany {
         lines,
         candidates,
@@ -486,12 +487,16 @@ pub fn inetd(
     let replays = crate::replay::InetdReplays::open(&|v| std::env::var(v).ok());
     let mut picked = None;
     let session = owner.handshake(stream, |io| {
-        let (keys, listed) =
-            handshake::respond_with(io, &chooser, Instant::now(), &replays, &())?;
+        let (keys, listed) = handshake::respond_with(io, &chooser, Instant::now(), &replays, &())?;
         picked = Some(listed);
         Ok(keys)
     })?;
-    if let Some(failure) = chooser.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(failure) = chooser
+        .failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         return Err(failure);
     }
     let (Some(session), Some(listed)) = (session, picked) else {

@@ -222,11 +222,10 @@ pub fn run(config: Config) -> Result<(), Error> {
                 .collect(),
             _ => vec![owner.counters.process_line(started.elapsed())],
         };
-        scope.spawn(|| report_counters_on_sigusr1(&usr1, &lines, &finished));
+        let (usr1, finished) = (&usr1, &finished);
+        scope.spawn(move || report_counters_on_sigusr1(usr1, &lines, finished));
         let result = match (listener, stdio, &config.mode, &served) {
-            (Some(listener), _, _, Served::Hub(hub)) => {
-                hub::serve(&owner, hub, listener, &hangup)
-            }
+            (Some(listener), _, _, Served::Hub(hub)) => hub::serve(&owner, hub, listener, &hangup),
             (Some(listener), _, _, Served::One(peer)) => server::serve(&owner, peer, listener),
             (_, Some(stream), _, Served::InetdHub(path, local, defaults)) => {
                 hub::inetd(&owner, path, local, defaults, stream)
@@ -349,7 +348,17 @@ pub fn check(config: &Config) -> Result<(), Error> {
     for warning in &config.warnings {
         ::log::warn!("{warning}");
     }
-    load_identity(config)?;
+    if let Remote::Peers(path) = &config.remote {
+        let local = private_key(&config.local, config.mode == Mode::Inetd)?;
+        let max = match config.mode {
+            Mode::Inetd => peers::MAX_INETD_PEERS,
+            _ => peers::MAX_PEERS,
+        };
+        let listed = peers::read(path, &local.public_key(), config.layer, max)?;
+        ::log::info!("{}: {} peers", path.display(), listed.len());
+    } else {
+        load_identity(config)?;
+    }
     load_proxy_auth(config)?;
     resolve_ids(config)?;
     Ok(())

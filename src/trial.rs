@@ -364,6 +364,10 @@ impl Candidates {
         self.keys.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The position of the peer whose psk authenticates `msg1` (a message 1
     /// without its length prefix), or `None`: garbage, an unlisted key, a
     /// different cipher, a message 1 shorter than [`MESSAGE1_LEN`] or longer
