@@ -160,6 +160,16 @@ impl Hub {
     /// made (exit 1): nothing is served then.
     pub fn load(path: &Path, local: PrivateKey, defaults: Defaults) -> Result<Hub, Error> {
         let lines = peers::read(path, &local.public_key(), defaults.layer, peers::MAX_PEERS)?;
+        // About 8 descriptors per connected peer (device, connection, eventfds).
+        match sys::raise_open_files_limit() {
+            Ok(limit) if limit < 8 * lines.len() as u64 + 256 => log::warn!(
+                "at most {limit} open files (ulimit -n): too few for {} peers' devices and sessions; \
+                 raise the hard limit (LimitNOFILE= in a systemd unit)",
+                lines.len()
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot raise the limit on open files: {e}"),
+        }
         let started = Instant::now();
         let mut made = Vec::with_capacity(lines.len());
         for line in lines {
