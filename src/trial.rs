@@ -258,6 +258,10 @@ impl Candidates {
         self.keys.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The position of the peer whose psk authenticates `msg1` (a message 1
     /// without its length prefix), or `None`: garbage, an unlisted key, a
     /// different cipher, a message 1 shorter than [`MESSAGE1_LEN`] or longer
@@ -331,9 +335,9 @@ fn tag_checks(
 /// it is empty, [`Budget::admit`] says no: the caller closes the connection
 /// unread.
 ///
-/// Time is passed in (`now`), so that tests can drive the clock. The caller
-/// charges the wall time of [`Candidates::find`]: more than its CPU time
-/// when the thread was preempted, never less.
+/// Time is passed in (`now`), so that tests can drive the clock. A trial is
+/// charged the CPU time of its thread ([`Budget::find`] measures it), not
+/// wall time, which a busy machine would stretch.
 #[derive(Debug)]
 pub struct Budget {
     per_second: Duration,
@@ -399,6 +403,14 @@ impl Budget {
         bucket.refill(now, self.per_second);
         let spent = i128::try_from(spent.as_nanos()).unwrap_or(i128::MAX);
         bucket.balance = bucket.balance.saturating_sub(spent);
+    }
+
+    /// [`Candidates::find`], charged the CPU time it took.
+    pub fn find(&self, candidates: &Candidates, msg1: &[u8], now: Instant) -> Option<usize> {
+        let start = crate::sys::thread_cpu_time();
+        let found = candidates.find(msg1);
+        self.charge(now, crate::sys::thread_cpu_time().saturating_sub(start));
+        found
     }
 
     /// Connections refused since the start.
@@ -626,6 +638,20 @@ mod tests {
         budget.charge(later, ms(250));
         assert!(!budget.admit(later));
         assert!(budget.admit(later + ms(1)));
+    }
+
+    #[test]
+    fn budget_charges_each_find() {
+        let (hub, privates, publics) = peers(2 * CHUNK);
+        let candidates = Candidates::new(&hub, Cipher::ChaChaPoly, &publics).unwrap();
+        let t0 = Instant::now();
+        // A nanosecond a second: the first trial overdraws it.
+        let budget = Budget::new(Duration::from_nanos(1), t0);
+        assert!(budget.admit(t0));
+        let msg = message1(&privates[CHUNK + 1], &hub, Cipher::ChaChaPoly);
+        assert_eq!(budget.find(&candidates, &msg, t0), Some(CHUNK + 1));
+        assert!(!budget.admit(t0));
+        assert_eq!(budget.refused(), 1);
     }
 
     #[test]
