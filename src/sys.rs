@@ -1036,3 +1036,19 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
     }
     Ok(limit.rlim_cur)
 }
+
+/// The CPU time this thread has used (CLOCK_THREAD_CPUTIME_ID): what the
+/// hub's message-1 trials are charged (src/trial.rs), unlike wall time
+/// unaffected by the thread's waiting for a CPU.
+pub fn thread_cpu_time() -> std::time::Duration {
+    // SAFETY: timespec is plain integers (zero is valid) and clock_gettime
+    // fills it in; CLOCK_THREAD_CPUTIME_ID exists on every Linux taptun runs on.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        ts
+    };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    std::time::Duration::new(secs, nanos)
+}
