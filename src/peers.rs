@@ -21,13 +21,13 @@
 //!   reload matches old and new lines by it.
 //! - KEY: the peer's public key as `taptun pubkey` prints it (44 base64
 //!   characters ending in `=`). A passphrase peer is listed by the public
-//!   key of its passphrase (`echo PASSPHRASE | taptun pubkey`): the hub never
-//!   holds a peer's secret. Refused: a key that is not canonical (bit 255
+//!   key of its passphrase (what `taptun pubkey` prints given the
+//!   passphrase): the hub never holds a peer's secret. Refused: a key that is not canonical (bit 255
 //!   set, or a value of 2^255-19 or more: X25519 ignores that bit and reduces
 //!   modulo 2^255-19, so two texts would name one point, both lines would
 //!   match the same message 1 and which peer it is would be ambiguous); a
 //!   low-order key (X25519 with it gives all zeros whatever the hub's key, so
-//!   its psk is no secret); the hub's own key; a key of another line.
+//!   its psk is no secret); the hub's own key; a key already on another line.
 //! - OPTIONS, each `NAME=VALUE` at most once, no spaces in values (a hook
 //!   that needs arguments goes in a script):
 //!   - `device=DEV`: the peer's device. An interface name (1 to 15 bytes,
@@ -472,7 +472,7 @@ fn check_name(name: &str) -> Result<(), String> {
 /// on the curve, and 2^255-20 = -1 (order 4 on the twist). For every other
 /// canonical key X25519 with any private key gives a non-zero result
 /// (keys::derive_psk's check, which the tests compare with this list).
-const LOW_ORDER: [[u8; KEY_LEN]; 5] = [
+pub(crate) const LOW_ORDER: [[u8; KEY_LEN]; 5] = [
     [0; KEY_LEN],
     {
         let mut one = [0; KEY_LEN];
@@ -1151,6 +1151,48 @@ mod tests {
              (each -i process derives every peer's psk before it can read a message)"
         );
         assert_eq!((MAX_PEERS, MAX_INETD_PEERS), (10_000, 256));
+    }
+
+    #[test]
+    fn the_limits_hold_at_their_size() {
+        // Any canonical value that is not low-order passes for a key here.
+        let line = |i: usize| {
+            let mut bytes = [0x42; KEY_LEN];
+            bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            format!(
+                "p{i} {} up=/etc/taptun/peer-up mtu=1400\n",
+                PublicKey(bytes)
+            )
+        };
+        for max in [MAX_INETD_PEERS, MAX_PEERS] {
+            let mut text: String = (0..max).map(line).collect();
+            assert_eq!(tap(&text).map(|p| p.len()), Ok(max));
+            assert_eq!(
+                parse(&text, &own(), Layer::Tap, max).map(|p| p.len()),
+                Ok(max)
+            );
+            text.push_str(&line(max));
+            refused(
+                parse(&text, &own(), Layer::Tap, max),
+                max + 1,
+                &format!("more than {max} peers"),
+            );
+        }
+        // The file cap leaves room for the largest file of ordinary lines.
+        let longest = format!(
+            "{} {} device=qemu-connect:/{} bridge={} mtu=65491 up=/{} down=/{} keepalive=255\n",
+            "n".repeat(MAX_NAME),
+            key(2),
+            "q".repeat(107),
+            "b".repeat(15),
+            "u".repeat(255),
+            "d".repeat(255)
+        );
+        assert!(
+            (longest.len() * MAX_PEERS) as u64 <= MAX_FILE_LEN,
+            "{}",
+            longest.len()
+        );
     }
 
     #[test]
