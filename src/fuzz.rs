@@ -882,7 +882,7 @@ pub fn peers_file(data: &[u8]) {
     assert!(same.added.is_empty() && same.removed.is_empty() && same.changed.is_empty());
     if let Some((gone, rest)) = peers.split_first() {
         let fewer = peers::diff(&peers, rest);
-        assert_eq!(fewer.removed, [gone.clone()]);
+        assert_eq!(fewer.removed, std::slice::from_ref(gone));
         assert_eq!(fewer.unchanged, all[1..]);
         assert!(fewer.added.is_empty() && fewer.changed.is_empty());
     }
