@@ -1310,7 +1310,11 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
-        let err = read_tap(&fifo).unwrap_err().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reading = fifo.clone();
+        std::thread::spawn(move || tx.send(read_tap(&reading).map_err(|e| e.to_string())));
+        let result = rx.recv_timeout(std::time::Duration::from_secs(10));
+        let err = result.expect("read blocks on a FIFO").unwrap_err();
         assert!(
             err.ends_with("it is not a regular file: give the path of a text file"),
             "{err}"
