@@ -345,7 +345,10 @@ fn parse_line<'a>(
 ) -> Result<PeerLine, String> {
     check_name(name)?;
     let key = fields.next().ok_or_else(|| {
-        format!("no public key after `{name}`: a line is NAME KEY [OPTIONS], the key as `taptun pubkey` prints it")
+        format!(
+            "no public key after `{name}`: a line is NAME KEY [OPTIONS], the key as \
+             `taptun pubkey` prints it"
+        )
     })?;
     let key = check_key(key, own)?;
     let mut peer = PeerLine {
@@ -430,11 +433,9 @@ fn parse_line<'a>(
     }
     if peer.bridge.is_some() {
         if layer != Layer::Tap {
-            return Err(
-                "bridge= needs -t tap: a tun device carries IP packets, which no \
-                        bridge takes; leave bridge= out or run the hub with -t tap"
-                    .into(),
-            );
+            let why = "bridge= needs -t tap: a tun device carries IP packets, which no bridge \
+                       takes; leave bridge= out or run the hub with -t tap";
+            return Err(why.into());
         }
         if peer.device_is_endpoint() {
             return Err(format!(
