@@ -67,9 +67,10 @@
 //! # Reload
 //!
 //! [`diff`] compares two files by peer name: a peer whose key changed is
-//! removed and added, one whose options changed only is `changed` (it keeps
-//! its session, the new options apply from its next one), the rest is
-//! untouched. A line that only moved is unchanged.
+//! removed and added; one whose device or options changed only is
+//! `changed` (which changes need a new device and session, and which apply
+//! from its next session, is the hub's to decide); the rest is unchanged.
+//! A line that only moved is unchanged.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -631,8 +632,9 @@ pub struct Changes {
     /// to end, devices to remove. Apply these before `added`, which may
     /// reuse a removed peer's device name.
     pub removed: Vec<PeerLine>,
-    /// Same name and key, other device or options (their new line): the
-    /// session goes on, the new options apply from the next one.
+    /// Same name and key, other device or options (their new line). What
+    /// each change needs, a new device or only new options for the next
+    /// session, is the hub's to decide.
     pub changed: Vec<PeerLine>,
     /// Names whose line gives the same key, device and options.
     pub unchanged: Vec<String>,
