@@ -327,9 +327,17 @@ impl Hub {
         let started = Instant::now();
         let mut proc = Proc::spawn(cmd, &format!("hub {tag}"), Some(&log));
         let names = devices.clone();
+        // In order, remembering how far: a hub makes its devices in turn.
         let all_up = ns.enter(move || {
+            let mut up = 0;
             wait_for(DEADLINE, || {
-                names.iter().all(|d| ifindex(d).is_some_and(|_| is_up(d)))
+                while names
+                    .get(up)
+                    .is_some_and(|d| ifindex(d).is_some() && is_up(d))
+                {
+                    up += 1;
+                }
+                up == names.len()
             })
         });
         proc.assert_alive();
@@ -416,15 +424,12 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// Waits until the process's VmRSS has not moved by more than 1% for 2 s
-/// (at most 30 s), calling `tick` meanwhile; returns it in kB.
-fn settled_rss(pid: u32, mut tick: impl FnMut()) -> u64 {
+/// (at most 30 s); returns it in kB.
+fn settled_rss(pid: u32) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = status(pid, "VmRSS");
     loop {
-        for _ in 0..4 {
-            std::thread::sleep(Duration::from_millis(500));
-            tick();
-        }
+        std::thread::sleep(Duration::from_secs(2));
         let now = status(pid, "VmRSS");
         if now.abs_diff(last) * 100 <= last || Instant::now() > deadline {
             return now;
@@ -1014,6 +1019,9 @@ fn inject(socket: Packet, ifindex: Vec<u32>, seconds: u64) -> (Vec<u64>, u64) {
 
 // --- message 1 from strangers ----------------------------------------------
 
+/// Makes a stranger's message 1 to the hub of this public key.
+type MakeMessage1 = fn(&PublicKey) -> Vec<u8>;
+
 /// Opens `count` connections paced at `rate` per second, each sending
 /// `message` (made fresh for each by `make`), and waits for the hub to close
 /// each; returns the bytes the hub sent back in all and the connections it
@@ -1023,7 +1031,7 @@ fn strangers(
     hub: SocketAddr,
     count: usize,
     rate: f64,
-    make: fn(&PublicKey) -> Vec<u8>,
+    make: MakeMessage1,
     hub_key: PublicKey,
 ) -> (u64, u64) {
     let path = format!("/run/netns/{}", gen_ns.name);
@@ -1233,116 +1241,52 @@ fn mib(kb: u64) -> String {
     format!("{:.1} MiB", kb as f64 / 1024.0)
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let is_hub = binary_is_hub();
-    let mut n = args
-        .first()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| env_or("TAPTUN_HUB_PEERS", DEFAULT_PEERS));
-    if !is_hub && n != 1 {
-        println!("{TAPTUN} has no -A (no hub yet): point-to-point server, N = 1");
-        n = 1;
-    }
-    let seconds: u64 = env_or("TAPTUN_HUB_SECONDS", 60);
-    let msg1_count: usize = env_or("TAPTUN_HUB_MSG1", 500);
-    let msg1_rate: f64 = env_or("TAPTUN_HUB_MSG1_RATE", 50.0);
-    let iperf_seconds: u64 = env_or("TAPTUN_HUB_IPERF_SECONDS", 10);
-    let mut table: Vec<(String, String)> = Vec::new();
-    let mut row = |what: &str, value: String| {
+/// " (first: X)" for the first of a list, or nothing.
+fn first<T: std::fmt::Display>(list: &[T]) -> String {
+    list.first()
+        .map_or(String::new(), |x| format!(" (first: {x})"))
+}
+
+/// The figures, printed as they come and as a table at the end.
+#[derive(Default)]
+struct Table(Vec<(String, String)>);
+
+impl Table {
+    fn row(&mut self, what: &str, value: String) {
         println!("  {what}: {value}");
-        table.push((what.into(), value));
-    };
+        self.0.push((what.into(), value));
+    }
 
-    let scratch = Scratch::new();
-    let hub_ns = Netns::new("h");
-    let gen_ns = Netns::new("g");
-    run(Command::new("ip").args([
-        "link",
-        "add",
-        "tthub0",
-        "netns",
-        &hub_ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "tthub1",
-        "netns",
-        &gen_ns.name,
-    ]));
-    hub_ns.ip(&format!("addr add {HUB_ADDR}/24 dev tthub0"));
-    hub_ns.ip("link set tthub0 up");
-    gen_ns.ip(&format!("addr add {GEN_ADDR}/24 dev tthub1"));
-    gen_ns.ip("link set tthub1 up");
-    // Each session holds a few descriptors on both sides.
-    raise_nofile();
+    fn print(&self, title: &str) {
+        println!("\n{title}");
+        let width = self.0.iter().map(|(w, _)| w.len()).max().unwrap_or(0);
+        for (what, value) in &self.0 {
+            println!("{what:<width$}  {value}");
+        }
+    }
+}
 
-    let hub_key = PrivateKey::generate().expect("key");
-    let keys: Vec<PrivateKey> = (0..n)
-        .map(|_| PrivateKey::generate().expect("key"))
-        .collect();
-    let peers: Vec<(String, PublicKey)> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (peer_name('p', i, n), k.public_key()))
-        .collect();
-    println!(
-        "{n} peers, hub binary {TAPTUN}{}",
-        if is_hub { "" } else { " (point-to-point)" }
-    );
-    let mut hub = Hub::start(&hub_ns, &scratch, "hub", &hub_key, &peers, HUB_ADDR, is_hub);
-    let pid = hub.pid();
-    let rss_devices = settled_rss(pid, || {});
-    row(
-        &format!("hub RSS, {n} devices, no session"),
-        format!("{} ({} threads)", mib(rss_devices), status(pid, "Threads")),
-    );
+/// The settings, from the environment (see the file's header).
+struct Settings {
+    peers: usize,
+    seconds: u64,
+    msg1_count: usize,
+    msg1_rate: f64,
+    iperf_seconds: u64,
+}
 
-    let identities: Vec<Identity> = keys
-        .into_iter()
-        .map(|k| Identity::new(k, hub_key.public_key(), Cipher::ChaChaPoly).expect("identity"))
-        .collect();
-    let hub_addr: SocketAddr = format!("{HUB_ADDR}:{PORT}").parse().expect("address");
-    let (sessions, took, failures) = open_all(&gen_ns, hub_addr, identities);
-    row(
-        &format!("{n} handshakes from cold"),
-        format!(
-            "{:.2} s, {} failed{}",
-            took.as_secs_f64(),
-            failures.len(),
-            failures
-                .first()
-                .map_or(String::new(), |f| format!(" (first: {f})"))
-        ),
-    );
-    hub.proc.assert_alive();
-    assert!(failures.is_empty(), "sessions failed: {failures:?}");
-    let (txs, rxs): (Vec<Tx>, Vec<Rx>) = sessions.into_iter().unzip();
-    let txs = Arc::new(Mutex::new(txs));
-    let receiving = Arc::new(AtomicBool::new(false));
-    let receiver = {
-        let stop = receiving.clone();
-        std::thread::spawn(move || receive(rxs, stop))
-    };
-    let keeper = Keeper::start(&txs);
-
-    // Idle with everyone connected.
-    let rss_idle = settled_rss(pid, || {});
+/// The hub's memory and threads, idle with every session up; `before` is
+/// its RSS with its devices and no session.
+fn memory(table: &mut Table, pid: u32, n: usize, before: u64) {
+    let rss = settled_rss(pid);
     let threads = status(pid, "Threads");
-    row(
+    table.row(
         &format!("hub RSS, {n} sessions idle"),
-        format!("{} ({threads} threads)", mib(rss_idle)),
+        format!("{} ({threads} threads)", mib(rss)),
     );
-    row(
+    table.row(
         "hub RSS per session",
-        format!(
-            "{:.1} KiB",
-            rss_idle.saturating_sub(rss_devices) as f64 / n as f64
-        ),
+        format!("{:.1} KiB", rss.saturating_sub(before) as f64 / n as f64),
     );
     let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     println!("  /proc/{pid}/smaps_rollup:");
@@ -1350,25 +1294,67 @@ fn main() {
         println!("    {line}");
     }
     for (kind, kb, maps) in rss_by_mapping(pid) {
-        if kb >= 1024 {
-            row(
+        if kb >= 100 {
+            table.row(
                 &format!("  of which {kind}"),
                 format!("{} in {maps} mappings", mib(kb)),
             );
         }
     }
+}
 
-    // Frames both ways.
+/// The hub's CPU per message 1 from strangers, its idle CPU subtracted.
+fn message1_cost(
+    table: &mut Table,
+    settings: &Settings,
+    gen_ns: &Netns,
+    hub: SocketAddr,
+    pid: u32,
+    hub_key: PublicKey,
+) {
+    let (ticks, at) = (cpu_ticks(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let idle = (cpu_ticks(pid) - ticks) as f64 / at.elapsed().as_secs_f64();
+    let (count, rate) = (settings.msg1_count, settings.msg1_rate);
+    let kinds: [(&str, MakeMessage1); 2] = [
+        ("unlisted key", unlisted_message1),
+        ("garbage", garbage_message1),
+    ];
+    for (what, make) in kinds {
+        let (ticks, at) = (cpu_ticks(pid), Instant::now());
+        let (answered, stuck) = strangers(gen_ns, hub, count, rate, make, hub_key);
+        let spent = (cpu_ticks(pid) - ticks) as f64 - idle * at.elapsed().as_secs_f64();
+        table.row(
+            &format!("hub CPU per message 1, {what}"),
+            format!(
+                "{:.3} ms ({count} at {rate}/s; {answered} bytes answered, {stuck} not closed within 10 s)",
+                spent.max(0.0) / clock_ticks_per_second() / count as f64 * 1000.0
+            ),
+        );
+    }
+}
+
+/// One frame per peer per second each way for `seconds`, checked on the
+/// hub's devices and in the sessions.
+fn frames(
+    table: &mut Table,
+    hub: &Hub,
+    hub_ns: &Netns,
+    txs: &Mutex<Vec<Tx>>,
+    receiver: (std::thread::JoinHandle<Vec<Rx>>, Arc<AtomicBool>),
+    seconds: u64,
+) {
     let names = hub.devices.clone();
     let ifindex: Vec<u32> =
         hub_ns.enter(move || names.iter().map(|d| ifindex(d).expect("device")).collect());
-    let watching = Arc::new(AtomicBool::new(false));
+    let n = ifindex.len();
     let (watch_socket, inject_socket) = hub_ns.enter(|| {
         (
             Packet::new(libc::ETH_P_ALL as u16, false),
             Packet::new(0, false),
         )
     });
+    let watching = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (ifindex, stop) = (ifindex.clone(), watching.clone());
         std::thread::spawn(move || watch(watch_socket, ifindex, stop))
@@ -1378,12 +1364,13 @@ fn main() {
         let ifindex = ifindex.clone();
         std::thread::spawn(move || inject(inject_socket, ifindex, seconds))
     };
-    let cpu_before = cpu_ticks(pid);
+    let cpu_before = cpu_ticks(hub.pid());
     let start = Instant::now();
     let mut out = vec![0u8; 256];
     let mut send_errors = 0u64;
     for second in 0..seconds {
         for i in 0..n {
+            // Spread over the second, as independent peers would be.
             let at = Duration::from_secs(second) + Duration::from_secs(1) * i as u32 / n as u32;
             if let Some(wait) = at.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
@@ -1404,154 +1391,229 @@ fn main() {
             }
         }
     }
-    let traffic_cpu = cpu_ticks(pid) - cpu_before;
+    let cpu = cpu_ticks(hub.pid()) - cpu_before;
     let (injected, inject_errors) = injector.join().expect("injector");
-    // Let the last frames arrive.
+    // The last frames are on their way.
     std::thread::sleep(Duration::from_secs(2));
     watching.store(true, Ordering::Relaxed);
     let seen = watcher.join().expect("watcher");
+    let (receiver, receiving) = receiver;
+    receiving.store(true, Ordering::Relaxed);
+    let rxs = receiver.join().expect("receiver");
+
     let sent: Vec<u64> = txs
         .lock()
         .expect("senders")
         .iter()
         .map(|t| t.sent)
         .collect();
-    let lost_to_hub: u64 = sent
+    let lost: u64 = sent
         .iter()
         .zip(&seen.right)
         .map(|(s, r)| s.saturating_sub(*r))
         .sum();
-    row(
+    table.row(
         "frames generator -> hub devices",
         format!(
-            "{} sent, {} on the right device, {lost_to_hub} lost, {} on a wrong device, {} out of order, {} send errors; {} frames of the hub's own",
+            "{} sent, {} on the right device, {lost} lost, {} on a wrong device, {} out of order, {send_errors} send errors; {} frames of the hub's own",
             sent.iter().sum::<u64>(),
             seen.right.iter().sum::<u64>(),
             seen.wrong_device,
             seen.out_of_order,
-            send_errors,
             seen.foreign + seen.malformed,
         ),
     );
-    row(
-        "hub CPU while relaying",
-        format!(
-            "{:.1} % of one core",
-            traffic_cpu as f64 / clock_ticks_per_second() / seconds as f64 * 100.0
-        ),
-    );
-
-    // Message 1 from strangers, against the hub's idle CPU.
-    let idle_from = (cpu_ticks(pid), Instant::now());
-    std::thread::sleep(Duration::from_secs(5));
-    let idle_rate = (cpu_ticks(pid) - idle_from.0) as f64 / idle_from.1.elapsed().as_secs_f64();
-    let hub_pub = hub_key.public_key();
-    for (what, make) in [
-        (
-            "unlisted key",
-            unlisted_message1 as fn(&PublicKey) -> Vec<u8>,
-        ),
-        ("garbage", garbage_message1),
-    ] {
-        let (ticks, at) = (cpu_ticks(pid), Instant::now());
-        let (answered, stuck) = strangers(&gen_ns, hub_addr, msg1_count, msg1_rate, make, hub_pub);
-        let spent = (cpu_ticks(pid) - ticks) as f64 - idle_rate * at.elapsed().as_secs_f64();
-        row(
-            &format!("hub CPU per message 1, {what}"),
-            format!(
-                "{:.3} ms ({msg1_count} at {msg1_rate}/s; {answered} bytes answered, {stuck} not closed)",
-                spent.max(0.0) / clock_ticks_per_second() / msg1_count as f64 * 1000.0
-            ),
-        );
-    }
-
-    // What the sessions saw, after all of the above.
-    receiving.store(true, Ordering::Relaxed);
-    let rxs = receiver.join().expect("receiver");
-    drop(keeper);
-    let received: u64 = rxs.iter().map(|r| r.frames).sum();
-    let lost_from_hub: u64 = injected
+    let lost: u64 = injected
         .iter()
         .zip(&rxs)
         .map(|(s, r)| s.saturating_sub(r.frames))
         .sum();
-    let ended: Vec<String> = rxs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.ended.as_ref().map(|e| format!("peer {i}: {e}")))
-        .collect();
-    row(
+    table.row(
         "frames hub devices -> generator",
         format!(
-            "{} injected, {received} received, {lost_from_hub} lost, {} misdelivered, {} out of order, {inject_errors} inject errors; {} frames of the hub's own, {} keepalives",
+            "{} injected, {} received, {lost} lost, {} misdelivered, {} out of order, {inject_errors} inject errors; {} frames of the hub's own, {} keepalives",
             injected.iter().sum::<u64>(),
+            rxs.iter().map(|r| r.frames).sum::<u64>(),
             rxs.iter().map(|r| r.misdelivered).sum::<u64>(),
             rxs.iter().map(|r| r.out_of_order).sum::<u64>(),
             rxs.iter().map(|r| r.foreign).sum::<u64>(),
             rxs.iter().map(|r| r.keepalives).sum::<u64>(),
         ),
     );
-    row(
-        "sessions ended early",
+    table.row(
+        "hub CPU while relaying",
         format!(
-            "{}{}",
-            ended.len(),
-            ended
-                .first()
-                .map_or(String::new(), |e| format!(" (first: {e})"))
+            "{:.1} % of one core",
+            cpu as f64 / clock_ticks_per_second() / seconds as f64 * 100.0
         ),
     );
-    hub.proc.assert_alive();
-    drop(txs);
-    drop(rxs);
-    let log = fs::read_to_string(&hub.log).unwrap_or_default();
-    let warnings: Vec<&str> = log
+    let ended: Vec<String> = rxs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.ended.as_ref().map(|e| format!("peer {i}: {e}")))
+        .collect();
+    table.row(
+        "sessions ended early",
+        format!("{}{}", ended.len(), first(&ended)),
+    );
+}
+
+/// The hub's log: how long, and its warnings and errors.
+fn log_summary(table: &mut Table, log: &Path) {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let warnings: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .collect();
-    row(
+    table.row(
         "hub log",
         format!(
             "{} lines, {} warnings or errors",
-            log.lines().count(),
+            text.lines().count(),
             warnings.len()
         ),
     );
     for line in warnings.iter().take(10) {
         println!("    {line}");
     }
-    drop(hub);
-    drop(gen_ns);
-    drop(hub_ns);
+}
 
-    let (alone, together) = iperf(&scratch, is_hub, iperf_seconds);
-    row("iperf3, 1 peer alone", format!("{:.2} Gbit/s", alone / 1e9));
+/// Everything but iperf3, with one hub of `n` peers.
+fn at_scale(table: &mut Table, settings: &Settings, scratch: &Scratch, is_hub: bool) {
+    let n = settings.peers;
+    let hub_ns = Netns::new("h");
+    let gen_ns = Netns::new("g");
+    run(Command::new("ip").args([
+        "link",
+        "add",
+        "tthub0",
+        "netns",
+        &hub_ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "tthub1",
+        "netns",
+        &gen_ns.name,
+    ]));
+    hub_ns.ip(&format!("addr add {HUB_ADDR}/24 dev tthub0"));
+    hub_ns.ip("link set tthub0 up");
+    gen_ns.ip(&format!("addr add {GEN_ADDR}/24 dev tthub1"));
+    gen_ns.ip("link set tthub1 up");
+
+    let hub_key = PrivateKey::generate().expect("key");
+    let keys: Vec<PrivateKey> = (0..n)
+        .map(|_| PrivateKey::generate().expect("key"))
+        .collect();
+    let peers: Vec<(String, PublicKey)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (peer_name('p', i, n), k.public_key()))
+        .collect();
+    let mut hub = Hub::start(&hub_ns, scratch, "hub", &hub_key, &peers, HUB_ADDR, is_hub);
+    let pid = hub.pid();
+    let before = settled_rss(pid);
+    table.row(
+        &format!("hub RSS, {n} devices, no session"),
+        format!("{} ({} threads)", mib(before), status(pid, "Threads")),
+    );
+
+    let identities: Vec<Identity> = keys
+        .into_iter()
+        .map(|k| Identity::new(k, hub_key.public_key(), Cipher::ChaChaPoly).expect("identity"))
+        .collect();
+    let hub_addr: SocketAddr = format!("{HUB_ADDR}:{PORT}").parse().expect("address");
+    let (sessions, took, failures) = open_all(&gen_ns, hub_addr, identities);
+    table.row(
+        &format!("{n} handshakes from cold"),
+        format!(
+            "{:.2} s, {} failed{}",
+            took.as_secs_f64(),
+            failures.len(),
+            first(&failures)
+        ),
+    );
+    hub.proc.assert_alive();
+    assert!(failures.is_empty(), "sessions failed: {failures:?}");
+    let (txs, rxs): (Vec<Tx>, Vec<Rx>) = sessions.into_iter().unzip();
+    let txs = Arc::new(Mutex::new(txs));
+    let receiving = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let stop = receiving.clone();
+        std::thread::spawn(move || receive(rxs, stop))
+    };
+    let keeper = Keeper::start(&txs);
+
+    memory(table, pid, n, before);
+    message1_cost(
+        table,
+        settings,
+        &gen_ns,
+        hub_addr,
+        pid,
+        hub_key.public_key(),
+    );
+    frames(
+        table,
+        &hub,
+        &hub_ns,
+        &txs,
+        (receiver, receiving),
+        settings.seconds,
+    );
+    drop(keeper);
+    hub.proc.assert_alive();
+    log_summary(table, &hub.log);
+}
+
+fn main() {
+    let is_hub = binary_is_hub();
+    let mut peers = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| env_or("TAPTUN_HUB_PEERS", DEFAULT_PEERS));
+    if !is_hub && peers != 1 {
+        println!("{TAPTUN} has no -A (no hub yet): point-to-point server, N = 1");
+        peers = 1;
+    }
+    let settings = Settings {
+        peers,
+        seconds: env_or("TAPTUN_HUB_SECONDS", 60),
+        msg1_count: env_or("TAPTUN_HUB_MSG1", 500),
+        msg1_rate: env_or("TAPTUN_HUB_MSG1_RATE", 50.0),
+        iperf_seconds: env_or("TAPTUN_HUB_IPERF_SECONDS", 10),
+    };
+    println!(
+        "{peers} peers, hub binary {TAPTUN}{}",
+        if is_hub { "" } else { " (point-to-point)" }
+    );
+    // Each session holds a few descriptors on both sides.
+    raise_nofile();
+    let scratch = Scratch::new();
+    let mut table = Table::default();
+    at_scale(&mut table, &settings, &scratch, is_hub);
+
+    let (alone, together) = iperf(&scratch, is_hub, settings.iperf_seconds);
+    table.row("iperf3, 1 peer alone", format!("{:.2} Gbit/s", alone / 1e9));
     if !together.is_empty() {
         let total: f64 = together.iter().sum();
-        row(
+        let each: Vec<String> = together.iter().map(|r| format!("{:.2}", r / 1e9)).collect();
+        table.row(
             &format!("iperf3, {} peers at once", together.len()),
             format!(
                 "{:.2} Gbit/s in all ({}), {:.0} % of one alone",
                 total / 1e9,
-                together
-                    .iter()
-                    .map(|r| format!("{:.2}", r / 1e9))
-                    .collect::<Vec<_>>()
-                    .join(" + "),
+                each.join(" + "),
                 total / alone * 100.0
             ),
         );
     }
-
-    println!();
-    println!(
-        "hub at scale: {n} peers, {} CPUs",
+    table.print(&format!(
+        "hub at scale: {peers} peers, {} CPUs",
         std::thread::available_parallelism().map_or(0, |p| p.get())
-    );
-    let width = table.iter().map(|(w, _)| w.len()).max().unwrap_or(0);
-    for (what, value) in &table {
-        println!("{what:<width$}  {value}");
-    }
+    ));
 }
 
 /// Raises the soft limit on open files to the hard one.
