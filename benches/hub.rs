@@ -9,7 +9,8 @@
 //! for its N devices, and then measures, printing a table at the end:
 //!
 //! - the time for all N handshakes from cold (TCP connect to key
-//!   confirmation, up to 32 at once: the hub takes 64 pending handshakes);
+//!   confirmation, up to `TAPTUN_HUB_CONCURRENCY` (32) at once: the hub
+//!   takes 64 pending handshakes), and the hub's CPU meanwhile;
 //!   a peer whose attempt fails (the hub closes connections unread while its
 //!   budget for message-1 trials is spent) tries again after a client's
 //!   backoff (1 s doubling, up to 8 attempts), as `taptun -c` would, and the
@@ -67,7 +68,8 @@ const DEFAULT_PEERS: usize = 1000;
 const PORT: u16 = 1980;
 const HUB_ADDR: &str = "10.77.0.1";
 const GEN_ADDR: &str = "10.77.0.2";
-/// Handshakes in flight at once: half the hub's 64 pending slots.
+/// Handshakes in flight at once (`TAPTUN_HUB_CONCURRENCY`): half the
+/// hub's 64 pending slots.
 const HANDSHAKE_THREADS: usize = 32;
 /// What we tell the hub in our hello, and how often we send a keepalive
 /// when idle, as `taptun -c` does by default.
@@ -692,7 +694,13 @@ fn backoff(attempt: u32) -> Duration {
 /// Opens a session for every identity, `HANDSHAKE_THREADS` at a time, from
 /// threads in the generator's namespace. A peer whose attempt fails tries
 /// again after a client's backoff, as `taptun -c` would.
-fn open_all(gen_ns: &Netns, hub: SocketAddr, identities: Vec<Identity>, txs: &Senders) -> Opening {
+fn open_all(
+    gen_ns: &Netns,
+    hub: SocketAddr,
+    identities: Vec<Identity>,
+    txs: &Senders,
+    concurrency: usize,
+) -> Opening {
     let n = identities.len();
     let identities = Arc::new(identities);
     let started = Instant::now();
@@ -705,7 +713,7 @@ fn open_all(gen_ns: &Netns, hub: SocketAddr, identities: Vec<Identity>, txs: &Se
         Arc::new(Mutex::new((0..n).map(|_| None).collect()));
     let attempts = Arc::new(Mutex::new((vec![0u32; n], Vec::<String>::new())));
     let path = format!("/run/netns/{}", gen_ns.name);
-    let workers: Vec<_> = (0..HANDSHAKE_THREADS.min(n))
+    let workers: Vec<_> = (0..concurrency.clamp(1, n.max(1)))
         .map(|_| {
             let (identities, queue, in_flight, results, attempts, path, txs) = (
                 identities.clone(),
@@ -1373,6 +1381,8 @@ struct Settings {
     msg1_count: usize,
     msg1_rate: f64,
     iperf_seconds: u64,
+    /// Handshakes in flight at once.
+    concurrency: usize,
 }
 
 /// The hub's memory and threads, idle with every session up; `before` is
@@ -1630,11 +1640,13 @@ fn at_scale(table: &mut Table, settings: &Settings, scratch: &Scratch, is_hub: b
     let hub_addr: SocketAddr = format!("{HUB_ADDR}:{PORT}").parse().expect("address");
     let txs: Senders = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
     let keeper = Keeper::start(&txs);
-    let opening = open_all(&gen_ns, hub_addr, identities, &txs);
+    let ticks = cpu_ticks(pid);
+    let opening = open_all(&gen_ns, hub_addr, identities, &txs, settings.concurrency);
+    let cpu = (cpu_ticks(pid) - ticks) as f64 / clock_ticks_per_second();
     table.row(
-        &format!("{n} handshakes from cold"),
+        &format!("{n} handshakes from cold, {} at a time", settings.concurrency),
         format!(
-            "{:.2} s; {} peers needed more than one attempt ({} failed attempts, at most {} for one peer), {} gave up{}",
+            "{:.2} s (hub CPU meanwhile {cpu:.2} s); {} peers needed more than one attempt ({} failed attempts, at most {} for one peer), {} gave up{}",
             opening.took.as_secs_f64(),
             opening.retried,
             opening.failed_attempts,
@@ -1698,6 +1710,7 @@ fn main() {
         msg1_count: env_or("TAPTUN_HUB_MSG1", 500),
         msg1_rate: env_or("TAPTUN_HUB_MSG1_RATE", 50.0),
         iperf_seconds: env_or("TAPTUN_HUB_IPERF_SECONDS", 10),
+        concurrency: env_or("TAPTUN_HUB_CONCURRENCY", HANDSHAKE_THREADS),
     };
     println!(
         "{peers} peers, hub binary {TAPTUN}{}",
