@@ -20,6 +20,8 @@
 //! - `session`: the one owner of sessions (handshake, hooks, relay,
 //!   replacement, end), generic over the device; `client`: -c's streams
 //!   and reconnection; `server`: -s's accept loop; `hooks`: -u and -D.
+//! - `status`: what `taptun status` and SIGUSR1 report, per peer, as lines or
+//!   JSON; `control`: the -S socket that serves it, and the client that asks it.
 //! - `log`: stderr or syslog. `error`: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
 
@@ -27,6 +29,7 @@ mod channel;
 mod child;
 mod client;
 mod config;
+mod control;
 mod device;
 mod endpoint;
 mod error;
@@ -46,6 +49,7 @@ mod replay;
 mod resolver;
 mod server;
 mod session;
+mod status;
 mod stream_error;
 mod sys;
 mod transport;
@@ -86,6 +90,7 @@ use crate::config::{Config, Dial, Mode, Remote};
 use crate::device::Device;
 use crate::keys::{SHORT_PASSPHRASE, SecretSpec};
 use crate::session::{Owner, Peer, Timing};
+use crate::status::{POINT_TO_POINT_NAME, PeerReport, Report};
 
 /// Where logging should go for this configuration: syslog when -i was given
 /// a socket that is also fd 2 (inetd), stderr otherwise.
@@ -153,6 +158,13 @@ pub fn run(config: Config) -> Result<(), Error> {
         }),
         _ => None,
     };
+    // Made while still root, so that it can be given to the -U user; before
+    // the readiness notice, so that a status right after it finds the socket.
+    let control = config
+        .control
+        .as_deref()
+        .map(|path| control::ControlSocket::bind(path, ids))
+        .transpose()?;
     transport::notify_ready(&env);
     if let Some((uid, gid)) = ids {
         sys::drop_privileges(uid, gid).map_err(|e| Error::io("cannot drop privileges", e))?;
@@ -168,12 +180,23 @@ pub fn run(config: Config) -> Result<(), Error> {
     peer.up = config.up.clone();
     peer.down = config.down.clone();
     let finished = Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?;
+    let (device_name, counters) = (peer.endpoint.device().name().to_owned(), &owner.counters);
+    let report = || {
+        let now = Instant::now();
+        let peer = PeerReport::from_counters(POINT_TO_POINT_NAME, &device_name, counters, now);
+        Report::new(vec![peer])
+    };
     if let Some(waits_for) = waits_for(&config.mode) {
         // Before the first attempt, whose failure may take seconds to show.
         ::log::info!("{} ready; {waits_for}", peer.endpoint.device().name());
     }
     let result = std::thread::scope(|scope| {
-        scope.spawn(|| report_counters_on_sigusr1(&usr1, &owner.counters, &finished, started));
+        scope.spawn(|| {
+            report_counters_on_sigusr1(&usr1, &owner.counters, &report, &finished, started)
+        });
+        if let Some(control) = &control {
+            scope.spawn(|| control.serve(&report, &[&owner.shutdown, &finished]));
+        }
         let result = match (listener, stdio, &config.mode) {
             (Some(listener), _, _) => server::serve(&owner, &peer, listener),
             (_, Some(stream), _) => inetd(&owner, &peer, stream),
@@ -233,14 +256,24 @@ fn waits_for(mode: &Mode) -> Option<String> {
     }
 }
 
-/// Logs whether a session is up and the process's counters each time
-/// SIGUSR1 arrives, until `finished`.
-fn report_counters_on_sigusr1(usr1: &Stop, counters: &Counters, finished: &Stop, started: Instant) {
+/// Logs whether a session is up and the process's counters, then the
+/// per-peer lines of `taptun status`, each time SIGUSR1 arrives, until
+/// `finished`.
+fn report_counters_on_sigusr1(
+    usr1: &Stop,
+    counters: &Counters,
+    report: &dyn Fn() -> Report,
+    finished: &Stop,
+    started: Instant,
+) {
     loop {
         match sys::wait_readable(usr1.raw_fd(), &[finished], None) {
             Ok(sys::Wait::Ready) => {
                 usr1.take_signal();
                 ::log::info!("{}", counters.process_line(started.elapsed()));
+                for line in report().lines() {
+                    ::log::info!("{line}");
+                }
             }
             Ok(_) | Err(_) => return,
         }
@@ -392,6 +425,16 @@ fn forbid_core_dumps() {
     if let Err(e) = sys::forbid_core_dumps() {
         ::log::warn!("cannot forbid core dumps (keys could leak into one): {e}");
     }
+}
+
+/// `taptun status PATH [--json]`: asks the control socket of a running
+/// taptun and prints its answer to `out`.
+///
+/// # Errors
+/// No socket at `path`, nobody answering, a refusal (another user), or a
+/// failing output; all exit 1.
+pub fn status(path: &std::path::Path, json: bool, out: &mut dyn Write) -> Result<(), Error> {
+    control::query(path, json, out)
 }
 
 /// `taptun genkey [PATH]`: prints a new private key, or writes it to a new
