@@ -134,12 +134,19 @@ impl ControlSocket {
                     continue;
                 }
                 let active = &active;
-                scope.spawn(move || {
-                    if let Err(e) = answer(stream, report, stops) {
-                        ::log::debug!("control socket: client: {e}");
-                    }
+                let client = std::thread::Builder::new()
+                    .name("control client".into())
+                    .spawn_scoped(scope, move || {
+                        if let Err(e) = answer(stream, report, stops) {
+                            ::log::debug!("control socket: client: {e}");
+                        }
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if let Err(e) = client {
+                    // The stream went with the closure: the client is closed.
+                    ::log::warn!("control socket: cannot start a thread for a client: {e}");
                     active.fetch_sub(1, Ordering::SeqCst);
-                });
+                }
             }
         });
     }
