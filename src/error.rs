@@ -75,6 +75,13 @@ pub enum Error {
         hint: &'static str,
         misconfigured: bool,
     },
+    /// The hub's peers file (-A) is refused: the file itself (`line` None:
+    /// its owner, mode, size, kind) or a line of it.
+    PeersFile {
+        path: PathBuf,
+        line: Option<usize>,
+        why: String,
+    },
 }
 
 /// What [`Error`] needs to know of a handshake's failure; the handshake's
@@ -103,7 +110,10 @@ impl Error {
     /// The process exit status this error maps to.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => EXIT_USAGE,
+            Error::Usage(_)
+            | Error::Secret { .. }
+            | Error::KeyFile { .. }
+            | Error::PeersFile { .. } => EXIT_USAGE,
             Error::Control {
                 misconfigured: true,
                 ..
@@ -240,6 +250,10 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::PeersFile { path, line, why } => match line {
+                Some(line) => write!(f, "peers file {}:{line}: {why}", path.display()),
+                None => write!(f, "peers file {}: {why}", path.display()),
+            },
         }
     }
 }

@@ -459,3 +459,96 @@ fn status_without_a_server_says_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn a_hub_shows_every_listed_peer_in_file_order_with_its_own_state_and_device() {
+    if !common::require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let dir = Dir::new(0o700);
+    let ctl = dir.socket();
+    // "idle" is listed first and never connects; "alpha" is the Pair's client.
+    let other = p.scratch.genkey("other");
+    let peers = p.scratch.path.join("peers");
+    let text = format!(
+        "idle {} device=tti{n}\nalpha {} device=tta{n}\n",
+        common::pubkey(&other),
+        common::pubkey(&p.client_key),
+        n = p.n
+    );
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&peers)
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+    let args = format!(
+        "-s -p {} -v -l {} -A {} -S {}",
+        p.port,
+        p.server_key,
+        peers.display(),
+        ctl.display()
+    );
+    let hub = Proc::start("hub", p.a.taptun(&args), &p.scratch);
+    assert!(
+        wait_for(DEADLINE, || p.a.listening(p.port)),
+        "the hub did not start listening"
+    );
+    let before = String::from_utf8(status(&ctl, false).stdout).unwrap();
+    let lines: Vec<&str> = before.lines().collect();
+    assert_eq!(lines.len(), 2, "{before}");
+    assert!(
+        lines[0].starts_with(&format!("idle: idle, remote -, device tti{}, ", p.n)),
+        "{before}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("alpha: idle, remote -, device tta{}, ", p.n)),
+        "{before}"
+    );
+
+    let _client = p.good_client("client", "tt0");
+    assert!(wait_log(&hub, ESTABLISHED, 1, DEADLINE), "no session");
+    let after = String::from_utf8(status(&ctl, false).stdout).unwrap();
+    let lines: Vec<&str> = after.lines().collect();
+    assert_eq!(lines.len(), 2, "{after}");
+    assert!(lines[0].starts_with("idle: idle, remote -, "), "{after}");
+    assert!(
+        lines[1].starts_with(&format!("alpha: up, remote 10.213.{}.2:", p.n)),
+        "{after}"
+    );
+    let json = status(&ctl, true);
+    let script = "import json, sys\n\
+                  d = json.load(sys.stdin)\n\
+                  print(' '.join(p['name'] + '=' + p['state'] for p in d['peers']))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&json.stdout).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{json:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "idle=idle alpha=up"
+    );
+
+    // SIGUSR1: the same per-peer lines.
+    hub.signal(libc::SIGUSR1);
+    assert!(
+        wait_log(&hub, &["alpha: up, remote "], 1, DEADLINE),
+        "no per-peer line after SIGUSR1:\n{}",
+        hub.stderr()
+    );
+    assert!(wait_log(&hub, &["idle: idle, remote -"], 1, DEADLINE));
+}
