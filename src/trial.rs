@@ -107,7 +107,7 @@ fn hash_each<const N: usize>(inputs: &[[u8; N]], len: usize, out: &mut [Bytes32]
     }
 }
 
-/// What a trial of [`CHUNK`] peers computes, zeroed when it ends: for the
+/// What a trial of up to [`CHUNK`] peers computes, zeroed when it ends: for the
 /// peer that sent an authentic message 1, these are its handshake keys.
 #[derive(Zeroize, ZeroizeOnDrop)]
 struct Scratch {
@@ -133,27 +133,29 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// On the heap, each part allocated as it is: a trial may run on a
-    /// thread with a small stack.
-    fn new() -> Scratch {
+    /// Room for `rows` peers (at most [`CHUNK`]), on the heap, each part
+    /// allocated as it is: a trial may run on a thread with a small stack,
+    /// and a short list should not pay for zeroing a long one's scratch.
+    fn new(rows: usize) -> Scratch {
+        let rows = rows.min(CHUNK);
         Scratch {
-            hash_input: vec![[0; 2 * KEY_LEN]; CHUNK],
-            long: vec![[0; BLOCK_LEN + KEY_LEN]; CHUNK],
-            short: vec![[0; BLOCK_LEN + KEY_LEN + 1]; CHUNK],
-            ad: vec![[0; KEY_LEN]; CHUNK],
-            inner: vec![[0; KEY_LEN]; CHUNK],
-            temp: vec![[0; KEY_LEN]; CHUNK],
-            ck: vec![[0; KEY_LEN]; CHUNK],
-            key: vec![[0; KEY_LEN]; CHUNK],
+            hash_input: vec![[0; 2 * KEY_LEN]; rows],
+            long: vec![[0; BLOCK_LEN + KEY_LEN]; rows],
+            short: vec![[0; BLOCK_LEN + KEY_LEN + 1]; rows],
+            ad: vec![[0; KEY_LEN]; rows],
+            inner: vec![[0; KEY_LEN]; rows],
+            temp: vec![[0; KEY_LEN]; rows],
+            ck: vec![[0; KEY_LEN]; rows],
+            key: vec![[0; KEY_LEN]; rows],
             opened: vec![0; FIRST_MESSAGE_MAX_LEN],
         }
     }
 
     /// MixHash(e) and MixKey(e) for the peers whose handshake hash and
-    /// chaining key after the psk are `h` and `ck` (at most [`CHUNK`]):
+    /// chaining key after the psk are `h` and `ck` (as many as it has rows):
     /// `self.ad` gets each h' and `self.key` each tag's key.
     fn mix_ephemeral(&mut self, e: &Bytes32, h: &[Bytes32], ck: &[Bytes32]) {
-        let n = h.len().min(ck.len()).min(CHUNK);
+        let n = h.len().min(ck.len()).min(self.ad.len());
         let (h, ck) = (&h[..n], &ck[..n]);
         const K: usize = KEY_LEN;
         const B: usize = BLOCK_LEN;
@@ -276,7 +278,7 @@ impl Candidates {
         }
         let (e, sealed) = msg1.split_at(KEY_LEN);
         let e: &Bytes32 = e.try_into().ok()?;
-        let mut scratch = Scratch::new();
+        let mut scratch = Scratch::new(self.hashes.len());
         let chunks = self
             .hashes
             .chunks(CHUNK)
