@@ -727,8 +727,11 @@ fn frames_without_a_session_are_counted_and_a_reconnect_replaces_only_its_own_se
     first.signal(libc::SIGKILL);
     let site_a = &net.sites[a].ns;
     site_a.wait_for_device("tt1");
-    site_a.ip("addr flush dev tt0");
+    // The first client's tt0, and its address, go with it.
+    assert!(wait_for(DEADLINE, || !site_a.device_up("tt0")));
     site_a.ip(&format!("addr add {addr_a}/24 dev tt1"));
+    // From a first: its ARP request tells b the new device's MAC address.
+    assert!(site_a.ping(&net.overlay(2)), "a's new session cannot reach b");
     assert!(net.sites[b].ns.ping(&addr_a), "b cannot ping a's new session");
     let out = train.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&out.stdout);
@@ -749,31 +752,48 @@ fn frames_without_a_session_are_counted_and_a_reconnect_replaces_only_its_own_se
         hub.stderr()
     );
 
-    // Frames for a while a's session ends: what the device held for it is
-    // drained and counted, on a's line only.
+    // Frames for a while a's session ends: what reaches its device once no
+    // session reads it (what it held, and what the kernel still sends until
+    // it has seen the carrier go off) is drained and counted, on a's line
+    // only. How much that is depends on the kernel's timing (seen: 9 to
+    // 2,800 frames); a session end that left nothing is tried again.
     let line = net.status_line(&hub, a);
     assert!(line.contains("session up"), "{line}");
     let before = counter(&line, "no session");
     let target = net.pin_behind(a, 98, "02:00:00:00:98:01");
     let socket = in_netns(&net.h, || UdpSocket::bind("0.0.0.0:0").unwrap());
     let flood = Flood::start(socket, target, 100);
-    thread::sleep(Duration::from_millis(300));
-    again.signal(libc::SIGKILL);
-    assert!(
-        wait_log(&hub, &["session with", "ended"], 2, DEADLINE),
-        "a's session did not end"
-    );
-    thread::sleep(Duration::from_millis(300));
+    let mut client = again;
+    let mut counts = Vec::new();
+    for attempt in 1..=3 {
+        if attempt > 1 {
+            client = net.client_on(a, "tt1", &format!("s1 attempt {attempt}"), "");
+            assert!(
+                wait_log(&hub, &["established on tt-s1"], 1 + attempt, DEADLINE),
+                "a did not come back"
+            );
+        }
+        thread::sleep(Duration::from_millis(300));
+        client.signal(libc::SIGKILL);
+        assert!(
+            wait_log(&hub, &["session with", "ended"], 1 + attempt, DEADLINE),
+            "a's session did not end"
+        );
+        thread::sleep(Duration::from_millis(300));
+        let line = net.status_line(&hub, a);
+        assert!(line.contains("no session, last ended"), "{line}");
+        counts.push(counter(&line, "no session"));
+        if counts.last() > Some(&before) {
+            break;
+        }
+    }
     flood.stop();
-    let line = net.status_line(&hub, a);
-    assert!(line.contains("no session, last ended"), "{line}");
-    let after = counter(&line, "no session");
     report(&format!(
-        "frames for a dropped while it had no session: {before} before its session ended, {after} after"
+        "frames for a drained with no session: {before} while its session was up, {counts:?} after each end"
     ));
     assert!(
-        after > before,
-        "nothing was drained and counted for a with no session: {line}"
+        counts.last() > Some(&before),
+        "nothing was drained and counted for a with no session: {counts:?}"
     );
     let line_b = net.status_line(&hub, b);
     assert!(line_b.contains("session up"), "{line_b}");
