@@ -76,7 +76,7 @@ pub use handshake::{
 pub use keys::{PrivateKey, PublicKey, SecretText, derive_psk, stretch_passphrase};
 pub use log::{Sink as LogSink, init as init_log};
 pub use relay::{Counters, relay};
-pub use sys::{Stop, is_socket};
+pub use sys::{Stop, is_socket, thread_cpu_time};
 pub use transport::Stream;
 pub use trial::{Budget, Candidates};
 pub use vnet::{
