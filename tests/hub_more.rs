@@ -443,6 +443,7 @@ struct PrivateDev {
     dir: PathBuf,
     lines: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
+    reader: Option<thread::JoinHandle<()>>,
 }
 
 impl PrivateDev {
@@ -459,7 +460,7 @@ impl PrivateDev {
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (into, stopped) = (lines.clone(), stop.clone());
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !stopped.load(Ordering::Relaxed) {
                 if let Ok(len) = log.recv(&mut buf) {
@@ -468,7 +469,12 @@ impl PrivateDev {
                 }
             }
         });
-        PrivateDev { dir, lines, stop }
+        PrivateDev {
+            dir,
+            lines,
+            stop,
+            reader: Some(reader),
+        }
     }
 
     /// Has `cmd` start in a private mount namespace where this is /dev.
@@ -515,6 +521,9 @@ impl PrivateDev {
 impl Drop for PrivateDev {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 
