@@ -933,6 +933,39 @@ pub fn release_pages(buf: &mut [u8]) {
     }
 }
 
+/// The uid of the process at the other end of a connected Unix socket, as
+/// the kernel recorded it at connect(2) (SO_PEERCRED): the control socket's
+/// check of who asks, which no client can forge.
+///
+/// # Errors
+/// getsockopt(2)'s errors (`fd` is no Unix socket, or not connected).
+pub fn peer_uid(fd: RawFd) -> io::Result<libc::uid_t> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are live locals; the kernel writes at most
+    // `len` bytes into `cred` and the new length into `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("SO_PEERCRED returned a short answer"));
+    }
+    Ok(cred.uid)
+}
+
 /// rtnetlink's attribute for an interface's master (its bridge).
 const IFLA_MASTER: u16 = 10;
 
