@@ -42,7 +42,9 @@
 //! keeps the temporary folder with the hubs' logs. A binary without `-A` (no
 //! hub) is run as the point-to-point `taptun -s` with N = 1 and one iperf3
 //! peer.
-//! Everything it makes is removed on exit, also when it fails.
+//! It exits with status 1 when a frame was lost or misdelivered or a session
+//! ended early (the figures are reported, not judged). Everything it makes
+//! is removed on exit, also when it fails.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -1370,9 +1372,10 @@ fn first<T: std::fmt::Display>(list: &[T]) -> String {
         .map_or(String::new(), |x| format!(" (first: {x})"))
 }
 
-/// The figures, printed as they come and as a table at the end.
+/// The figures, printed as they come and as a table at the end, and what
+/// went wrong (frames lost or misdelivered, sessions ended).
 #[derive(Default)]
-struct Table(Vec<(String, String)>);
+struct Table(Vec<(String, String)>, Vec<String>);
 
 impl Table {
     fn row(&mut self, what: &str, value: String) {
@@ -1380,11 +1383,21 @@ impl Table {
         self.0.push((what.into(), value));
     }
 
+    /// Records a failure if `count` is not 0.
+    fn expect_none(&mut self, count: u64, what: &str) {
+        if count != 0 {
+            self.1.push(format!("{count} {what}"));
+        }
+    }
+
     fn print(&self, title: &str) {
         println!("\n{title}");
         let width = self.0.iter().map(|(w, _)| w.len()).max().unwrap_or(0);
         for (what, value) in &self.0 {
             println!("{what:<width$}  {value}");
+        }
+        if !self.1.is_empty() {
+            println!("\nFAILED: {}", self.1.join(", "));
         }
     }
 }
@@ -1540,6 +1553,9 @@ fn frames(
         .zip(&seen.right)
         .map(|(s, r)| s.saturating_sub(*r))
         .sum();
+    table.expect_none(lost, "frames lost on the way to the hub's devices");
+    table.expect_none(seen.wrong_device, "frames on a wrong device");
+    table.expect_none(send_errors, "frames the generator could not send");
     table.row(
         "frames generator -> hub devices",
         format!(
@@ -1556,13 +1572,16 @@ fn frames(
         .zip(&rxs)
         .map(|(s, r)| s.saturating_sub(r.frames))
         .sum();
+    let misdelivered = rxs.iter().map(|r| r.misdelivered).sum::<u64>();
+    table.expect_none(lost, "frames lost on the way to the sessions");
+    table.expect_none(misdelivered, "frames to a wrong session");
     table.row(
         "frames hub devices -> generator",
         format!(
             "{} injected, {} received, {lost} lost, {} misdelivered, {} out of order, {inject_errors} inject errors; {} frames of the hub's own, {} keepalives",
             injected.iter().sum::<u64>(),
             rxs.iter().map(|r| r.frames).sum::<u64>(),
-            rxs.iter().map(|r| r.misdelivered).sum::<u64>(),
+            misdelivered,
             rxs.iter().map(|r| r.out_of_order).sum::<u64>(),
             rxs.iter().map(|r| r.foreign).sum::<u64>(),
             rxs.iter().map(|r| r.keepalives).sum::<u64>(),
@@ -1580,6 +1599,7 @@ fn frames(
         .enumerate()
         .filter_map(|(i, r)| r.ended.as_ref().map(|e| format!("peer {i}: {e}")))
         .collect();
+    table.expect_none(ended.len() as u64, "sessions ended early");
     table.row(
         "sessions ended early",
         format!("{}{}", ended.len(), first(&ended)),
@@ -1759,6 +1779,11 @@ fn main() {
         "hub at scale: {peers} peers, {} CPUs",
         std::thread::available_parallelism().map_or(0, |p| p.get())
     ));
+    if !table.1.is_empty() {
+        // After every guard has cleaned up.
+        drop(scratch);
+        std::process::exit(1);
+    }
 }
 
 /// Raises the soft limit on open files to the hard one.
