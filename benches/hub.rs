@@ -694,7 +694,7 @@ fn backoff(attempt: u32) -> Duration {
     step.mul_f64(1.0 - 0.25 * f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX))
 }
 
-/// Opens a session for every identity, `HANDSHAKE_THREADS` at a time, from
+/// Opens a session for every identity, `concurrency` at a time, from
 /// threads in the generator's namespace. A peer whose attempt fails tries
 /// again after a client's backoff, as `taptun -c` would.
 fn open_all(
@@ -941,7 +941,7 @@ impl Drop for Keeper {
 struct Packet(RawFd);
 
 impl Packet {
-    fn new(protocol: u16, receive_outgoing: bool) -> Packet {
+    fn new(protocol: u16) -> Packet {
         // SAFETY: socket takes no pointer.
         let fd = unsafe {
             libc::socket(
@@ -964,10 +964,8 @@ impl Packet {
                 )
             }
         };
-        if !receive_outgoing {
-            // What we inject ourselves is not what the hub sent.
-            set(libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
-        }
+        // What we inject ourselves is not what the hub sent.
+        set(libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
         set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 16 << 20);
         let timeout = libc::timeval {
             tv_sec: 0,
@@ -1489,12 +1487,8 @@ fn frames(
     let ifindex: Vec<u32> =
         hub_ns.enter(move || names.iter().map(|d| ifindex(d).expect("device")).collect());
     let n = ifindex.len();
-    let (watch_socket, inject_socket) = hub_ns.enter(|| {
-        (
-            Packet::new(libc::ETH_P_ALL as u16, false),
-            Packet::new(0, false),
-        )
-    });
+    let (watch_socket, inject_socket) =
+        hub_ns.enter(|| (Packet::new(libc::ETH_P_ALL as u16), Packet::new(0)));
     let watching = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (ifindex, stop) = (ifindex.clone(), watching.clone());
