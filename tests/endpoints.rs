@@ -12,7 +12,7 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -297,7 +297,13 @@ impl QemuTunnel {
             user.secret(&p.client_key),
             user.secret(&p.server_key)
         );
-        let (mut client, client_pid) = start("client", user.taptun(&p.b, &args), &p.scratch);
+        let mut cmd = user.taptun(&p.b, &args);
+        let hook = user.home.join("hook");
+        cmd.args([
+            "-u",
+            &format!("echo \"$TAPTUN_DEVICE\" > {}", hook.display()),
+        ]);
+        let (mut client, client_pid) = start("client", cmd, &p.scratch);
         wait_for_line(&mut server, ESTABLISHED);
         wait_for_line(&mut client, ESTABLISHED);
         QemuTunnel {
@@ -337,6 +343,16 @@ fn a_vm_on_a_qemu_socket_reaches_a_tap_device_as_an_ordinary_user_and_again_afte
         return;
     }
     let mut t = QemuTunnel::new();
+    // The up hook's TAPTUN_DEVICE names the endpoint.
+    let hook = t.user.home.join("hook");
+    assert!(
+        wait_for(DEADLINE, || hook.exists()),
+        "the up hook did not run"
+    );
+    assert_eq!(
+        fs::read_to_string(&hook).unwrap().trim(),
+        format!("qemu:{}", t.socket.display())
+    );
     let meta = fs::symlink_metadata(&t.socket).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o600, "the socket's mode");
     assert_eq!(meta.uid(), t.user.uid, "the socket's owner");
