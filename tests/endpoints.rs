@@ -790,3 +790,33 @@ fn a_local_endpoint_with_tun_or_socket_options_elsewhere_is_a_usage_error() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+/// -i points fd 2 at /dev/null before the device opens when fd 2 is the stream (inetd): a
+/// `vde:` command started then writes nothing into the tunnel.
+#[test]
+fn under_inetd_a_vde_commands_stderr_stays_off_the_tunnel() {
+    use std::os::fd::OwnedFd;
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let theirs = OwnedFd::from(theirs);
+    let scratch = Scratch::new();
+    let secret = scratch.genkey("inetd");
+    let mut cmd = Command::new(TAPTUN);
+    cmd.args(["-i", "-l", &secret, "-r", &secret, "-d"])
+        .arg("vde:echo junk-on-stderr >&2; exec sleep 30")
+        .env_remove("TAPTUN_LOCAL")
+        .env_remove("TAPTUN_REMOTE")
+        .stdin(theirs.try_clone().unwrap())
+        .stdout(theirs.try_clone().unwrap())
+        .stderr(theirs);
+    let _taptun = Proc::adopt("inetd", cmd.spawn().unwrap(), None);
+    // The responder sends nothing before the initiator's first message: all
+    // that can arrive here within a second is what the command wrote.
+    ours.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut got = Vec::new();
+    let _ = (&ours).read_to_end(&mut got);
+    assert!(
+        !String::from_utf8_lossy(&got).contains("junk-on-stderr"),
+        "the command's stderr reached the tunnel: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
