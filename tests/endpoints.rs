@@ -760,6 +760,15 @@ fn two_vde_switches_joined_by_taptun_carry_ping_and_10_mb_three_times() {
         );
         echo_across_the_tunnel(&p, &tap_a, 10 << 20, round);
     }
+    // vde_plug dies: taptun runs it again and traffic resumes, in the same session.
+    let plug = format!("^vde_plug {}", ctl_b.display());
+    run(Command::new("pkill").args(["-KILL", "-f", &plug]));
+    wait_for_line(&mut client, "the command ended");
+    assert!(
+        wait_for(DEADLINE, || count_lines(&client, "local stream up") >= 2),
+        "taptun did not run vde_plug again"
+    );
+    assert!(p.b.ping(&tap_a), "no ping after vde_plug was run again");
     assert_eq!(
         count_lines(&server, ESTABLISHED),
         1,
