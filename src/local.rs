@@ -606,18 +606,22 @@ fn inbound(shared: &Shared, pair: &Socket, source: Source, listener: Option<Unix
                 log::info!("{}: the command ended ({status})", shared.name);
             }
         }
-        if shared.stop.is_set() || matches!(source, Source::Listen(_)) {
-            if shared.stop.is_set() {
-                break;
-            }
+        if shared.stop.is_set() {
+            break;
+        }
+        if matches!(source, Source::Listen(_)) {
+            // The next VM is waited for in accept.
             continue;
         }
-        retry = if started.elapsed() >= STABLE {
+        // 0.25 s after a stream that lasted, then twice as long after each
+        // failure in a row, up to 5 s.
+        let wait = if started.elapsed() >= STABLE {
             FIRST_RETRY
         } else {
-            (retry * 2).min(MAX_RETRY)
+            retry
         };
-        let deadline = Instant::now() + retry;
+        retry = (wait * 2).min(MAX_RETRY);
+        let deadline = Instant::now() + wait;
         if let Ok(Wait::Stopped) =
             sys::wait_readable(shared.stop.raw_fd(), &[&shared.stop], Some(deadline))
         {
