@@ -829,3 +829,56 @@ fn under_inetd_a_vde_commands_stderr_stays_off_the_tunnel() {
         String::from_utf8_lossy(&got)
     );
 }
+
+#[test]
+fn a_hub_peer_on_a_qemu_socket_reaches_its_peers_tap_device_as_an_ordinary_user() {
+    if !require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let user = User::new(p.n);
+    // The hub, unprivileged: its one listed peer's device is a qemu: socket.
+    let socket = user.home.join("vm1.sock");
+    let peers = user.home.join("peers");
+    fs::write(
+        &peers,
+        format!(
+            "vm1 {} device=qemu:{}\n",
+            pubkey(&p.client_key),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&peers, Some(user.uid), Some(user.gid)).unwrap();
+    fs::set_permissions(&peers, fs::Permissions::from_mode(0o600)).unwrap();
+    let args = format!(
+        "-s -p {} -v -A {} -l {} --socket-mode 660",
+        p.port,
+        peers.display(),
+        user.secret(&p.server_key)
+    );
+    let (mut hub, _) = start("hub", user.taptun(&p.a, &args), &p.scratch);
+    assert!(
+        wait_for(DEADLINE, || !hub.running() || p.a.listening(p.port)),
+        "the hub did not listen"
+    );
+    assert!(hub.running(), "the hub exited");
+    let meta = fs::symlink_metadata(&socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "the socket's mode");
+    // The peer: a TAP device, as root.
+    let mut client = p.client(
+        "client",
+        &format!("-d tt0 -l {} -k {}", p.client_key, pubkey(&p.server_key)),
+    );
+    p.b.wait_for_device("tt0");
+    p.b.ip(&format!("addr add {}/24 dev tt0", p.tap_addr(2)));
+    wait_for_line(&mut client, ESTABLISHED);
+    let mut vm = Vm::connect(&socket);
+    assert!(
+        vm.arp(ipv4(&p.tap_addr(1)), ipv4(&p.tap_addr(2))),
+        "no ARP answer from the peer's tap device"
+    );
+    drop(vm);
+    assert!(hub.terminate().success());
+    assert!(!socket.exists(), "the socket is still there after exit");
+}
