@@ -47,7 +47,6 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Socket, Type};
 
 use crate::child::{self, Child};
-use crate::device::MAX_FRAME;
 use crate::error::Error;
 use crate::sys::{self, Interest, Stop, Wait, WaitAny};
 
@@ -100,7 +99,7 @@ impl Format {
     /// The largest frame the other side takes from us.
     pub fn max_frame_out(self) -> usize {
         match self {
-            Format::Qemu => MAX_FRAME,
+            Format::Qemu => QEMU_MAX_LEN,
             Format::Vde => VDE_MAX_FRAME,
         }
     }
@@ -296,6 +295,8 @@ impl Tally {
 struct Shared {
     name: String,
     format: Format,
+    /// The largest frame carried, either way.
+    max_frame: usize,
     stop: Stop,
     /// The current local stream, for outbound; `None` while there is none.
     writer: Mutex<Option<UnixStream>>,
@@ -333,7 +334,8 @@ pub struct Local {
 }
 
 impl Local {
-    /// Opens the endpoint named `name` with frames of an `mtu` device:
+    /// Opens the endpoint named `name` with frames of an `mtu` device, and
+    /// none over `max_frame` bytes (larger ones are dropped, counted):
     /// binds the listening socket (`qemu:`) at once, so that errors show at
     /// start-up; connecting and running the command happen in the pump.
     ///
@@ -344,6 +346,7 @@ impl Local {
         name: &str,
         source: Source,
         mtu: u32,
+        max_frame: usize,
         access: &SocketAccess,
     ) -> Result<Local, Error> {
         let err = |what: &str, source: io::Error| Error::Local {
@@ -367,6 +370,7 @@ impl Local {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             format: source.format(),
+            max_frame,
             stop: Stop::new().map_err(|e| err("cannot create an eventfd", e))?,
             writer: Mutex::new(None),
             tally: Tally::default(),
@@ -703,7 +707,7 @@ fn read_frames(
     listener: Option<&UnixListener>,
     input: &mut [u8],
 ) -> String {
-    let mut deframer = Deframer::new(shared.format, MAX_FRAME);
+    let mut deframer = Deframer::new(shared.format, shared.max_frame);
     let mut watch = vec![(conn.as_raw_fd(), Interest::Read)];
     if let Some(l) = listener {
         watch.push((l.as_raw_fd(), Interest::Read));
@@ -802,7 +806,7 @@ fn give(shared: &Shared, pair: &Socket, frame: &[u8]) -> bool {
 fn outbound(shared: &Shared, pair: &Socket) {
     let header = shared.format.header_len();
     // The frame goes after 4 bytes of room, where its header is written.
-    let mut buf = vec![0u8; 4 + MAX_FRAME + 1];
+    let mut buf = vec![0u8; 4 + shared.max_frame + 1];
     loop {
         match sys::wait_readable(pair.as_raw_fd(), &[&shared.stop], None) {
             Ok(Wait::Ready) => {}
@@ -821,7 +825,10 @@ fn outbound(shared: &Shared, pair: &Socket) {
             bump(&shared.tally.no_stream);
             continue;
         };
-        if len > shared.format.max_frame_out() || len == 0 {
+        if len == 0 {
+            continue;
+        }
+        if len > shared.format.max_frame_out().min(shared.max_frame) {
             bump(&shared.tally.oversize);
             log::debug!("{}: dropped a frame of {len} bytes", shared.name);
             continue;
@@ -923,7 +930,7 @@ mod tests {
             let stream: Vec<u8> = frames.iter().flat_map(|f| wrap(f)).collect();
             for step in [1, 2, 3, 7, 1500, stream.len()] {
                 assert_eq!(
-                    cut(format, MAX_FRAME, &stream, step).unwrap(),
+                    cut(format, 65509, &stream, step).unwrap(),
                     frames,
                     "{format:?} {step}"
                 );
@@ -964,18 +971,18 @@ mod tests {
         let mut stream = u32::MAX.to_be_bytes().to_vec();
         stream.extend([0u8; 100]);
         assert_eq!(
-            cut(Format::Qemu, MAX_FRAME, &stream, 3),
+            cut(Format::Qemu, 65509, &stream, 3),
             Err(Malformed(u32::MAX as usize))
         );
         let just_over = (QEMU_MAX_LEN as u32 + 1).to_be_bytes();
         assert_eq!(
-            cut(Format::Qemu, MAX_FRAME, &just_over, 4),
+            cut(Format::Qemu, 65509, &just_over, 4),
             Err(Malformed(QEMU_MAX_LEN + 1))
         );
         // QEMU's own limit is a frame, if too large for us.
         let limit = (QEMU_MAX_LEN as u32).to_be_bytes();
         assert_eq!(
-            cut(Format::Qemu, MAX_FRAME, &limit, 4).unwrap(),
+            cut(Format::Qemu, 65509, &limit, 4).unwrap(),
             vec![format!("oversize {QEMU_MAX_LEN}").into_bytes()]
         );
     }
