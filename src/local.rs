@@ -718,59 +718,72 @@ fn read_frames(
         watch.push((l.as_raw_fd(), Interest::Read));
     }
     loop {
-        match sys::wait_any(&watch, &[&shared.stop], None) {
-            Ok(WaitAny::Ready(ready)) => {
-                if ready & 2 != 0 {
-                    if let Some(l) = listener {
-                        refuse_second_client(shared, l);
-                    }
-                }
-                if ready & 1 == 0 {
-                    continue;
-                }
-            }
+        let ready = match sys::wait_any(&watch, &[&shared.stop], None) {
+            Ok(WaitAny::Ready(ready)) => ready,
             Ok(_) => return "stopping".into(),
             Err(e) => return format!("poll failed: {e}"),
-        }
-        let n = match conn.read(input) {
-            Ok(0) => return "end of stream".into(),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return format!("read failed: {e}"),
         };
-        let mut rest = &input[..n];
-        while !rest.is_empty() {
-            let (used, event) = match deframer.feed(rest) {
-                Ok(found) => found,
-                Err(Malformed(len)) => {
-                    log::warn!(
-                        "{}: a frame length of {len} bytes cannot be: the local stream is out \
-                         of sync or not {} framing; closing it",
-                        shared.name,
-                        match shared.format {
-                            Format::Qemu => "QEMU's",
-                            Format::Vde => "VDE's",
-                        }
-                    );
-                    return format!("malformed length {len}");
-                }
+        // What the stream holds comes first, its end included: a VM that
+        // restarts at once must find its predecessor gone, not be refused.
+        loop {
+            let n = match conn.read(input) {
+                Ok(0) => return "end of stream".into(),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return format!("read failed: {e}"),
             };
-            rest = &rest[used..];
-            match event {
-                Some(Event::Frame(frame)) if !give(shared, pair, frame) => {
-                    return "stopping".into();
-                }
-                Some(Event::Oversize(len)) => {
-                    bump(&shared.tally.oversize);
-                    log::debug!(
-                        "{}: dropped a frame of {len} bytes (too large)",
-                        shared.name
-                    );
-                }
-                Some(Event::Frame(_)) | None => {}
+            if let Err(why) = deliver(shared, pair, &mut deframer, &input[..n]) {
+                return why;
             }
         }
+        if let (true, Some(l)) = (ready & 2 != 0, listener) {
+            refuse_second_client(shared, l);
+        }
     }
+}
+
+/// Cuts `bytes` into frames and gives them to the device half; says why
+/// the stream must end, if it must.
+fn deliver(
+    shared: &Shared,
+    pair: &Socket,
+    deframer: &mut Deframer,
+    bytes: &[u8],
+) -> Result<(), String> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (used, event) = match deframer.feed(rest) {
+            Ok(found) => found,
+            Err(Malformed(len)) => {
+                log::warn!(
+                    "{}: a frame length of {len} bytes cannot be: the local stream is out \
+                     of sync or not {} framing; closing it",
+                    shared.name,
+                    match shared.format {
+                        Format::Qemu => "QEMU's",
+                        Format::Vde => "VDE's",
+                    }
+                );
+                return Err(format!("malformed length {len}"));
+            }
+        };
+        rest = &rest[used..];
+        match event {
+            Some(Event::Frame(frame)) if !give(shared, pair, frame) => {
+                return Err("stopping".into());
+            }
+            Some(Event::Oversize(len)) => {
+                bump(&shared.tally.oversize);
+                log::debug!(
+                    "{}: dropped a frame of {len} bytes (too large)",
+                    shared.name
+                );
+            }
+            Some(Event::Frame(_)) | None => {}
+        }
+    }
+    Ok(())
 }
 
 /// Accepts and closes a client that came while one is connected.
@@ -1019,5 +1032,219 @@ mod tests {
         let verdict = check_directory(&dir, &meta);
         std::fs::remove_dir(&dir).unwrap();
         assert!(verdict.unwrap_err().contains("without the sticky bit"));
+    }
+
+    /// A private temporary directory, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            use std::sync::atomic::AtomicU32;
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("taptun-{tag}-{}-{n}", std::process::id()));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The next frame the endpoint's device half gives the relay.
+    #[track_caller]
+    fn device_recv(local: &Local) -> Vec<u8> {
+        let mut buf = vec![0u8; 70000];
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match local.recv(&mut buf) {
+                Ok(n) => return buf[..n].to_vec(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let waited = sys::wait_readable(local.raw_fd(), sys::NO_STOPS, Some(deadline));
+                    assert_eq!(waited.unwrap(), Wait::Ready, "no frame within {WAIT:?}");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn connect(path: &Path) -> UnixStream {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match UnixStream::connect(path) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(WAIT)).unwrap();
+                    return s;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        }
+    }
+
+    fn qemu_frame(stream: &mut UnixStream) -> Vec<u8> {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).unwrap();
+        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut frame).unwrap();
+        frame
+    }
+
+    /// Sends `frame` to the device half until the outbound pump takes it to
+    /// a stream (it drops frames while none is connected yet).
+    fn send_until_read(local: &Local, frame: &[u8], stream: &mut UnixStream) -> Vec<u8> {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let mut len = [0u8; 4];
+        loop {
+            local.send(frame).unwrap();
+            match stream.read_exact(&mut len) {
+                Ok(()) => break,
+                Err(_) if Instant::now() < deadline => {}
+                Err(e) => panic!("nothing from the endpoint: {e}"),
+            }
+        }
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut got = vec![0u8; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut got).unwrap();
+        got
+    }
+
+    #[test]
+    fn a_qemu_socket_carries_frames_both_ways_one_client_at_a_time() {
+        let dir = TempDir::new("qemu");
+        let path = dir.0.join("vm.sock");
+        let source = Source::Listen(path.clone());
+        let local =
+            Local::open("qemu:test", source, 1500, 65509, &SocketAccess::default()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut vm = connect(&path);
+        vm.write_all(&[0, 0, 0, 3, b'a', b'b', b'c']).unwrap();
+        assert_eq!(device_recv(&local), b"abc");
+        assert_eq!(send_until_read(&local, b"hello", &mut vm), b"hello");
+        // A second client is closed at once; the first keeps its stream.
+        let mut second = connect(&path);
+        assert_eq!(second.read(&mut [0u8; 8]).unwrap(), 0);
+        local.send(b"still").unwrap();
+        assert_eq!(qemu_frame(&mut vm), b"still");
+        // The VM goes; the next one is served. (Waiting for the endpoint to
+        // see the end: a test running `cat` at the same time may hold a
+        // forked copy of `vm` until its exec.)
+        drop(vm);
+        let deadline = Instant::now() + WAIT;
+        while lock(&local.shared.writer).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the end of the stream went unseen"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut next = connect(&path);
+        next.write_all(&[0, 0, 0, 1, b'z']).unwrap();
+        assert_eq!(device_recv(&local), b"z");
+        drop(local);
+        assert!(!path.exists(), "the socket outlived the endpoint");
+    }
+
+    #[test]
+    fn qemu_connect_connects_again_when_its_stream_ends() {
+        let dir = TempDir::new("connect");
+        let path = dir.0.join("passt.sock");
+        let source = Source::Connect(path.clone());
+        // Nothing listens yet: the endpoint keeps trying.
+        let local = Local::open(
+            "qemu-connect:test",
+            source,
+            1500,
+            65509,
+            &SocketAccess::default(),
+        )
+        .unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        for round in 0..2u8 {
+            let (mut far, _) = listener.accept().unwrap();
+            far.write_all(&[0, 0, 0, 1, round]).unwrap();
+            assert_eq!(device_recv(&local), [round]);
+            drop(far);
+        }
+    }
+
+    #[test]
+    fn a_vde_command_gets_one_record_per_frame_and_nothing_it_cannot_take() {
+        // `cat` sends each record back as it came: length and frame.
+        let source = Source::Command("exec cat".into());
+        let local = Local::open("vde:cat", source, 1500, 65509, &SocketAccess::default()).unwrap();
+        let largest = vec![7u8; VDE_MAX_FRAME];
+        let deadline = Instant::now() + WAIT;
+        // Until cat runs, frames are dropped with no local stream.
+        let echoed = loop {
+            local.send(b"ping").unwrap();
+            let mut buf = [0u8; 16];
+            if sys::wait_readable(
+                local.raw_fd(),
+                sys::NO_STOPS,
+                Some(Instant::now() + Duration::from_millis(100)),
+            )
+            .unwrap()
+                == Wait::Ready
+            {
+                let n = local.recv(&mut buf).unwrap();
+                break buf[..n].to_vec();
+            }
+            assert!(Instant::now() < deadline, "cat never answered");
+        };
+        assert_eq!(echoed, b"ping");
+        local.send(&largest).unwrap();
+        assert_eq!(device_recv(&local), largest);
+        // One byte more than vde_plug can read with its length: dropped, counted.
+        let too_large = vec![8u8; VDE_MAX_FRAME + 1];
+        local.send(&too_large).unwrap();
+        local.send(b"after").unwrap();
+        assert_eq!(device_recv(&local), b"after");
+        assert_eq!(local.shared.tally.oversize.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_vm_that_reconnects_before_its_end_is_read_is_not_refused() {
+        let dir = TempDir::new("restart");
+        let path = dir.0.join("vm.sock");
+        let source = Source::Listen(path.clone());
+        let local = Local::open(
+            "qemu:restart",
+            source,
+            1500,
+            65509,
+            &SocketAccess::default(),
+        )
+        .unwrap();
+        // The old VM sends more than the device half holds and goes: the
+        // inbound pump waits for room, its end still unread...
+        let mut old = connect(&path);
+        let frame = [0x11u8; 1000];
+        let mut burst = Vec::new();
+        for _ in 0..200 {
+            burst.extend_from_slice(&1000u32.to_be_bytes());
+            burst.extend_from_slice(&frame);
+        }
+        old.write_all(&burst).unwrap();
+        drop(old);
+        // ...when the new one connects and speaks.
+        let mut new = connect(&path);
+        new.write_all(&[0, 0, 0, 1, b'n']).unwrap();
+        for i in 0..200 {
+            assert_eq!(device_recv(&local), frame, "frame {i} of the old VM");
+        }
+        assert_eq!(device_recv(&local), b"n", "the new VM's frame");
     }
 }
