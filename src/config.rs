@@ -41,6 +41,9 @@ pub enum Command {
     GenKey(Option<PathBuf>),
     /// Read a secret from a file, or else stdin, and print its public key.
     PubKey(Option<PathBuf>),
+    /// Ask the control socket at `path` of a running taptun for its status,
+    /// as lines or (`json`) as one JSON document.
+    Status { path: PathBuf, json: bool },
     /// Print the help text.
     Help,
     /// Print the version.
@@ -134,6 +137,8 @@ pub struct Config {
     pub fwmark: Option<u32>,
     /// TCP_CONGESTION for the carrier socket; `None` keeps the system's.
     pub congestion: Option<String>,
+    /// -S: where to serve status on a Unix socket.
+    pub control: Option<PathBuf>,
     /// Number of -v.
     pub verbosity: u8,
     /// Warnings to log once logging is up.
@@ -202,6 +207,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "G", long: "group", hint: "GROUP", help: "the group to switch to (default: USER's primary group)" },
     OptionSpec { short: "F", long: "fwmark", hint: "MARK", help: "set SO_MARK on the carrier socket, for policy routing (-s, -c -m)" },
     OptionSpec { short: "", long: "congestion", hint: "ALG", help: "TCP congestion control of the carrier socket (-s, -c -m, -i), e.g. bbr or cubic (default: the system's)" },
+    OptionSpec { short: "S", long: "control", hint: "PATH", help: "serve status on a Unix socket at PATH (mode 600; read it with `taptun status PATH`; not with -i)" },
     OptionSpec { short: "C", long: "check", hint: "", help: "check the configuration and secrets, open nothing, exit 0 (or 2 with the reason)" },
     OptionSpec { short: "v", long: "verbose", hint: "", help: "log more (repeat for more); RUST_LOG overrides" },
     OptionSpec { short: "h", long: "help", hint: "", help: "print this help and exit" },
@@ -231,6 +237,7 @@ Usage: taptun -s [-p PORT] [-b ADDR] [OPTIONS]
        taptun -i [OPTIONS]
        taptun genkey [PATH]
        taptun pubkey [FILE]    (without FILE, the secret is read on stdin)
+       taptun status PATH [--json]    (what a taptun run with -S PATH reports)
 
 A TAP/TUN tunnel over a TCP connection, inetd's socket or a command's pipes,
 authenticated with Noise_XXpsk0. The ends swap secrets: server -l S1 -r S2,
@@ -257,6 +264,9 @@ impl Command {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Command, Error> {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        if let Some(("status", rest)) = args.split_first().map(|(first, rest)| (*first, rest)) {
+            return parse_status(rest);
+        }
         let m = options().parse(&args).map_err(|e| match e {
             getopts::Fail::UnrecognizedOption(name) => usage(unknown_option(&name, &args)),
             e => usage(e.to_string()),
@@ -307,6 +317,34 @@ impl Command {
             Command::Tunnel(config)
         })
     }
+}
+
+/// `taptun status PATH [--json]`, its arguments after `status` (in any
+/// order: `--json` is the only option).
+fn parse_status(args: &[&str]) -> Result<Command, Error> {
+    let mut json = false;
+    let mut path = None;
+    for arg in args {
+        match *arg {
+            "--json" if !json => json = true,
+            "-h" | "--help" => return Ok(Command::Help),
+            arg if arg.starts_with('-') && arg.len() > 1 => {
+                return Err(usage(format!(
+                    "`taptun status` takes PATH and --json only (got {arg})"
+                )));
+            }
+            arg if path.is_none() && !arg.is_empty() => path = Some(PathBuf::from(arg)),
+            arg => {
+                return Err(usage(format!(
+                    "`taptun status`: unexpected argument `{arg}`"
+                )));
+            }
+        }
+    }
+    let path = path.ok_or_else(|| {
+        usage("`taptun status` needs the PATH of the control socket (the -S of the running taptun)")
+    })?;
+    Ok(Command::Status { path, json })
 }
 
 /// Refuses an option value that starts with '-': getopts takes the argument
@@ -585,6 +623,16 @@ impl Config {
                 ));
             }
         }
+        let control = match m.opt_str("S") {
+            None => None,
+            Some(path) if path.is_empty() => return Err(usage("-S: empty path")),
+            Some(_) if mode == Mode::Inetd => {
+                return Err(usage(
+                    "-S cannot be used with -i: every process inetd starts would serve the same                      path; run a -s server (or a hub) to have a control socket",
+                ));
+            }
+            Some(path) => Some(PathBuf::from(path)),
+        };
         let once = m.opt_present("o");
         if once && !matches!(mode, Mode::Client(_)) {
             return Err(usage(
@@ -609,6 +657,7 @@ impl Config {
             group,
             fwmark,
             congestion,
+            control,
             verbosity: u8::try_from(m.opt_count("v")).unwrap_or(u8::MAX),
             warnings,
         })
@@ -879,6 +928,7 @@ mod tests {
                 group: None,
                 fwmark: None,
                 congestion: None,
+                control: None,
                 verbosity: 0,
                 warnings: vec![],
             }
@@ -943,6 +993,7 @@ mod tests {
                 group: None,
                 fwmark: Some(16),
                 congestion: None,
+                control: None,
                 verbosity: 2,
                 warnings: vec![],
             }
@@ -958,6 +1009,51 @@ mod tests {
             (c.user.as_deref(), c.group.as_deref()),
             (Some("nobody"), Some("nogroup"))
         );
+    }
+
+    #[test]
+    fn control_socket_in_every_mode_but_inetd() {
+        for mode in [&["-s"][..], &["-c", "-m", "gw"], &["-c", "-x", "ssh gw"]] {
+            let mut args = mode.to_vec();
+            args.extend(["-S", "/run/taptun/ctl", "-l", "@/k", "-k", PUB]);
+            assert_eq!(
+                tunnel(&args).control,
+                Some(PathBuf::from("/run/taptun/ctl")),
+                "{args:?}"
+            );
+        }
+        let e = parse(&["-i", "--control", "/run/taptun/ctl", "-l", "@/k", "-k", PUB]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("-S cannot be used with -i"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        assert!(parse(&["-s", "-S", "", "-l", "@/k", "-k", PUB]).is_err());
+    }
+
+    #[test]
+    fn status_takes_a_path_and_json() {
+        let status = |path: &str, json| Command::Status {
+            path: PathBuf::from(path),
+            json,
+        };
+        let ok = |args: &[&str]| parse(args).unwrap();
+        assert_eq!(ok(&["status", "/run/ctl"]), status("/run/ctl", false));
+        assert_eq!(
+            ok(&["status", "/run/ctl", "--json"]),
+            status("/run/ctl", true)
+        );
+        assert_eq!(ok(&["status", "--json", "ctl"]), status("ctl", true));
+        for bad in [
+            &["status"][..],
+            &["status", "--json"],
+            &["status", "a", "b"],
+            &["status", "a", "--yaml"],
+            &["status", "a", "--json", "--json"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
     }
 
     #[test]

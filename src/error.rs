@@ -72,6 +72,16 @@ pub enum Error {
     Hook(String),
     /// An I/O failure on something the text names.
     Io { what: String, source: io::Error },
+    /// The control socket (-S PATH, `taptun status PATH`) could not be
+    /// served or asked; `hint` says what to do. `misconfigured` when the
+    /// fix is in the configuration (exit 2), not in the running system.
+    Control {
+        path: PathBuf,
+        what: String,
+        source: Option<io::Error>,
+        hint: &'static str,
+        misconfigured: bool,
+    },
     /// The hub's peers file (-A) is refused: the file itself (`line` None:
     /// its owner, mode, size, kind) or a line of it.
     PeersFile {
@@ -111,6 +121,10 @@ impl Error {
             | Error::Secret { .. }
             | Error::KeyFile { .. }
             | Error::PeersFile { .. } => EXIT_USAGE,
+            Error::Control {
+                misconfigured: true,
+                ..
+            } => EXIT_USAGE,
             Error::Handshake { cause, .. } if cause.is_authentication() => EXIT_AUTH,
             Error::Proxy { denied: true, .. } => EXIT_AUTH,
             // A taptun at the other end of the command that failed its
@@ -238,6 +252,22 @@ impl fmt::Display for Error {
             Error::Protocol { peer, what } => write!(f, "{peer}: protocol error: {what}"),
             Error::Hook(why) => f.write_str(why),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
+            Error::Control {
+                path,
+                what,
+                source,
+                hint,
+                ..
+            } => {
+                write!(f, "control socket {}: {what}", path.display())?;
+                if let Some(source) = source {
+                    write!(f, ": {source}")?;
+                }
+                if !hint.is_empty() {
+                    write!(f, " ({hint})")?;
+                }
+                Ok(())
+            }
             Error::PeersFile { path, line, why } => match line {
                 Some(line) => write!(f, "peers file {}:{line}: {why}", path.display()),
                 None => write!(f, "peers file {}: {why}", path.display()),

@@ -31,6 +31,12 @@
 //!   checksum field, a segment size of at least 48); [`vnet::strip`] either
 //!   refuses or returns the frame with a checksum that verifies.
 //!
+//! - [`peers_file`]: the hub's peers file as [`peers::read`] parses it,
+//!   for tap or tun and a limit of 0 to 127 peers (both from the first
+//!   byte). A refusal names a line of the text; what passes keeps every
+//!   rule on its own (names, keys that give a psk, unique devices, options
+//!   in range), parses back to itself when written out again, and compares
+//!   with itself and a part of itself as a reload would.
 //! - [`local_deframer`]: the stream of a `qemu:`/`qemu-connect:` or `vde:`
 //!   endpoint ([`Deframer`]), fed in pseudo-random pieces, gives exactly
 //!   the frames, oversize lengths and the malformed length that a plain
@@ -51,8 +57,9 @@ use crate::handshake::{
     self, Cipher, HandshakeError, Hello, Identity, Initiator, MESSAGE1_LEN, MessageIo, ReplayCache,
     Responder, TAG_LEN, Transport,
 };
-use crate::keys::{KEY_LEN, PrivateKey};
+use crate::keys::{KEY_LEN, PrivateKey, PublicKey};
 use crate::local::{Deframer, Event, Format, Malformed};
+use crate::peers::{self, PeerLine};
 use crate::vnet;
 
 // ---------------------------------------------------------------------------
@@ -801,7 +808,179 @@ fn tcp_header_of(frame: &[u8], kind: vnet::Kind) -> Option<(u8, usize)> {
 }
 
 // ---------------------------------------------------------------------------
-// Target 5: a local endpoint's stream (QEMU's u32 and VDE's u16 framing).
+// Target 5: the peers file.
+
+/// The hub's fixed private key for [`peers_file`]; seeds list its public
+/// key to be refused.
+const HUB_KEY: [u8; KEY_LEN] = [0x48; KEY_LEN];
+
+fn hub() -> &'static (PrivateKey, PublicKey) {
+    static HUB: OnceLock<(PrivateKey, PublicKey)> = OnceLock::new();
+    HUB.get_or_init(|| {
+        let key = PrivateKey::from_bytes(HUB_KEY);
+        let public = key.public_key();
+        (key, public)
+    })
+}
+
+/// The layer and peer limit an input's first byte picks: bit 0 tun, the
+/// rest the limit.
+fn peers_mode(first: u8) -> (Layer, usize) {
+    let layer = if first & 1 == 0 {
+        Layer::Tap
+    } else {
+        Layer::Tun
+    };
+    (layer, usize::from(first >> 1))
+}
+
+/// Fuzz target: the peers file.
+pub fn peers_file(data: &[u8]) {
+    let Some((&first, text)) = data.split_first() else {
+        return;
+    };
+    let (layer, max) = peers_mode(first);
+    let (hub_key, own) = hub();
+    // An upper bound: a final line without its newline counts too.
+    let lines = text.split(|&b| b == b'\n').count();
+    let peers = match peers::parse_bytes(text, own, layer, max) {
+        Ok(peers) => peers,
+        Err((line, why)) => {
+            assert!((1..=lines).contains(&line), "line {line} of {lines}: {why}");
+            assert!(!why.is_empty(), "an error without a reason");
+            return;
+        }
+    };
+    assert!(
+        peers.len() <= max,
+        "{} peers over the limit {max}",
+        peers.len()
+    );
+    let mut previous = 0;
+    for peer in &peers {
+        assert!(
+            peer.line > previous && peer.line <= lines,
+            "line {}",
+            peer.line
+        );
+        previous = peer.line;
+        check_peer(peer, &peers, hub_key, own, layer);
+    }
+    // Written out again, the peers read back the same.
+    let written: Vec<String> = peers.iter().map(peer_line_text).collect();
+    let again = peers::parse(&written.join("\n"), own, layer, max)
+        .unwrap_or_else(|(line, why)| panic!("written out, line {line} is refused: {why}"));
+    for (index, (was, now)) in peers.iter().zip(&again).enumerate() {
+        assert_eq!(now.line, index + 1);
+        let now = PeerLine {
+            line: was.line,
+            ..now.clone()
+        };
+        assert_eq!(was, &now, "written out as `{}`", written[index]);
+    }
+    assert_eq!(again.len(), peers.len());
+    // A reload to the same peers changes nothing; one without the first
+    // removes just that one.
+    let same = peers::diff(&peers, &peers);
+    let all: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(same.unchanged, all);
+    assert!(same.added.is_empty() && same.removed.is_empty() && same.changed.is_empty());
+    if let Some((gone, rest)) = peers.split_first() {
+        let fewer = peers::diff(&peers, rest);
+        assert_eq!(fewer.removed, std::slice::from_ref(gone));
+        assert_eq!(fewer.unchanged, all[1..]);
+        assert!(fewer.added.is_empty() && fewer.changed.is_empty());
+    }
+}
+
+/// The rules of one accepted peer, checked on their own.
+fn check_peer(
+    peer: &PeerLine,
+    peers: &[PeerLine],
+    hub_key: &PrivateKey,
+    own: &PublicKey,
+    layer: Layer,
+) {
+    let name_ok = |b: u8| b.is_ascii_alphanumeric() || b"_.-".contains(&b);
+    assert!((1..=peers::MAX_NAME).contains(&peer.name.len()));
+    assert!(peer.name.bytes().all(name_ok), "name {:?}", peer.name);
+    assert_ne!(peer.key, *own, "the hub's own key");
+    assert!(peer.key.0[31] & 0x80 == 0, "bit 255 set");
+    // The hub derives each listed peer's psk when it reads the file.
+    assert!(
+        crate::keys::derive_psk(hub_key, &peer.key).is_ok(),
+        "{} gives no psk",
+        peer.key
+    );
+    let others = peers.iter().filter(|p| p.line != peer.line);
+    for other in others {
+        assert_ne!(other.name, peer.name, "a name twice");
+        assert_ne!(other.key, peer.key, "a key twice");
+        assert_ne!(other.device, peer.device, "a device twice");
+        assert_ne!(
+            peer.bridge.as_ref(),
+            Some(&other.device),
+            "a bridge that is a device"
+        );
+    }
+    if !peer.device_given {
+        assert_eq!(
+            peer.device,
+            format!("{}{}", peers::DEVICE_PREFIX, peer.name)
+        );
+    }
+    if peer.device_is_endpoint() {
+        assert_eq!(layer, Layer::Tap, "an endpoint with tun");
+        assert!(peer.bridge.is_none(), "a bridge for an endpoint");
+        assert!(peer.device.contains(":/"), "endpoint {:?}", peer.device);
+    } else {
+        assert!(
+            (1..=15).contains(&peer.device.len()),
+            "device {:?}",
+            peer.device
+        );
+        assert!(
+            !peer.device.contains(['/', ':', '%']),
+            "device {:?}",
+            peer.device
+        );
+    }
+    if peer.bridge.is_some() {
+        assert_eq!(layer, Layer::Tap, "a bridge with tun");
+    }
+    if let Some(mtu) = peer.mtu {
+        assert!((crate::device::MIN_MTU..=layer.max_mtu()).contains(&mtu));
+    }
+    for hook in [&peer.up, &peer.down].into_iter().flatten() {
+        assert!(hook.starts_with('/'), "hook {hook:?}");
+        assert!(!hook.contains(|c: char| c.is_whitespace() || ";$`|&<>()\\'\"*?[]#~".contains(c)));
+    }
+}
+
+/// A peer as a line of a peers file, every option spelt out.
+fn peer_line_text(peer: &PeerLine) -> String {
+    use std::fmt::Write;
+    let mut line = format!("{} {}", peer.name, peer.key);
+    if peer.device_given {
+        let _ = write!(line, " device={}", peer.device);
+    }
+    let options = [
+        ("bridge", peer.bridge.clone()),
+        ("mtu", peer.mtu.map(|n| n.to_string())),
+        ("up", peer.up.clone()),
+        ("down", peer.down.clone()),
+        ("keepalive", peer.keepalive.map(|n| n.to_string())),
+    ];
+    for (option, value) in options {
+        if let Some(value) = value {
+            let _ = write!(line, " {option}={value}");
+        }
+    }
+    line
+}
+
+// ---------------------------------------------------------------------------
+// Target 6: a local endpoint's stream (QEMU's u32 and VDE's u16 framing).
 
 /// What a local stream held, read as a whole.
 #[derive(Debug, PartialEq, Eq)]
@@ -1174,6 +1353,107 @@ mod tests {
         );
         add("qemu-just-over", [0, 255, 4], &[&[0, 1, 0x10, 1], b"x"]);
         add("vde-truncated", [1, 255, 6], &[&[0, 9], b"1234"]);
+
+        // peers_file: the first byte is the limit (times 2) plus 1 for tun.
+        let key = |n: u8| PrivateKey::from_bytes([n; KEY_LEN]).public_key();
+        let (_, own) = hub();
+        let mut add = |name: &str, layer: Layer, max: u8, text: String| {
+            let first = max << 1 | u8::from(layer == Layer::Tun);
+            let mut input = vec![first];
+            input.extend_from_slice(text.as_bytes());
+            seeds.push(("peers_file", name.to_owned(), input));
+        };
+        let valid = format!(
+            "# NAME KEY OPTIONS\n\
+             branch1\t{}\tbridge=br0   # the office\n\
+             \n\
+             laptop {} device=tap-laptop up=/etc/taptun/up down=/etc/taptun/down mtu=1400 keepalive=0\r\n\
+             vm {} device=qemu:/run/taptun/vm.sock keepalive=255\n\
+             sw {} device=vde:/usr/local/bin/plug-sw\n\
+             nas {} device=qemu-connect:/run/passt.sock mtu=65491",
+            key(2),
+            key(3),
+            key(4),
+            key(5),
+            key(6)
+        );
+        add("valid-tap", Layer::Tap, 127, valid.clone());
+        add("limit-4-of-5", Layer::Tap, 4, valid);
+        add(
+            "valid-tun",
+            Layer::Tun,
+            127,
+            format!(
+                "a {} mtu=65509\nb.c-d_e {} device=tun7 keepalive=3\n",
+                key(2),
+                key(3)
+            ),
+        );
+        let mut bit255 = key(2).0;
+        bit255[31] |= 0x80;
+        let mut p_plus_one = [0xff; KEY_LEN];
+        p_plus_one[0] = 0xee;
+        p_plus_one[31] = 0x7f;
+        let refused = [
+            ("own-key", format!("a {}\nhub {own}\n", key(2))),
+            ("not-canonical", format!("a {}\n", PublicKey(bit255))),
+            ("p-plus-one", format!("a {}\n", PublicKey(p_plus_one))),
+            ("same-name", format!("a {}\na {}\n", key(2), key(3))),
+            ("same-key", format!("a {}\nb {}\n", key(2), key(2))),
+            (
+                "default-device-taken",
+                format!("a {} device=tt-b\nb {}\n", key(2), key(3)),
+            ),
+            (
+                "bridge-is-device",
+                format!("a {} bridge=tt-b\nb {}\n", key(2), key(3)),
+            ),
+            ("option-twice", format!("a {} mtu=1400 mtu=1500\n", key(2))),
+            ("unknown-option", format!("a {} colour=red\n", key(2))),
+            ("empty-value", format!("a {} device=\n", key(2))),
+            ("hook-shell", format!("a {} up=/bin/x;reboot\n", key(2))),
+            ("hook-relative", format!("a {} down=down.sh\n", key(2))),
+            ("device-percent", format!("a {} device=tap%d\n", key(2))),
+            ("name-too-long", format!("abcdefghijklm {}\n", key(2))),
+            ("key-first", format!("{} a\n", key(2))),
+            ("no-key", "a\n".to_owned()),
+            (
+                "endpoint-relative",
+                format!("a {} device=qemu:vm.sock\n", key(2)),
+            ),
+        ];
+        for (name, text) in refused {
+            add(name, Layer::Tap, 127, text);
+        }
+        for (index, point) in peers::LOW_ORDER.iter().enumerate() {
+            let text = format!("a {}\nb {}\n", key(2), PublicKey(*point));
+            add(&format!("low-order-{index}"), Layer::Tap, 127, text);
+        }
+        add(
+            "endpoint-on-tun",
+            Layer::Tun,
+            127,
+            format!("a {} device=qemu:/run/vm.sock\n", key(2)),
+        );
+        add(
+            "bridge-on-tun",
+            Layer::Tun,
+            127,
+            format!("a {} bridge=br0\n", key(2)),
+        );
+        add(
+            "one-too-many",
+            Layer::Tap,
+            1,
+            format!("a {}\n# b\nb {}\n", key(2), key(3)),
+        );
+        let mut not_utf8 = format!("a {}\n# caf", key(2)).into_bytes();
+        not_utf8.extend_from_slice(b"\xe9\n");
+        seeds.push((
+            "peers_file",
+            "not-utf8".to_owned(),
+            [&[0xfe][..], &not_utf8].concat(),
+        ));
         seeds
     }
 
@@ -1257,6 +1537,30 @@ mod tests {
     #[test]
     fn local_deframer_corpus() {
         replay("local_deframer", super::local_deframer);
+    }
+
+    #[test]
+    fn peers_file_corpus() {
+        replay("peers_file", super::peers_file);
+    }
+
+    /// The seeds that must be refused are refused (else they would not
+    /// reach the checks they are for), on the line they are about.
+    #[test]
+    fn peers_file_seeds_are_what_their_names_say() {
+        for (target, name, data) in seeds() {
+            if target != "peers_file" {
+                continue;
+            }
+            let (layer, max) = peers_mode(data[0]);
+            let result = crate::peers::parse_bytes(&data[1..], &hub().1, layer, max);
+            match (name.starts_with("valid"), result) {
+                (true, Ok(peers)) => assert!(!peers.is_empty(), "{name}"),
+                (false, Err((line, why))) => assert!(line >= 1, "{name}: line {line}: {why}"),
+                (true, Err((line, why))) => panic!("{name}: line {line}: {why}"),
+                (false, Ok(peers)) => panic!("{name} was accepted: {peers:?}"),
+            }
+        }
     }
 
     /// Writes the seed inputs into the corpus directories.

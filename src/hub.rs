@@ -21,6 +21,7 @@
 //! - -i -A ([`inetd`]): one connection from any listed peer, whose device is
 //!   opened once message 1 has named it.
 
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
@@ -167,6 +168,16 @@ impl Hub {
     /// made (exit 1): nothing is served then.
     pub fn load(path: &Path, local: PrivateKey, defaults: Defaults) -> Result<Hub, Error> {
         let lines = peers::read(path, &local.public_key(), defaults.layer, peers::MAX_PEERS)?;
+        // About 8 descriptors per connected peer (device, connection, eventfds).
+        match sys::raise_open_files_limit() {
+            Ok(limit) if limit < 8 * lines.len() as u64 + 256 => log::warn!(
+                "at most {limit} open files (ulimit -n): too few for {} peers' devices and sessions; \
+                 raise the hard limit (LimitNOFILE= in a systemd unit)",
+                lines.len()
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot raise the limit on open files: {e}"),
+        }
         let started = Instant::now();
         let mut made = Vec::with_capacity(lines.len());
         for line in lines {
@@ -231,10 +242,13 @@ impl Hub {
         let changes = peers::diff(&old_lines, &lines);
         // A new device for a peer whose device options changed: its session
         // ends like a removed peer's.
+        // By name: a reload of 10,000 peers must not compare every pair.
+        let old_by_name: HashMap<&str, &PeerLine> =
+            old_lines.iter().map(|l| (l.name.as_str(), l)).collect();
         let mut remade = Vec::new();
         let mut in_place = Vec::new();
         for line in changes.changed {
-            let before = old_lines.iter().find(|l| l.name == line.name);
+            let before = old_by_name.get(line.name.as_str());
             let device_changed = before.is_none_or(|b| {
                 b.device != line.device || b.bridge != line.bridge || b.mtu != line.mtu
             });
@@ -244,7 +258,7 @@ impl Hub {
                 in_place.push(line);
             }
         }
-        let leaving: Vec<&str> = changes
+        let leaving: HashSet<&str> = changes
             .removed
             .iter()
             .chain(&remade)
@@ -254,7 +268,7 @@ impl Hub {
             .peers
             .iter()
             .cloned()
-            .partition(|p| leaving.contains(&p.line().name.as_str()));
+            .partition(|p| leaving.contains(p.line().name.as_str()));
         // The peers leaving stop serving at once: new handshakes no longer
         // find them, their sessions end and their down hooks run.
         let interim = Roster::new(&self.local, self.defaults.cipher, staying.clone());
@@ -271,8 +285,10 @@ impl Hub {
         // The old roster holds them too.
         drop(old);
         release(going);
+        let staying_by_name: HashMap<String, &Arc<Listed>> =
+            staying.iter().map(|p| (p.line().name, p)).collect();
         for line in &in_place {
-            if let Some(listed) = staying.iter().find(|p| p.line().name == line.name) {
+            if let Some(listed) = staying_by_name.get(&line.name) {
                 apply(&listed.peer, line, &self.defaults);
                 *listed.line.lock().unwrap_or_else(|p| p.into_inner()) = line.clone();
                 log::info!(
@@ -300,8 +316,12 @@ impl Hub {
         // The file's order, for status and the logs.
         let mut peers = staying;
         peers.extend(made.iter().map(|(listed, _)| listed.clone()));
-        let order = |p: &Arc<Listed>| lines.iter().position(|l| l.name == p.line().name);
-        peers.sort_by_key(order);
+        let position: HashMap<&str, usize> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.name.as_str(), i))
+            .collect();
+        peers.sort_by_cached_key(|p| position.get(p.line().name.as_str()).copied());
         match Roster::new(&self.local, self.defaults.cipher, peers) {
             Ok(roster) => self.set_roster(roster),
             Err(e) => log::error!("reload: the added peers are not served: {e}"),
@@ -354,10 +374,7 @@ impl Choose for Hub {
 
     fn choose(&self, msg1: &[u8]) -> Result<Arc<Listed>, HandshakeError> {
         let roster = self.roster();
-        let started = Instant::now();
-        let found = roster.candidates.find(msg1);
-        let now = Instant::now();
-        self.budget.charge(now, now.duration_since(started));
+        let found = self.budget.find(&roster.candidates, msg1, Instant::now());
         found
             .and_then(|i| roster.peers.get(i).cloned())
             .ok_or(HandshakeError::Message1NotAuthentic)

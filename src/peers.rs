@@ -21,13 +21,13 @@
 //!   reload matches old and new lines by it.
 //! - KEY: the peer's public key as `taptun pubkey` prints it (44 base64
 //!   characters ending in `=`). A passphrase peer is listed by the public
-//!   key of its passphrase (`echo PASSPHRASE | taptun pubkey`): the hub never
-//!   holds a peer's secret. Refused: a key that is not canonical (bit 255
+//!   key of its passphrase (what `taptun pubkey` prints given the
+//!   passphrase): the hub never holds a peer's secret. Refused: a key that is not canonical (bit 255
 //!   set, or a value of 2^255-19 or more: X25519 ignores that bit and reduces
 //!   modulo 2^255-19, so two texts would name one point, both lines would
 //!   match the same message 1 and which peer it is would be ambiguous); a
 //!   low-order key (X25519 with it gives all zeros whatever the hub's key, so
-//!   its psk is no secret); the hub's own key; a key of another line.
+//!   its psk is no secret); the hub's own key; a key already on another line.
 //! - OPTIONS, each `NAME=VALUE` at most once, no spaces in values (a hook
 //!   that needs arguments goes in a script):
 //!   - `device=DEV`: the peer's device. An interface name (1 to 15 bytes,
@@ -67,9 +67,10 @@
 //! # Reload
 //!
 //! [`diff`] compares two files by peer name: a peer whose key changed is
-//! removed and added, one whose options changed only is `changed` (it keeps
-//! its session, the new options apply from its next one), the rest is
-//! untouched. A line that only moved is unchanged.
+//! removed and added; one whose device or options changed only is
+//! `changed` (which changes need a new device and session, and which apply
+//! from its next session, is the hub's to decide); the rest is unchanged.
+//! A line that only moved is unchanged.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -345,7 +346,10 @@ fn parse_line<'a>(
 ) -> Result<PeerLine, String> {
     check_name(name)?;
     let key = fields.next().ok_or_else(|| {
-        format!("no public key after `{name}`: a line is NAME KEY [OPTIONS], the key as `taptun pubkey` prints it")
+        format!(
+            "no public key after `{name}`: a line is NAME KEY [OPTIONS], the key as \
+             `taptun pubkey` prints it"
+        )
     })?;
     let key = check_key(key, own)?;
     let mut peer = PeerLine {
@@ -430,11 +434,9 @@ fn parse_line<'a>(
     }
     if peer.bridge.is_some() {
         if layer != Layer::Tap {
-            return Err(
-                "bridge= needs -t tap: a tun device carries IP packets, which no \
-                        bridge takes; leave bridge= out or run the hub with -t tap"
-                    .into(),
-            );
+            let why = "bridge= needs -t tap: a tun device carries IP packets, which no bridge \
+                       takes; leave bridge= out or run the hub with -t tap";
+            return Err(why.into());
         }
         if peer.device_is_endpoint() {
             return Err(format!(
@@ -472,7 +474,7 @@ fn check_name(name: &str) -> Result<(), String> {
 /// on the curve, and 2^255-20 = -1 (order 4 on the twist). For every other
 /// canonical key X25519 with any private key gives a non-zero result
 /// (keys::derive_psk's check, which the tests compare with this list).
-const LOW_ORDER: [[u8; KEY_LEN]; 5] = [
+pub(crate) const LOW_ORDER: [[u8; KEY_LEN]; 5] = [
     [0; KEY_LEN],
     {
         let mut one = [0; KEY_LEN];
@@ -630,8 +632,9 @@ pub struct Changes {
     /// to end, devices to remove. Apply these before `added`, which may
     /// reuse a removed peer's device name.
     pub removed: Vec<PeerLine>,
-    /// Same name and key, other device or options (their new line): the
-    /// session goes on, the new options apply from the next one.
+    /// Same name and key, other device or options (their new line). What
+    /// each change needs, a new device or only new options for the next
+    /// session, is the hub's to decide.
     pub changed: Vec<PeerLine>,
     /// Names whose line gives the same key, device and options.
     pub unchanged: Vec<String>,
@@ -1154,6 +1157,48 @@ mod tests {
     }
 
     #[test]
+    fn the_limits_hold_at_their_size() {
+        // Any canonical value that is not low-order passes for a key here.
+        let line = |i: usize| {
+            let mut bytes = [0x42; KEY_LEN];
+            bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            format!(
+                "p{i} {} up=/etc/taptun/peer-up mtu=1400\n",
+                PublicKey(bytes)
+            )
+        };
+        for max in [MAX_INETD_PEERS, MAX_PEERS] {
+            let mut text: String = (0..max).map(line).collect();
+            assert_eq!(tap(&text).map(|p| p.len()), Ok(max));
+            assert_eq!(
+                parse(&text, &own(), Layer::Tap, max).map(|p| p.len()),
+                Ok(max)
+            );
+            text.push_str(&line(max));
+            refused(
+                parse(&text, &own(), Layer::Tap, max),
+                max + 1,
+                &format!("more than {max} peers"),
+            );
+        }
+        // The file cap leaves room for the largest file of ordinary lines.
+        let longest = format!(
+            "{} {} device=qemu-connect:/{} bridge={} mtu=65491 up=/{} down=/{} keepalive=255\n",
+            "n".repeat(MAX_NAME),
+            key(2),
+            "q".repeat(107),
+            "b".repeat(15),
+            "u".repeat(255),
+            "d".repeat(255)
+        );
+        assert!(
+            (longest.len() * MAX_PEERS) as u64 <= MAX_FILE_LEN,
+            "{}",
+            longest.len()
+        );
+    }
+
+    #[test]
     fn control_characters_and_non_ascii_text_are_named_not_echoed_raw() {
         refused(
             tap(&second("device=a\u{1b}[2J")),
@@ -1268,7 +1313,11 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
-        let err = read_tap(&fifo).unwrap_err().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reading = fifo.clone();
+        std::thread::spawn(move || tx.send(read_tap(&reading).map_err(|e| e.to_string())));
+        let result = rx.recv_timeout(std::time::Duration::from_secs(10));
+        let err = result.expect("read blocks on a FIFO").unwrap_err();
         assert!(
             err.ends_with("it is not a regular file: give the path of a text file"),
             "{err}"

@@ -933,6 +933,39 @@ pub fn release_pages(buf: &mut [u8]) {
     }
 }
 
+/// The uid of the process at the other end of a connected Unix socket, as
+/// the kernel recorded it at connect(2) (SO_PEERCRED): the control socket's
+/// check of who asks, which no client can forge.
+///
+/// # Errors
+/// getsockopt(2)'s errors (`fd` is no Unix socket, or not connected).
+pub fn peer_uid(fd: RawFd) -> io::Result<libc::uid_t> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are live locals; the kernel writes at most
+    // `len` bytes into `cred` and the new length into `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("SO_PEERCRED returned a short answer"));
+    }
+    Ok(cred.uid)
+}
+
 /// rtnetlink's attribute for an interface's master (its bridge).
 const IFLA_MASTER: u16 = 10;
 
@@ -1010,6 +1043,47 @@ pub fn drop_privileges_keeping_net_admin(uid: libc::uid_t, gid: libc::gid_t) -> 
     // SAFETY: prctl with integer arguments only.
     check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) }.into())?;
     Ok(())
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: a hub holds
+/// a device and, per connected peer, its connection and a few eventfds, far
+/// more than the usual soft limit of 1,024. Returns the limit now in force.
+///
+/// # Errors
+/// getrlimit's or setrlimit's.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the live struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads the live struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// The CPU time this thread has used (CLOCK_THREAD_CPUTIME_ID): what the
+/// hub's message-1 trials are charged (src/trial.rs), unlike wall time
+/// unaffected by the thread's waiting for a CPU.
+pub fn thread_cpu_time() -> std::time::Duration {
+    // SAFETY: timespec is plain integers (zero is valid) and clock_gettime
+    // fills it in; CLOCK_THREAD_CPUTIME_ID exists on every Linux taptun runs on.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        ts
+    };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    std::time::Duration::new(secs, nanos)
 }
 
 /// Binds a Unix stream socket at `path` with mode 0600 from the start: the

@@ -16,285 +16,199 @@
 //! ```
 //!
 //! Everything above the message's line is done once per peer by
-//! [`Candidates::new`], which also keeps the two HMAC-BLAKE2s states keyed
-//! by each peer's ck (the compression of `ck ^ ipad` and of `ck ^ opad`), so
-//! that a trial costs 9 BLAKE2s compressions and one AEAD open. Snow would
-//! build a whole handshake state per peer (10-20 µs); see benches/msg1.rs
-//! and docs/PERFORMANCE.md for both figures.
+//! [`Candidates::new`]. A trial then costs 7 BLAKE2s hashes (13 compressions:
+//! one for h', two for each of HKDF's three HMACs' inner and outer hashes)
+//! and one AEAD open. The hashes of [`CHUNK`] peers are computed together,
+//! one step of the list above at a time, with blake2s_simd's `hash_many`,
+//! which hashes eight inputs at once with AVX2 (four with SSE4.1; it detects
+//! the CPU at run time). Snow would build a whole handshake state per peer
+//! (10-20 µs); benches/msg1.rs measures both, docs/PERFORMANCE.md has the
+//! figures.
 //!
-//! The compressions run on [`LANES`] peers at once: each state word is an
-//! array with one entry per peer, so that the compiler turns every step into
-//! vector instructions without `unsafe` or target-specific code. BLAKE2s is
-//! written out here (RFC 7693) because the blake2 crate neither exposes a
-//! midstate that can be zeroed nor hashes several inputs at once; the unit
-//! tests check it against that crate, and the whole trial against snow's
-//! handshake at every position of a list.
+//! (HMAC states precomputed after `ck ^ ipad` and `ck ^ opad` would save 2
+//! compressions, 4 counting those of HKDF's temporary key, but neither
+//! BLAKE2s crate resumes from such a midstate. BLAKE2s written out here on
+//! eight lanes with those midstates, 9 compressions, took 2.2 ms of CPU at
+//! 1,000 peers, since the compiler keeps it scalar without AVX2; this takes
+//! 0.9 to 1.0 ms on the same busy machine.)
 //!
 //! [`Budget`] bounds the CPU all trials together may take: a flood of
 //! garbage makes the hub pay a full trial per message, and beyond the budget
 //! new connections are closed unread.
 //!
-//! Secrets (each psk, each ck's HMAC states, the per-message keys) live in
-//! zeroed-on-drop buffers; `Debug` shows no secret.
+//! Secrets (each psk and ck, and a trial's inputs and outputs, which are a
+//! peer's handshake keys when message 1 is authentic) live in
+//! zeroed-on-drop buffers; `Debug` shows no secret. What is not zeroed: the
+//! BLAKE2s states inside blake2s_simd's jobs and ring's AEAD key schedules,
+//! as snow leaves its own (see src/resolver.rs).
 
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use blake2::{Blake2s256, Digest};
+use blake2s_simd::many::{HashManyJob, hash_many};
 use ring::aead;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::handshake::{Cipher, FIRST_MESSAGE_MAX_LEN, Identity, MESSAGE1_LEN, PROLOGUE};
 use crate::keys::{self, KEY_LEN, PrivateKey, PublicKey};
 
-/// Peers tried together: eight 32-bit lanes fill an AVX2 register, two
-/// SSE2 ones.
-pub const LANES: usize = 8;
-/// BLAKE2s's block.
+/// Peers whose hashes are computed together: a multiple of AVX2's eight
+/// lanes; their scratch takes about 30 KiB.
+pub const CHUNK: usize = 64;
+/// BLAKE2s's block, HMAC's padded key.
 const BLOCK_LEN: usize = 64;
 
-/// One 32-bit word of BLAKE2s for each of [`LANES`] peers.
-type Word = [u32; LANES];
-/// A BLAKE2s chaining value (or a 32-byte string as words) per lane.
-type State = [Word; 8];
-/// A message block per lane.
-type Block = [Word; 16];
+type Bytes32 = [u8; KEY_LEN];
 
-const IV: [u32; 8] = [
-    0x6A09_E667,
-    0xBB67_AE85,
-    0x3C6E_F372,
-    0xA54F_F53A,
-    0x510E_527F,
-    0x9B05_688C,
-    0x1F83_D9AB,
-    0x5BE0_CD19,
-];
-
-const SIGMA: [[usize; 16]; 10] = [
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
-    [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3],
-    [11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4],
-    [7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8],
-    [9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13],
-    [2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9],
-    [12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11],
-    [13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10],
-    [6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5],
-    [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0],
-];
-
-/// HMAC's pads, as little-endian words.
-const IPAD: u32 = 0x3636_3636;
-const OPAD: u32 = 0x5c5c_5c5c;
-
-/// The same value in every lane.
-fn splat(x: u32) -> Word {
-    [x; LANES]
+/// BLAKE2s-256 of the concatenation of `parts`.
+fn hash(parts: &[&[u8]]) -> Bytes32 {
+    let mut state = blake2s_simd::State::new();
+    parts.iter().for_each(|p| {
+        state.update(p);
+    });
+    *state.finalize().as_array()
 }
 
-/// The initial state of BLAKE2s-256 without a key (parameter block: digest
-/// length 32, fanout 1, depth 1).
-fn initial_state() -> State {
-    let mut state = IV.map(splat);
-    state[0] = splat(IV[0] ^ 0x0101_0020);
-    state
-}
-
-#[inline(always)]
-fn add(a: Word, b: Word) -> Word {
-    std::array::from_fn(|i| a[i].wrapping_add(b[i]))
-}
-
-#[inline(always)]
-fn xor_rotr(a: Word, b: Word, n: u32) -> Word {
-    std::array::from_fn(|i| (a[i] ^ b[i]).rotate_right(n))
-}
-
-#[inline(always)]
-#[allow(clippy::many_single_char_names)] // RFC 7693's names
-fn mix(v: &mut Block, [a, b, c, d]: [usize; 4], x: Word, y: Word) {
-    v[a] = add(add(v[a], v[b]), x);
-    v[d] = xor_rotr(v[d], v[a], 16);
-    v[c] = add(v[c], v[d]);
-    v[b] = xor_rotr(v[b], v[c], 12);
-    v[a] = add(add(v[a], v[b]), y);
-    v[d] = xor_rotr(v[d], v[a], 8);
-    v[c] = add(v[c], v[d]);
-    v[b] = xor_rotr(v[b], v[c], 7);
-}
-
-/// BLAKE2s's compression F (RFC 7693 3.2) of `block` into `state`, in every
-/// lane; `count` is the byte counter t including this block, `last` the
-/// final-block flag.
-fn compress(state: &mut State, block: &Block, count: u32, last: bool) {
-    let mut v: Block = [[0; LANES]; 16];
-    v[..8].copy_from_slice(state);
-    for (i, iv) in IV.iter().enumerate() {
-        v[8 + i] = splat(*iv);
+/// Writes HMAC's padded key, `key ^ pad` followed by `pad`, into the first
+/// 64 bytes of `out`.
+fn pad_key(key: &Bytes32, pad: u8, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().take(BLOCK_LEN).enumerate() {
+        *b = key.get(i).copied().unwrap_or(0) ^ pad;
     }
-    v[12] = splat(IV[4] ^ count);
-    if last {
-        v[14] = splat(!IV[6]);
+}
+
+/// HMAC-BLAKE2s with a 32-byte key, one at a time: for the per-peer
+/// precomputation.
+fn hmac(key: &Bytes32, data: &[&[u8]]) -> Zeroizing<Bytes32> {
+    let mut block = Zeroizing::new([0u8; BLOCK_LEN]);
+    pad_key(key, 0x36, &mut block[..]);
+    let mut state = blake2s_simd::State::new();
+    state.update(&block[..]);
+    data.iter().for_each(|d| {
+        state.update(d);
+    });
+    let inner = Zeroizing::new(*state.finalize().as_array());
+    pad_key(key, 0x5c, &mut block[..]);
+    Zeroizing::new(hash(&[&block[..], &inner[..]]))
+}
+
+/// BLAKE2s-256 of the first `len` bytes of each of `inputs`, into `out`,
+/// eight at a time where the CPU can.
+fn hash_each<const N: usize>(inputs: &[[u8; N]], len: usize, out: &mut [Bytes32]) {
+    let params = blake2s_simd::Params::new();
+    let mut jobs: Vec<HashManyJob<'_>> = inputs
+        .iter()
+        .map(|input| HashManyJob::new(&params, input.get(..len).unwrap_or(input)))
+        .collect();
+    hash_many(jobs.iter_mut());
+    for (o, job) in out.iter_mut().zip(&jobs) {
+        *o = *job.to_hash().as_array();
     }
-    for s in &SIGMA {
-        mix(&mut v, [0, 4, 8, 12], block[s[0]], block[s[1]]);
-        mix(&mut v, [1, 5, 9, 13], block[s[2]], block[s[3]]);
-        mix(&mut v, [2, 6, 10, 14], block[s[4]], block[s[5]]);
-        mix(&mut v, [3, 7, 11, 15], block[s[6]], block[s[7]]);
-        mix(&mut v, [0, 5, 10, 15], block[s[8]], block[s[9]]);
-        mix(&mut v, [1, 6, 11, 12], block[s[10]], block[s[11]]);
-        mix(&mut v, [2, 7, 8, 13], block[s[12]], block[s[13]]);
-        mix(&mut v, [3, 4, 9, 14], block[s[14]], block[s[15]]);
-    }
-    for i in 0..8 {
-        state[i] = std::array::from_fn(|l| state[i][l] ^ v[i][l] ^ v[i + 8][l]);
-    }
-    v.zeroize();
 }
 
-/// 32 bytes as little-endian words.
-fn words(bytes: &[u8; KEY_LEN]) -> [u32; 8] {
-    std::array::from_fn(|i| {
-        u32::from_le_bytes([
-            bytes[4 * i],
-            bytes[4 * i + 1],
-            bytes[4 * i + 2],
-            bytes[4 * i + 3],
-        ])
-    })
-}
-
-/// Lane `lane` of a state, as the 32 bytes BLAKE2s outputs.
-fn lane_bytes(state: &State, lane: usize) -> Zeroizing<[u8; KEY_LEN]> {
-    let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
-        chunk.copy_from_slice(&word[lane].to_le_bytes());
-    }
-    out
-}
-
-/// The block `first || second` (each 8 words), the rest of a 64-byte block.
-fn block_of(first: &State, second: &State) -> Block {
-    let mut block = [[0; LANES]; 16];
-    block[..8].copy_from_slice(first);
-    block[8..].copy_from_slice(second);
-    block
-}
-
-/// HMAC-BLAKE2s's first block, `key ^ pad` (a 32-byte key, zero-padded to
-/// the block), compressed into a fresh state: the state every HMAC under
-/// that key continues from.
-fn keyed_state(key: &State, pad: u32) -> State {
-    let mut block = [splat(pad); 16];
-    for (b, k) in block.iter_mut().zip(key) {
-        *b = k.map(|k| k ^ pad);
-    }
-    let mut state = initial_state();
-    compress(&mut state, &block, BLOCK_LEN as u32, false);
-    block.zeroize();
-    state
-}
-
-/// The per-peer values of [`LANES`] peers, a lane each.
-#[derive(Zeroize)]
-struct Group {
-    /// The handshake hash after the psk was mixed in.
-    h: State,
-    /// HMAC states keyed by the chaining key after the psk: after `ck ^
-    /// ipad` and after `ck ^ opad`.
-    ck_inner: State,
-    ck_outer: State,
-}
-
-/// A trial's intermediate values, zeroed when it ends: they are a real
-/// peer's keys when message 1 is authentic.
-#[derive(Zeroize, Default)]
+/// What a trial of up to [`CHUNK`] peers computes, zeroed when it ends: for the
+/// peer that sent an authentic message 1, these are its handshake keys.
+#[derive(Zeroize, ZeroizeOnDrop)]
 struct Scratch {
-    block: Block,
-    /// HASH(h || e): the associated data of the tag.
-    hash: State,
-    /// HKDF(ck, e)'s temporary key and its two HMAC states.
-    temp: State,
-    temp_inner: State,
-    temp_outer: State,
-    /// HKDF's two outputs: the new chaining key and the cipher key.
-    ck: State,
-    key: State,
+    /// h || e, hashed into h'.
+    hash_input: Vec<[u8; 2 * KEY_LEN]>,
+    /// A padded key and 32 bytes: HMAC(ck, e)'s inner hash, and every
+    /// outer hash.
+    long: Vec<[u8; BLOCK_LEN + KEY_LEN]>,
+    /// A padded key and up to 33 bytes: HMAC(temp, 0x01) and HMAC(temp,
+    /// ck' || 0x02)'s inner hashes.
+    short: Vec<[u8; BLOCK_LEN + KEY_LEN + 1]>,
+    /// h', the tag's associated data.
+    ad: Vec<Bytes32>,
+    /// The latest inner hash.
+    inner: Vec<Bytes32>,
+    /// HKDF(ck, e)'s temporary key, its first output (the next ck) and its
+    /// second (the tag's key).
+    temp: Vec<Bytes32>,
+    ck: Vec<Bytes32>,
+    key: Vec<Bytes32>,
+    /// The copy of message 1's ciphertext that is opened in place.
+    opened: Vec<u8>,
 }
 
-impl Group {
-    /// Runs MixHash(e) and MixKey(e) for every lane: `scratch.hash` gets h'
-    /// and `scratch.key` the key of the tag.
-    fn mix_ephemeral(&self, e: &State, s: &mut Scratch) {
-        let zero = [[0; LANES]; 8];
-        // h' = HASH(h || e): one final block of 64 bytes.
-        s.hash = initial_state();
-        s.block = block_of(&self.h, e);
-        compress(&mut s.hash, &s.block, 64, true);
-        // temp = HMAC(ck, e): 64 bytes of pad, then 32 of input.
-        let (pad_and_input, pad_and_hash) = (64 + 32, 64 + 32);
-        s.block = block_of(e, &zero);
-        s.ck = self.ck_inner;
-        compress(&mut s.ck, &s.block, pad_and_input, true);
-        s.block = block_of(&s.ck, &zero);
-        s.temp = self.ck_outer;
-        compress(&mut s.temp, &s.block, pad_and_hash, true);
-        s.temp_inner = keyed_state(&s.temp, IPAD);
-        s.temp_outer = keyed_state(&s.temp, OPAD);
-        // ck' = HMAC(temp, 0x01)
-        s.block = [[0; LANES]; 16];
-        s.block[0] = splat(1);
-        s.ck = s.temp_inner;
-        compress(&mut s.ck, &s.block, 64 + 1, true);
-        s.block = block_of(&s.ck, &zero);
-        s.ck = s.temp_outer;
-        compress(&mut s.ck, &s.block, pad_and_hash, true);
-        // k = HMAC(temp, ck' || 0x02)
-        s.block = block_of(&s.ck, &zero);
-        s.block[8] = splat(2);
-        s.key = s.temp_inner;
-        compress(&mut s.key, &s.block, 64 + 33, true);
-        s.block = block_of(&s.key, &zero);
-        s.key = s.temp_outer;
-        compress(&mut s.key, &s.block, pad_and_hash, true);
+impl Scratch {
+    /// Room for `rows` peers (at most [`CHUNK`]), on the heap, each part
+    /// allocated as it is: a trial may run on a thread with a small stack,
+    /// and a short list should not pay for zeroing a long one's scratch.
+    fn new(rows: usize) -> Scratch {
+        let rows = rows.min(CHUNK);
+        Scratch {
+            hash_input: vec![[0; 2 * KEY_LEN]; rows],
+            long: vec![[0; BLOCK_LEN + KEY_LEN]; rows],
+            short: vec![[0; BLOCK_LEN + KEY_LEN + 1]; rows],
+            ad: vec![[0; KEY_LEN]; rows],
+            inner: vec![[0; KEY_LEN]; rows],
+            temp: vec![[0; KEY_LEN]; rows],
+            ck: vec![[0; KEY_LEN]; rows],
+            key: vec![[0; KEY_LEN]; rows],
+            opened: vec![0; FIRST_MESSAGE_MAX_LEN],
+        }
     }
-}
 
-/// HMAC-BLAKE2s with a 32-byte key, through the blake2 crate: for the
-/// per-peer precomputation, where speed does not matter.
-fn hmac(key: &[u8; KEY_LEN], data: &[&[u8]]) -> Zeroizing<[u8; KEY_LEN]> {
-    let mut pad = Zeroizing::new([0u8; BLOCK_LEN]);
-    let mut inner = Zeroizing::new([0u8; KEY_LEN]);
-    let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    pad[..KEY_LEN].copy_from_slice(key);
-    pad.iter_mut().for_each(|b| *b ^= 0x36);
-    let mut hasher = Blake2s256::new();
-    hasher.update(&pad[..]);
-    data.iter().for_each(|d| hasher.update(d));
-    inner.copy_from_slice(&hasher.finalize_reset());
-    pad.iter_mut().for_each(|b| *b ^= 0x36 ^ 0x5c);
-    hasher.update(&pad[..]);
-    hasher.update(&inner[..]);
-    out.copy_from_slice(&hasher.finalize());
-    out
-}
-
-fn hash(parts: &[&[u8]]) -> [u8; KEY_LEN] {
-    let mut hasher = Blake2s256::new();
-    parts.iter().for_each(|p| hasher.update(p));
-    hasher.finalize().into()
+    /// MixHash(e) and MixKey(e) for the peers whose handshake hash and
+    /// chaining key after the psk are `h` and `ck` (as many as it has rows):
+    /// `self.ad` gets each h' and `self.key` each tag's key.
+    fn mix_ephemeral(&mut self, e: &Bytes32, h: &[Bytes32], ck: &[Bytes32]) {
+        let n = h.len().min(ck.len()).min(self.ad.len());
+        let (h, ck) = (&h[..n], &ck[..n]);
+        const K: usize = KEY_LEN;
+        const B: usize = BLOCK_LEN;
+        // h' = HASH(h || e)
+        for (input, h) in self.hash_input.iter_mut().zip(h) {
+            input[..K].copy_from_slice(h);
+            input[K..].copy_from_slice(e);
+        }
+        hash_each(&self.hash_input[..n], 2 * K, &mut self.ad[..n]);
+        // temp = HMAC(ck, e)
+        for (input, ck) in self.long.iter_mut().zip(ck) {
+            pad_key(ck, 0x36, input);
+            input[B..].copy_from_slice(e);
+        }
+        hash_each(&self.long[..n], B + K, &mut self.inner[..n]);
+        for ((input, ck), inner) in self.long.iter_mut().zip(ck).zip(&self.inner) {
+            pad_key(ck, 0x5c, input);
+            input[B..].copy_from_slice(inner);
+        }
+        hash_each(&self.long[..n], B + K, &mut self.temp[..n]);
+        // ck' = HMAC(temp, 0x01)
+        for (input, temp) in self.short.iter_mut().zip(&self.temp[..n]) {
+            pad_key(temp, 0x36, input);
+            input[B] = 1;
+        }
+        hash_each(&self.short[..n], B + 1, &mut self.inner[..n]);
+        for ((input, temp), inner) in self.long.iter_mut().zip(&self.temp[..n]).zip(&self.inner) {
+            pad_key(temp, 0x5c, input);
+            input[B..].copy_from_slice(inner);
+        }
+        hash_each(&self.long[..n], B + K, &mut self.ck[..n]);
+        // k = HMAC(temp, ck' || 0x02): both padded keys are in place.
+        for (input, ck) in self.short.iter_mut().zip(&self.ck[..n]) {
+            input[B..B + K].copy_from_slice(ck);
+            input[B + K] = 2;
+        }
+        hash_each(&self.short[..n], B + K + 1, &mut self.inner[..n]);
+        for (input, inner) in self.long.iter_mut().zip(&self.inner[..n]) {
+            input[B..].copy_from_slice(inner);
+        }
+        hash_each(&self.long[..n], B + K, &mut self.key[..n]);
+    }
 }
 
 /// Every listed peer's psk and precomputed handshake state, in list order.
 pub struct Candidates {
     cipher: Cipher,
     keys: Vec<PublicKey>,
-    psks: Zeroizing<Vec<[u8; KEY_LEN]>>,
-    /// `keys.len()` lanes in all; the last group's extra lanes are never
-    /// tried.
-    groups: Zeroizing<Vec<Group>>,
+    psks: Zeroizing<Vec<Bytes32>>,
+    /// Each peer's handshake hash after the psk was mixed in.
+    hashes: Vec<Bytes32>,
+    /// Each peer's chaining key after the psk was mixed in.
+    chaining_keys: Zeroizing<Vec<Bytes32>>,
 }
 
 impl fmt::Debug for Candidates {
@@ -320,43 +234,29 @@ impl Candidates {
     ) -> Result<Candidates, String> {
         // InitializeSymmetric: the name is longer than 32 bytes, so it is
         // hashed; then MixHash(prologue).
-        let name_hash = hash(&[cipher.noise_name().as_bytes()]);
-        let ck0 = Zeroizing::new(name_hash);
-        let h0 = hash(&[&name_hash, PROLOGUE]);
+        let ck0 = Zeroizing::new(hash(&[cipher.noise_name().as_bytes()]));
+        let h0 = hash(&[&ck0[..], PROLOGUE]);
         let mut psks = Zeroizing::new(Vec::with_capacity(keys.len()));
-        let mut groups = Zeroizing::new(Vec::with_capacity(keys.len().div_ceil(LANES)));
-        for chunk in keys.chunks(LANES) {
-            let mut h = [[0; LANES]; 8];
-            let mut ck = Zeroizing::new([[0; LANES]; 8]);
-            for (lane, key) in chunk.iter().enumerate() {
-                let position = psks.len();
-                let psk =
-                    keys::derive_psk(local, key).map_err(|e| format!("peer {position}: {e}"))?;
-                psks.push(*psk);
-                // MixKeyAndHash(psk): HKDF(ck, psk, 3) gives the new ck and
-                // the value mixed into h (its third output, a key, is
-                // replaced by MixKey(e) before any use).
-                let temp = hmac(&ck0, &[&psk[..]]);
-                let ck1 = hmac(&temp, &[&[1]]);
-                let mixed = hmac(&temp, &[&ck1[..], &[2]]);
-                let h1 = words(&hash(&[&h0, &mixed[..]]));
-                let ck1 = Zeroizing::new(words(&ck1));
-                for i in 0..8 {
-                    h[i][lane] = h1[i];
-                    ck[i][lane] = ck1[i];
-                }
-            }
-            groups.push(Group {
-                h,
-                ck_inner: keyed_state(&ck, IPAD),
-                ck_outer: keyed_state(&ck, OPAD),
-            });
+        let mut hashes = Vec::with_capacity(keys.len());
+        let mut chaining_keys = Zeroizing::new(Vec::with_capacity(keys.len()));
+        for (position, key) in keys.iter().enumerate() {
+            let psk = keys::derive_psk(local, key).map_err(|e| format!("peer {position}: {e}"))?;
+            // MixKeyAndHash(psk): HKDF(ck, psk, 3) gives the new ck and the
+            // value mixed into h (its third output, a key, is replaced by
+            // MixKey(e) before any use).
+            let temp = hmac(&ck0, &[&psk[..]]);
+            let ck = hmac(&temp, &[&[1]]);
+            let mixed = hmac(&temp, &[&ck[..], &[2]]);
+            psks.push(*psk);
+            hashes.push(hash(&[&h0, &mixed[..]]));
+            chaining_keys.push(*ck);
         }
         Ok(Candidates {
             cipher,
             keys: keys.to_vec(),
             psks,
-            groups,
+            hashes,
+            chaining_keys,
         })
     }
 
@@ -377,21 +277,20 @@ impl Candidates {
             return None;
         }
         let (e, sealed) = msg1.split_at(KEY_LEN);
-        let e: &[u8; KEY_LEN] = e.try_into().ok()?;
-        let e = words(e).map(splat);
-        let mut scratch = Zeroizing::new(Scratch::default());
-        let mut opened = Zeroizing::new([0u8; FIRST_MESSAGE_MAX_LEN]);
-        for (g, group) in self.groups.iter().enumerate() {
-            group.mix_ephemeral(&e, &mut scratch);
-            for lane in 0..LANES {
-                let index = g * LANES + lane;
-                if index >= self.keys.len() {
-                    break;
-                }
-                let key = lane_bytes(&scratch.key, lane);
-                let ad = lane_bytes(&scratch.hash, lane);
-                if tag_checks(self.cipher, &key, &ad, sealed, &mut opened[..]) {
-                    return Some(index);
+        let e: &Bytes32 = e.try_into().ok()?;
+        let mut scratch = Scratch::new(self.hashes.len());
+        let chunks = self
+            .hashes
+            .chunks(CHUNK)
+            .zip(self.chaining_keys.chunks(CHUNK));
+        for (c, (h, ck)) in chunks.enumerate() {
+            scratch.mix_ephemeral(e, h, ck);
+            let Scratch {
+                ad, key, opened, ..
+            } = &mut scratch;
+            for (i, (key, ad)) in key.iter().zip(ad.iter()).take(h.len()).enumerate() {
+                if tag_checks(self.cipher, key, ad, sealed, opened) {
+                    return Some(c * CHUNK + i);
                 }
             }
         }
@@ -442,9 +341,9 @@ fn tag_checks(
 /// it is empty, [`Budget::admit`] says no: the caller closes the connection
 /// unread.
 ///
-/// Time is passed in (`now`), so that tests can drive the clock. The caller
-/// charges the wall time of [`Candidates::find`]: more than its CPU time
-/// when the thread was preempted, never less.
+/// Time is passed in (`now`), so that tests can drive the clock. A trial is
+/// charged the CPU time of its thread ([`Budget::find`] measures it), not
+/// wall time, which a busy machine would stretch.
 #[derive(Debug)]
 pub struct Budget {
     per_second: Duration,
@@ -512,6 +411,14 @@ impl Budget {
         bucket.balance = bucket.balance.saturating_sub(spent);
     }
 
+    /// [`Candidates::find`], charged the CPU time it took.
+    pub fn find(&self, candidates: &Candidates, msg1: &[u8], now: Instant) -> Option<usize> {
+        let start = crate::sys::thread_cpu_time();
+        let found = candidates.find(msg1);
+        self.charge(now, crate::sys::thread_cpu_time().saturating_sub(start));
+        found
+    }
+
     /// Connections refused since the start.
     pub fn refused(&self) -> u64 {
         self.bucket().refused
@@ -522,6 +429,7 @@ impl Budget {
 mod tests {
     use super::*;
     use crate::handshake::{Hello, Initiator, Layer, Responder};
+    use blake2::Digest;
 
     const BOTH: [Cipher; 2] = [Cipher::ChaChaPoly, Cipher::AesGcm];
 
@@ -560,50 +468,37 @@ mod tests {
     }
 
     #[test]
-    fn compression_matches_the_blake2_crate() {
-        // Each lane its own input: a lane mix-up shows too.
-        let inputs: Vec<[u8; 64]> = (0..LANES).map(|_| random()).collect();
-        let mut block = [[0; LANES]; 16];
-        for (lane, input) in inputs.iter().enumerate() {
-            for (i, word) in input.chunks_exact(4).enumerate() {
-                block[i][lane] = u32::from_le_bytes(word.try_into().unwrap());
+    fn hash_each_matches_the_blake2_crate() {
+        // More than one batch of eight, and a last one that is not full.
+        let inputs: Vec<[u8; 97]> = (0..11).map(|_| random()).collect();
+        for len in [64, 65, 96, 97] {
+            let mut out = vec![[0u8; 32]; inputs.len()];
+            hash_each(&inputs, len, &mut out);
+            for (input, out) in inputs.iter().zip(&out) {
+                let expected: [u8; 32] = blake2::Blake2s256::digest(&input[..len]).into();
+                assert_eq!(*out, expected, "{len} bytes");
             }
-        }
-        let mut state = initial_state();
-        compress(&mut state, &block, 64, true);
-        for (lane, input) in inputs.iter().enumerate() {
-            assert_eq!(*lane_bytes(&state, lane), hash(&[input]), "lane {lane}");
         }
     }
 
     #[test]
-    fn keyed_states_match_hmac() {
-        let keys: Vec<[u8; 32]> = (0..LANES).map(|_| random()).collect();
-        let data: [u8; 32] = random();
-        let mut key = [[0; LANES]; 8];
-        for (lane, k) in keys.iter().enumerate() {
-            for (i, w) in words(k).iter().enumerate() {
-                key[i][lane] = *w;
-            }
-        }
-        let (inner, outer) = (keyed_state(&key, IPAD), keyed_state(&key, OPAD));
-        let mut block = block_of(&words(&data).map(splat), &[[0; LANES]; 8]);
-        let mut out = inner;
-        compress(&mut out, &block, 96, true);
-        block = block_of(&out, &[[0; LANES]; 8]);
-        out = outer;
-        compress(&mut out, &block, 96, true);
-        for (lane, k) in keys.iter().enumerate() {
-            assert_eq!(*lane_bytes(&out, lane), *hmac(k, &[&data]), "lane {lane}");
-        }
+    fn hmac_matches_snows() {
+        use snow::params::HashChoice;
+        let mut snows = crate::resolver::resolver()
+            .resolve_hash(&HashChoice::Blake2s)
+            .unwrap();
+        let (key, data): ([u8; 32], [u8; 33]) = (random(), random());
+        let mut expected = [0u8; 32];
+        snows.hmac(&key, &data, &mut expected);
+        assert_eq!(*hmac(&key, &[&data[..1], &data[1..]]), expected);
     }
 
     /// Snow's message 1 for peer i is found at exactly i, for every position
-    /// of a list of two groups and a part (so every lane, and a last group
-    /// that is not full), with both ciphers.
+    /// of a list of a chunk and a part (so a last chunk that is not full,
+    /// and a last batch of eight that is not), with both ciphers.
     #[test]
     fn finds_every_position_with_both_ciphers() {
-        let (hub, privates, publics) = peers(2 * LANES + 3);
+        let (hub, privates, publics) = peers(CHUNK + 11);
         for cipher in BOTH {
             let candidates = Candidates::new(&hub, cipher, &publics).unwrap();
             for (i, peer) in privates.iter().enumerate() {
@@ -617,7 +512,7 @@ mod tests {
     fn finds_positions_in_a_thousand() {
         let (hub, _, mut publics) = peers(1003);
         let cipher = Cipher::ChaChaPoly;
-        for i in [0, 7, 8, 517, 1002] {
+        for i in [0, 63, 64, 517, 1002] {
             let (peer, public) = key_pair();
             publics[i] = public;
             let candidates = Candidates::new(&hub, cipher, &publics).unwrap();
@@ -630,10 +525,10 @@ mod tests {
     /// initiator: the psk, the key and the cipher are the peer's.
     #[test]
     fn identity_completes_the_real_handshake() {
-        let (hub, privates, publics) = peers(LANES + 1);
+        let (hub, privates, publics) = peers(9);
         for cipher in BOTH {
             let candidates = Candidates::new(&hub, cipher, &publics).unwrap();
-            let peer = &privates[LANES];
+            let peer = &privates[8];
             let peer_id = Identity::new(peer.clone(), hub.public_key(), cipher).unwrap();
             let mut initiator = Initiator::new(&peer_id, hello()).unwrap();
             let mut buf = vec![0u8; 1024];
@@ -647,19 +542,19 @@ mod tests {
             let n = initiator.write_message3(&mut buf).unwrap();
             responder.read_message3(&buf[..n]).unwrap();
             let (_, key) = responder.into_transport().unwrap();
-            assert_eq!(key, publics[LANES]);
+            assert_eq!(key, publics[8]);
         }
         assert!(
             Candidates::new(&hub, Cipher::ChaChaPoly, &publics)
                 .unwrap()
-                .identity(LANES + 1, &hub)
+                .identity(9, &hub)
                 .is_none()
         );
     }
 
     #[test]
     fn garbage_is_from_no_one() {
-        let (hub, _, publics) = peers(2 * LANES);
+        let (hub, _, publics) = peers(2 * CHUNK + 5);
         for cipher in BOTH {
             let candidates = Candidates::new(&hub, cipher, &publics).unwrap();
             for len in [MESSAGE1_LEN, 100, FIRST_MESSAGE_MAX_LEN] {
@@ -671,7 +566,7 @@ mod tests {
 
     #[test]
     fn an_unlisted_key_is_from_no_one() {
-        let (hub, _, publics) = peers(LANES);
+        let (hub, _, publics) = peers(8);
         let (stranger, _) = key_pair();
         let candidates = Candidates::new(&hub, Cipher::ChaChaPoly, &publics).unwrap();
         assert_eq!(
@@ -682,7 +577,7 @@ mod tests {
 
     #[test]
     fn another_cipher_is_from_no_one() {
-        let (hub, privates, publics) = peers(LANES);
+        let (hub, privates, publics) = peers(8);
         let candidates = Candidates::new(&hub, Cipher::AesGcm, &publics).unwrap();
         assert_eq!(
             candidates.find(&message1(&privates[3], &hub, Cipher::ChaChaPoly)),
@@ -692,7 +587,7 @@ mod tests {
 
     #[test]
     fn a_truncated_or_altered_message_is_from_no_one() {
-        let (hub, privates, publics) = peers(LANES);
+        let (hub, privates, publics) = peers(8);
         let cipher = Cipher::ChaChaPoly;
         let candidates = Candidates::new(&hub, cipher, &publics).unwrap();
         let msg = message1(&privates[5], &hub, cipher);
@@ -749,6 +644,20 @@ mod tests {
         budget.charge(later, ms(250));
         assert!(!budget.admit(later));
         assert!(budget.admit(later + ms(1)));
+    }
+
+    #[test]
+    fn budget_charges_each_find() {
+        let (hub, privates, publics) = peers(2 * CHUNK);
+        let candidates = Candidates::new(&hub, Cipher::ChaChaPoly, &publics).unwrap();
+        let t0 = Instant::now();
+        // A nanosecond a second: the first trial overdraws it.
+        let budget = Budget::new(Duration::from_nanos(1), t0);
+        assert!(budget.admit(t0));
+        let msg = message1(&privates[CHUNK + 1], &hub, Cipher::ChaChaPoly);
+        assert_eq!(budget.find(&candidates, &msg, t0), Some(CHUNK + 1));
+        assert!(!budget.admit(t0));
+        assert_eq!(budget.refused(), 1);
     }
 
     #[test]
