@@ -10,7 +10,8 @@
 //!   that -i processes share; `wire`: the layer and the cipher, the values both ends agree on.
 //! - `frame`: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
 //!   write failed, for the handshake and the relay alike.
-//! - `device`: opening TAP and TUN devices; the `PacketDevice` trait;
+//! - `device`: opening TAP and TUN devices, or a local endpoint; the `PacketDevice` trait;
+//!   `local`: endpoints without a device (a VM's or a VDE switch's stream);
 //!   `endpoint`: a device with its carrier and its drain while no session is attached.
 //! - `transport`: the streams: TCP listen and dial, stdio, a command's pipes;
 //!   `proxy`: HTTP CONNECT and SOCKS5 for -P; `child`: running and stopping a
@@ -39,6 +40,7 @@ pub mod fuzz;
 mod handshake;
 mod hooks;
 mod keys;
+mod local;
 mod log;
 mod proxy;
 mod relay;
@@ -138,10 +140,11 @@ pub fn run(config: Config) -> Result<(), Error> {
     let proxy_auth = load_proxy_auth(&config)?;
     let ids = resolve_ids(&config)?;
     let device = Device::open(
-        config.device.as_deref(),
+        &config.device,
         config.layer,
         config.mtu,
         config.gso,
+        &config.socket,
     )?;
     let listener = match &config.mode {
         Mode::Server { bind, port } => Some(match inherited {
