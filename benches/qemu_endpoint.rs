@@ -25,6 +25,7 @@
 //! median and its spread (min to max, as a share of the median): the machine is shared and noisy.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -260,7 +261,10 @@ struct Netns(String);
 
 impl Netns {
     fn new(name: String) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         sh(Command::new("ip").args(["netns", "add", &name]));
         let ns = Netns(name);
         ns.ip("link set lo up");
@@ -358,7 +362,7 @@ impl Bench {
         let tag = std::process::id() % 100_000;
         let dir = std::env::temp_dir().join(format!("taptun-qemu-bench-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
         let (a, b) = (
             Netns::new(format!("ttqb{tag}a")),
             Netns::new(format!("ttqb{tag}b")),
@@ -374,6 +378,7 @@ impl Bench {
         let key = |name: &str| {
             let path = dir.join(name);
             std::fs::write(&path, sh(Command::new(TAPTUN).arg("genkey"))).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             format!("@{}", path.display())
         };
         let (ka, kb) = (key("a.key"), key("b.key"));
