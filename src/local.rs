@@ -68,6 +68,12 @@ const READ_BUFFER: usize = 256 * 1024;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// The longest wait between attempts.
 const MAX_RETRY: Duration = Duration::from_secs(5);
+/// How long a frame from the tunnel waits for room towards a slow local
+/// stream before it is dropped.
+const SEND_WAIT: Duration = Duration::from_secs(1);
+/// The socket pair's buffers (the kernel caps them at net.core.wmem_max and
+/// rmem_max): a burst from the tunnel waits there, as in a TAP's queue.
+const PAIR_BUFFER: usize = 4 << 20;
 /// A local stream that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(2);
 
@@ -360,6 +366,12 @@ impl Local {
         };
         let (device, pump) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None)
             .map_err(|e| err("cannot create a socket pair", e))?;
+        for end in [&device, &pump] {
+            // Best effort: the kernel's caps apply, and small buffers only
+            // mean earlier waits.
+            let _ = end.set_send_buffer_size(PAIR_BUFFER);
+            let _ = end.set_recv_buffer_size(PAIR_BUFFER);
+        }
         device
             .set_nonblocking(true)
             .and_then(|()| pump.set_nonblocking(true))
@@ -421,12 +433,27 @@ impl Local {
         (&self.device).read(buf)
     }
 
-    /// Hands one frame to the outbound pump.
+    /// Hands one frame to the outbound pump, waiting up to [`SEND_WAIT`]
+    /// while it is backed up: the local side reads at its own pace (passt,
+    /// a VM's queue), and waiting slows the tunnel's TCP down where dropping
+    /// would make its sender retransmit into the same full queue.
     ///
     /// # Errors
-    /// `WouldBlock` when the pump is backed up (the relay counts and drops).
+    /// `WouldBlock` when the pump stayed backed up (the relay counts and
+    /// drops).
     pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        (&self.device).write(frame)
+        let deadline = Instant::now() + SEND_WAIT;
+        loop {
+            match (&self.device).write(frame) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match sys::wait_writable(self.raw_fd(), &[&self.shared.stop], Some(deadline))? {
+                        Wait::Ready => {}
+                        Wait::Stopped | Wait::TimedOut => return Err(e),
+                    }
+                }
+                done => return done,
+            }
+        }
     }
 }
 
