@@ -14,8 +14,10 @@
 //!   into it).
 //!
 //! Each throughput figure is one direction, A to B: frames received per second over `--time`
-//! seconds after a 1 s warm-up, at 64 and 1,500 bytes per Ethernet frame (no FCS), and the
-//! frames' bits per second. The generators' own ceilings are measured in the same run, with no
+//! seconds after a 1 s warm-up, at 64 and 1,500 bytes per Ethernet frame (no FCS), the
+//! frames' bits per second, and the CPU time both taptun processes spent per frame meanwhile
+//! (utime + stime from /proc/PID/stat): on a machine whose other work takes CPU from the
+//! tunnel, that figure moves less than the rate does. The generators' own ceilings are measured in the same run, with no
 //! taptun: the QEMU-framing sender straight into the counter over a socket pair, and the UDP
 //! sender straight over the veth, so that the table shows whether a generator was the limit.
 //! Idle RTT: 200 single 98-byte frames 10 ms apart (a frame B's side echoes back in this process
@@ -85,8 +87,12 @@ fn main() {
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
         for size in SIZES {
-            record(format!("qemu: {size} B, frames/s"), bench.qemu_flood(size, window));
-            record(format!("tap {size} B, frames/s"), bench.tap_flood(size, window));
+            let (fps, cpu) = bench.qemu_flood(size, window);
+            record(format!("qemu: {size} B, frames/s"), fps);
+            record(format!("qemu: {size} B, taptun CPU us/frame"), cpu);
+            let (fps, cpu) = bench.tap_flood(size, window);
+            record(format!("tap {size} B, frames/s"), fps);
+            record(format!("tap {size} B, taptun CPU us/frame"), cpu);
             record(
                 format!("ceiling qemu-framing generator {size} B, frames/s"),
                 generator_ceiling(size, window),
@@ -126,7 +132,7 @@ fn print_table(figures: &[(String, Vec<f64>)], rounds: usize, time: f64) {
         };
         let size: Option<f64> = SIZES
             .iter()
-            .find(|s| name.contains(&format!(" {s} B")))
+            .find(|s| name.ends_with(&format!(" {s} B, frames/s")))
             .map(|&s| s as f64);
         let (value, mbits, range) = match size {
             Some(size) => (
@@ -213,13 +219,37 @@ fn read_frames(
     })
 }
 
-/// Frames per second arriving in `count` over `window`, after the warm-up.
-fn rate(count: &AtomicU64, window: Duration) -> f64 {
+/// Frames per second that `count` counts over `window`, after the warm-up, and the CPU time the
+/// processes `pids` spent per frame meanwhile, in microseconds.
+fn rate(mut count: impl FnMut() -> u64, pids: &[u32], window: Duration) -> (f64, f64) {
     thread::sleep(WARM_UP);
-    let (c0, t0) = (count.load(Ordering::Relaxed), Instant::now());
+    let (c0, cpu0, t0) = (count(), cpu_seconds(pids), Instant::now());
     thread::sleep(window);
-    let (c1, t1) = (count.load(Ordering::Relaxed), Instant::now());
-    (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+    let (c1, cpu1, t1) = (count(), cpu_seconds(pids), Instant::now());
+    let frames = (c1 - c0) as f64;
+    let per_frame = if frames > 0.0 {
+        (cpu1 - cpu0) / frames * 1e6
+    } else {
+        0.0
+    };
+    (frames / (t1 - t0).as_secs_f64(), per_frame)
+}
+
+/// User and system CPU seconds of processes `pids` so far (all their threads), from
+/// /proc/PID/stat in clock ticks of 1/100 s (USER_HZ on Linux).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The fields after "(comm)": state is field 3, utime 14 and stime 15.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+            let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok());
+            ticks(14).unwrap_or(0.0) + ticks(15).unwrap_or(0.0)
+        })
+        .sum::<f64>()
+        / 100.0
 }
 
 /// Waits until `count` has stopped moving: the pipeline is empty before the next figure.
@@ -242,7 +272,7 @@ fn generator_ceiling(size: usize, window: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let sender = flood(tx, size, stop.clone());
     let reader = read_frames(rx, count.clone(), |_| {});
-    let fps = rate(&count, window);
+    let (fps, _) = rate(|| count.load(Ordering::Relaxed), &[], window);
     stop.store(true, Ordering::Relaxed);
     sender.join().unwrap();
     reader.join().unwrap();
@@ -344,7 +374,7 @@ struct Vms {
 /// The two namespaces, the four taptun processes, and the VMs on the qemu: sockets.
 struct Bench {
     // Declared first so that they are dropped first: the processes before their namespaces.
-    _procs: Vec<Proc>,
+    procs: Vec<Proc>,
     vms: Vms,
     dir: PathBuf,
     a: Netns,
@@ -445,7 +475,7 @@ impl Bench {
             let _ = echo.write_all(&out);
         });
         let bench = Bench {
-            _procs: procs,
+            procs,
             vms: Vms {
                 a: va,
                 b_count,
@@ -471,18 +501,31 @@ impl Bench {
         })
     }
 
-    fn qemu_flood(&self, size: usize, window: Duration) -> f64 {
+    /// The pids of the two taptun processes of the qemu: tunnel (0) or the tap one (1).
+    fn pids(&self, tunnel: usize) -> [u32; 2] {
+        [self.procs[2 * tunnel].0.id(), self.procs[2 * tunnel + 1].0.id()]
+    }
+
+    fn qemu_flood(&self, size: usize, window: Duration) -> (f64, f64) {
         let stop = Arc::new(AtomicBool::new(false));
         let sender = flood(self.vms.a.try_clone().unwrap(), size, stop.clone());
-        let fps = rate(&self.vms.b_count, window);
+        let count = || self.vms.b_count.load(Ordering::Relaxed);
+        let figures = rate(count, &self.pids(0), window);
         stop.store(true, Ordering::Relaxed);
         sender.join().unwrap();
         settle(&self.vms.b_count);
-        fps
+        figures
     }
 
     /// UDP from A to `to` in B sized to make `size`-byte frames, counted by B's `dev`.
-    fn udp_flood(&self, to: &str, dev: &str, size: usize, window: Duration) -> f64 {
+    fn udp_flood(
+        &self,
+        to: &str,
+        dev: &str,
+        size: usize,
+        pids: &[u32],
+        window: Duration,
+    ) -> (f64, f64) {
         let exe = std::env::current_exe().unwrap();
         let exe = exe.to_str().unwrap();
         let _sink = Proc(
@@ -502,10 +545,7 @@ impl Bench {
                 .spawn()
                 .unwrap(),
         );
-        thread::sleep(WARM_UP);
-        let (c0, t0) = (self.b.counter(dev, "rx_packets"), Instant::now());
-        thread::sleep(window);
-        let (c1, t1) = (self.b.counter(dev, "rx_packets"), Instant::now());
+        let figures = rate(|| self.b.counter(dev, "rx_packets"), pids, window);
         let _ = sender.0.wait();
         // Let the tunnel drain before the next figure.
         let mut last = self.b.counter(dev, "rx_packets");
@@ -517,15 +557,15 @@ impl Bench {
             }
             last = now;
         }
-        (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+        figures
     }
 
-    fn tap_flood(&self, size: usize, window: Duration) -> f64 {
-        self.udp_flood("10.82.0.2", "ttqbt", size, window)
+    fn tap_flood(&self, size: usize, window: Duration) -> (f64, f64) {
+        self.udp_flood("10.82.0.2", "ttqbt", size, &self.pids(1), window)
     }
 
     fn udp_ceiling(&self, size: usize, window: Duration) -> f64 {
-        self.udp_flood("10.81.0.2", "ttqbv", size, window)
+        self.udp_flood("10.81.0.2", "ttqbv", size, &[], window).0
     }
 
     fn qemu_rtt(&self) -> (f64, f64) {
