@@ -152,8 +152,8 @@ pub fn run<D: PacketDevice>(
             let attempt = source
                 .connect(&owner.shutdown, owner.timing)
                 .and_then(|stream| match stream {
-                    Some((stream, deadline)) => owner.handshake(stream, |io, id| {
-                        handshake::initiate(io, id, to.hello, deadline)
+                    Some((stream, deadline)) => owner.handshake(stream, |io| {
+                        handshake::initiate(io, &to.identity, to.hello(), deadline)
                     }),
                     None => Ok(None),
                 });

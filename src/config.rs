@@ -97,6 +97,8 @@ pub enum Remote {
     Key(PublicKey),
     /// The file that holds the peer's public key (-k @FILE), read by `run`.
     KeyFile(PathBuf),
+    /// The hub's peers file (-A), read by `run`: one key per listed peer.
+    Peers(PathBuf),
 }
 
 /// A validated tunnel configuration. Its `Debug` never shows a secret.
@@ -182,12 +184,13 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "p", long: "port", hint: "PORT", help: "TCP port for -s and -c -m (default 1980)" },
     OptionSpec { short: "b", long: "bind", hint: "ADDR", help: "with -s: listen on this address only (default: all, IPv4 and IPv6)" },
     OptionSpec { short: "d", long: "device", hint: "NAME", help: "device name (default tap%d or tun%d; an existing persistent device is attached), or a local endpoint without a device: qemu:PATH (listen for a VM's -netdev stream), qemu-connect:PATH (connect to QEMU or passt), vde:COMMAND (run vde_plug ...)" },
-    OptionSpec { short: "", long: "socket-mode", hint: "MODE", help: "with -d qemu:PATH: the socket's mode, octal (default 600)" },
-    OptionSpec { short: "", long: "socket-group", hint: "GROUP", help: "with -d qemu:PATH: the socket's group (e.g. libvirt-qemu, with --socket-mode 660)" },
+    OptionSpec { short: "", long: "socket-mode", hint: "MODE", help: "with -d qemu:PATH (or a hub's device=qemu:): the socket's mode, octal (default 600)" },
+    OptionSpec { short: "", long: "socket-group", hint: "GROUP", help: "with -d qemu:PATH (or a hub's device=qemu:): the socket's group (e.g. libvirt-qemu, with --socket-mode 660)" },
     OptionSpec { short: "t", long: "type", hint: "tap|tun", help: "device type: tap (Ethernet frames, default) or tun (IP packets)" },
     OptionSpec { short: "l", long: "local", hint: "SECRET", help: "this end's secret: a key, a passphrase, or @FILE (default: $TAPTUN_LOCAL)" },
     OptionSpec { short: "r", long: "remote", hint: "SECRET", help: "the other end's secret, same forms (default: $TAPTUN_REMOTE)" },
     OptionSpec { short: "k", long: "peer-key", hint: "PUBKEY", help: "the other end's public key, or @FILE, instead of -r (see `taptun pubkey`)" },
+    OptionSpec { short: "A", long: "peers", hint: "FILE", help: "with -s or -i: serve every peer listed in FILE, each on its own device (a hub), instead of -r/-k" },
     OptionSpec { short: "e", long: "cipher", hint: "CIPHER", help: "chachapoly (default) or aesgcm; both ends must agree" },
     OptionSpec { short: "M", long: "mtu", hint: "N", help: "set the device MTU (tap: 68-65491, tun: 68-65509)" },
     OptionSpec { short: "n", long: "no-gso", hint: "", help: "carry plain frames only: no IFF_VNET_HDR, no GSO super-frames (default: on where the kernel has it)" },
@@ -499,6 +502,7 @@ impl Config {
                 ))
             })?;
         let remote = match (m.opt_str("k"), m.opt_str("r")) {
+            _ if m.opt_present("A") => peers_file(m, &mode)?,
             (Some(_), Some(_)) => return Err(usage("give either -r or -k, not both")),
             (Some(key), None) => match key.strip_prefix('@') {
                 Some("") => {
@@ -608,6 +612,29 @@ impl Config {
             verbosity: u8::try_from(m.opt_count("v")).unwrap_or(u8::MAX),
             warnings,
         })
+    }
+}
+
+/// -A FILE, which takes the place of -r/-k and of -d.
+fn peers_file(m: &getopts::Matches, mode: &Mode) -> Result<Remote, Error> {
+    if m.opt_present("r") || m.opt_present("k") {
+        return Err(usage(
+            "-A lists every peer's key: give either -A or -r/-k, not both",
+        ));
+    }
+    if m.opt_present("d") {
+        return Err(usage(
+            "-d cannot be combined with -A: each listed peer has its own device (device= in the peers file)",
+        ));
+    }
+    if !matches!(mode, Mode::Server { .. } | Mode::Inetd) {
+        return Err(usage(
+            "-A is for the serving end (-s or -i); a client names its one server with -k or -r",
+        ));
+    }
+    match m.opt_str("A") {
+        Some(path) if !path.is_empty() => Ok(Remote::Peers(PathBuf::from(path))),
+        _ => Err(usage("-A: empty file name")),
     }
 }
 
@@ -745,9 +772,10 @@ fn unbracket(text: &str) -> &str {
 /// --socket-mode and --socket-group, which only a `qemu:` socket has.
 fn socket_access(m: &getopts::Matches, device: &DeviceSpec) -> Result<SocketAccess, Error> {
     let given = m.opt_present("socket-mode") || m.opt_present("socket-group");
-    if given && !matches!(device, DeviceSpec::Qemu(_)) {
+    // A hub's peers file may give its peers qemu: sockets (device=).
+    if given && !matches!(device, DeviceSpec::Qemu(_)) && !m.opt_present("A") {
         return Err(usage(
-            "--socket-mode and --socket-group only apply to -d qemu:PATH",
+            "--socket-mode and --socket-group only apply to -d qemu:PATH (or a hub's device=qemu:)",
         ));
     }
     let mut access = SocketAccess::default();

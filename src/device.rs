@@ -232,7 +232,7 @@ impl Device {
             DeviceSpec::QemuConnect(path) => local::Source::Connect(path.clone()),
             DeviceSpec::Vde(command) => local::Source::Command(command.clone()),
         };
-        Local::open(&name, source, mtu_local, access).map(Device::Local)
+        Local::open(&name, source, mtu_local, MAX_FRAME, access).map(Device::Local)
     }
 }
 

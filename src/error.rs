@@ -72,6 +72,13 @@ pub enum Error {
     Hook(String),
     /// An I/O failure on something the text names.
     Io { what: String, source: io::Error },
+    /// The hub's peers file (-A) is refused: the file itself (`line` None:
+    /// its owner, mode, size, kind) or a line of it.
+    PeersFile {
+        path: PathBuf,
+        line: Option<usize>,
+        why: String,
+    },
 }
 
 /// What [`Error`] needs to know of a handshake's failure; the handshake's
@@ -100,7 +107,10 @@ impl Error {
     /// The process exit status this error maps to.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::Secret { .. } | Error::KeyFile { .. } => EXIT_USAGE,
+            Error::Usage(_)
+            | Error::Secret { .. }
+            | Error::KeyFile { .. }
+            | Error::PeersFile { .. } => EXIT_USAGE,
             Error::Handshake { cause, .. } if cause.is_authentication() => EXIT_AUTH,
             Error::Proxy { denied: true, .. } => EXIT_AUTH,
             // A taptun at the other end of the command that failed its
@@ -228,6 +238,10 @@ impl fmt::Display for Error {
             Error::Protocol { peer, what } => write!(f, "{peer}: protocol error: {what}"),
             Error::Hook(why) => f.write_str(why),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
+            Error::PeersFile { path, line, why } => match line {
+                Some(line) => write!(f, "peers file {}:{line}: {why}", path.display()),
+                None => write!(f, "peers file {}: {why}", path.display()),
+            },
         }
     }
 }

@@ -334,6 +334,23 @@ impl Identity {
         })
     }
 
+    /// The peer's key, which its sessions must prove.
+    pub fn remote(&self) -> PublicKey {
+        self.remote
+    }
+
+    /// As `new`, with the psk already derived: the hub's trial of message 1
+    /// (src/trial.rs) derived every listed peer's once, and the handshake
+    /// then needs no second X25519.
+    pub fn with_psk(local: PrivateKey, remote: PublicKey, psk: Psk, cipher: Cipher) -> Identity {
+        Identity {
+            local,
+            remote,
+            psk,
+            cipher,
+        }
+    }
+
     pub fn local_public(&self) -> PublicKey {
         self.local.public_key()
     }
@@ -801,12 +818,63 @@ pub fn respond<M: MessageIo>(
     replays: &dyn Replays,
     progress: &dyn Progress,
 ) -> Result<Established, HandshakeError> {
-    let mut resp = Responder::new(identity, hello)?;
+    let one = One { identity, hello };
+    respond_with(io, &one, accepted, replays, progress).map(|(keys, _)| keys)
+}
+
+/// Whom a responder may be talking to, told by message 1: the one peer
+/// point to point, the listed peer whose psk authenticates it in a hub.
+pub trait Choose {
+    /// A handle on one peer.
+    type Choice;
+    /// The peer whose psk authenticates message 1.
+    ///
+    /// # Errors
+    /// `Message1NotAuthentic` when none does, or why the peer cannot be served.
+    fn choose(&self, msg1: &[u8]) -> Result<Self::Choice, HandshakeError>;
+    /// The peer's identity, and our hello for it.
+    fn parts<'c>(&self, choice: &'c Self::Choice) -> (&'c Identity, Hello);
+}
+
+/// The one peer of [`respond`].
+struct One<'a> {
+    identity: &'a Identity,
+    hello: Hello,
+}
+
+impl<'a> Choose for One<'a> {
+    type Choice = &'a Identity;
+
+    fn choose(&self, _: &[u8]) -> Result<&'a Identity, HandshakeError> {
+        Ok(self.identity)
+    }
+
+    fn parts<'c>(&self, choice: &'c &'a Identity) -> (&'c Identity, Hello) {
+        (choice, self.hello)
+    }
+}
+
+/// [`respond`] for a responder that serves several peers (a hub):
+/// `chooser` names the peer from message 1, whose identity the rest of the
+/// handshake then requires. Returns the keys with the choice.
+///
+/// # Errors
+/// As [`respond`], and what the chooser returns.
+pub fn respond_with<M: MessageIo, C: Choose + ?Sized>(
+    io: &mut M,
+    chooser: &C,
+    accepted: Instant,
+    replays: &dyn Replays,
+    progress: &dyn Progress,
+) -> Result<(Established, C::Choice), HandshakeError> {
     let mut buf = vec![0u8; crate::frame::MAX_MESSAGE];
 
     // -> psk, e
     io.set_deadline(Some(accepted + RESPONDER_FIRST_MESSAGE));
     let msg = recv_first(io, Role::Responder, "message 1")?;
+    let picked = chooser.choose(msg)?;
+    let (identity, hello) = chooser.parts(&picked);
+    let mut resp = Responder::new(identity, hello)?;
     let ephemeral = resp.read_message1(msg)?;
     if !replays.first_sight(ephemeral) {
         return Err(HandshakeError::Replay);
@@ -815,7 +883,7 @@ pub fn respond<M: MessageIo>(
         "{}: handshake: message 1 received, authentic and fresh",
         io.peer()
     );
-    progress.authentic();
+    progress.authentic(&identity.remote);
 
     // <- e, ee, s, es
     io.set_deadline(Some(accepted + RESPONDER_DEADLINE));
@@ -842,13 +910,14 @@ pub fn respond<M: MessageIo>(
     send(io, Role::Responder, &buf[..n], "room for key confirmation")?;
     log::debug!("{}: handshake: key confirmation sent", io.peer());
     io.set_deadline(None);
-    Ok(Established {
+    let keys = Established {
         transport,
         peer_hello,
         peer_key,
         send_nonce: 1,
         recv_nonce: 0,
-    })
+    };
+    Ok((keys, picked))
 }
 
 /// Where a responder remembers message 1's ephemeral keys: this process's
@@ -863,8 +932,9 @@ pub trait Replays: Sync {
 /// What a responder tells its caller on the way, so that a server can rank
 /// its pending handshakes. `()` listens to nothing and always confirms.
 pub trait Progress {
-    /// Message 1 authenticated and is not a replay: the peer holds the psk.
-    fn authentic(&self) {}
+    /// Message 1 authenticated and is not a replay: the peer whose key is
+    /// `peer` holds the psk (that peer has yet to prove its key).
+    fn authentic(&self, _peer: &PublicKey) {}
     /// Message 3 authenticated; the handshake succeeds once key
     /// confirmation is sent. False when the caller has given up on this
     /// connection (it was closed to make room): then nothing is sent.
@@ -1252,7 +1322,7 @@ mod tests {
     }
 
     impl Progress for Evicted {
-        fn authentic(&self) {
+        fn authentic(&self, _peer: &PublicKey) {
             self.authentic.set(self.authentic.get() + 1);
         }
         fn confirm(&self) -> bool {

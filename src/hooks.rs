@@ -1,8 +1,8 @@
 //! The up and down hooks (-u, -D): commands run with /bin/sh -c when a
 //! session is established and when it ends.
 //!
-//! A hook sees TAPTUN_DEVICE, TAPTUN_TYPE, TAPTUN_MTU, TAPTUN_PEER and
-//! TAPTUN_PEER_KEY, and never the secrets or systemd's hand-over variables
+//! A hook sees TAPTUN_DEVICE, TAPTUN_TYPE, TAPTUN_MTU, TAPTUN_PEER,
+//! TAPTUN_PEER_KEY and, in a hub, TAPTUN_PEER_NAME, and never the secrets or systemd's hand-over variables
 //! (see `child::is_scrubbed`). Its stdin is /dev/null and its stdout is
 //! ours (in -i mode /dev/null). Its stderr is a pipe: each line goes to our
 //! log as it comes (under inetd our own stderr may go nowhere), and the last
@@ -54,17 +54,23 @@ pub struct HookEnv {
     /// host:port, `stdio` or `exec`.
     pub peer: String,
     pub peer_key: PublicKey,
+    /// The peer's name in a hub's peers file.
+    pub peer_name: Option<String>,
 }
 
 impl HookEnv {
-    fn vars(&self) -> [(&'static str, String); 5] {
-        [
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![
             ("TAPTUN_DEVICE", self.device.clone()),
             ("TAPTUN_TYPE", self.layer.to_string()),
             ("TAPTUN_MTU", self.mtu.to_string()),
             ("TAPTUN_PEER", self.peer.clone()),
             ("TAPTUN_PEER_KEY", self.peer_key.to_string()),
-        ]
+        ];
+        if let Some(name) = &self.peer_name {
+            vars.push(("TAPTUN_PEER_NAME", name.clone()));
+        }
+        vars
     }
 }
 
@@ -300,6 +306,7 @@ mod tests {
             mtu: 1500,
             peer: "exec".into(),
             peer_key: PublicKey([0; crate::keys::KEY_LEN]),
+            peer_name: None,
         }
     }
 

@@ -8,6 +8,8 @@
 //! - `handshake`: the Noise handshake as state machines, key confirmation, the replay cache;
 //!   `resolver`: its crypto, with X25519 keys zeroed on drop; `replay`: the replay cache
 //!   that -i processes share; `wire`: the layer and the cipher, the values both ends agree on.
+//!   `trial`: which listed peer a message 1 is from, tried without snow, and the CPU budget
+//!   of those trials (the hub's).
 //! - `frame`: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
 //!   write failed, for the handshake and the relay alike.
 //! - `device`: opening TAP and TUN devices, or a local endpoint; the `PacketDevice` trait;
@@ -21,6 +23,7 @@
 //! - `session`: the one owner of sessions (handshake, hooks, relay,
 //!   replacement, end), generic over the device; `client`: -c's streams
 //!   and reconnection; `server`: -s's accept loop; `hooks`: -u and -D.
+//! - `peers`: the hub's peers file (-A): its rules, reading it, what a reload changes.
 //! - `log`: stderr or syslog. `error`: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
 
@@ -39,9 +42,11 @@ mod frame;
 pub mod fuzz;
 mod handshake;
 mod hooks;
+mod hub;
 mod keys;
 mod local;
 mod log;
+mod peers;
 mod proxy;
 mod relay;
 mod replay;
@@ -51,6 +56,7 @@ mod session;
 mod stream_error;
 mod sys;
 mod transport;
+mod trial;
 mod vnet;
 mod wire;
 
@@ -74,6 +80,7 @@ pub use log::{Sink as LogSink, init as init_log};
 pub use relay::{Counters, relay};
 pub use sys::{Stop, is_socket};
 pub use transport::Stream;
+pub use trial::{Budget, Candidates};
 pub use vnet::{
     F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, HDR_LEN as VIRTIO_HDR_LEN, Header as VirtioHeader,
     Kind as VirtioKind, tcp_super_frame,
@@ -121,9 +128,10 @@ pub fn run(config: Config) -> Result<(), Error> {
     let signal_err = |e| Error::io("cannot set up signal handling", e);
     let shutdown = Arc::new(Stop::on_signals(&[libc::SIGINT, libc::SIGTERM]).map_err(signal_err)?);
     let usr1 = Stop::on_signals(&[libc::SIGUSR1]).map_err(signal_err)?;
-    // SIGHUP has no meaning yet: blocked and never read, it cannot end the
-    // process (children still start with it unblocked).
-    let _hangup = Stop::on_signals(&[libc::SIGHUP]).map_err(signal_err)?;
+    // SIGHUP reloads a hub's peers file and means nothing otherwise: blocked
+    // and read (or never read), it cannot end the process (children still
+    // start with it unblocked).
+    let hangup = Stop::on_signals(&[libc::SIGHUP]).map_err(signal_err)?;
     // -i: take the stream first, so that nothing else can reach fd 1.
     let stdio = if config.mode == Mode::Inetd {
         std::panic::set_hook(Box::new(|info| ::log::error!("internal error: {info}")));
@@ -136,16 +144,47 @@ pub fn run(config: Config) -> Result<(), Error> {
     for warning in &config.warnings {
         ::log::warn!("{warning}");
     }
-    let identity = load_identity(&config)?;
+    let owner = Owner {
+        shutdown,
+        counters: Default::default(),
+        timing: Timing::REAL,
+    };
+    let served = match &config.remote {
+        Remote::Peers(path) => {
+            let local = private_key(&config.local, config.mode == Mode::Inetd)?;
+            let defaults = hub::Defaults {
+                layer: config.layer,
+                cipher: config.cipher,
+                gso: config.gso,
+                mtu: config.mtu,
+                keepalive: config.keepalive,
+                up: config.up.clone(),
+                down: config.down.clone(),
+                socket: config.socket.clone(),
+            };
+            match config.mode {
+                // Each connection's peer, and so its device, is known only
+                // once its message 1 is read.
+                Mode::Inetd => Served::InetdHub(path, local, defaults),
+                _ => Served::Hub(Box::new(hub::Hub::load(path, local, defaults)?)),
+            }
+        }
+        _ => {
+            let identity = load_identity(&config)?;
+            let device = Device::open(
+                &config.device,
+                config.layer,
+                config.mtu,
+                config.gso,
+                &config.socket,
+            )?;
+            let peer = Peer::new(device, identity, config.keepalive, owner.counters.clone());
+            peer.set(config.up.clone(), config.down.clone(), config.keepalive);
+            Served::One(Box::new(peer))
+        }
+    };
     let proxy_auth = load_proxy_auth(&config)?;
     let ids = resolve_ids(&config)?;
-    let device = Device::open(
-        &config.device,
-        config.layer,
-        config.mtu,
-        config.gso,
-        &config.socket,
-    )?;
     let listener = match &config.mode {
         Mode::Server { bind, port } => Some(match inherited {
             Some(listener) => {
@@ -158,38 +197,54 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     transport::notify_ready(&env);
     if let Some((uid, gid)) = ids {
-        sys::drop_privileges(uid, gid).map_err(|e| Error::io("cannot drop privileges", e))?;
+        let dropped = match served {
+            // A hub makes devices when a reload adds peers, and -i -A once
+            // message 1 has named the peer.
+            Served::Hub(_) | Served::InetdHub(..) => {
+                sys::drop_privileges_keeping_net_admin(uid, gid)
+            }
+            Served::One(_) => sys::drop_privileges(uid, gid),
+        };
+        dropped.map_err(|e| Error::io("cannot drop privileges", e))?;
         ::log::debug!("now running as uid {uid}, gid {gid}");
     }
-    let owner = Owner {
-        identity,
-        shutdown,
-        counters: Default::default(),
-        timing: Timing::REAL,
-    };
-    let mut peer = Peer::new(device, config.keepalive, &owner);
-    peer.up = config.up.clone();
-    peer.down = config.down.clone();
     let finished = Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?;
-    if let Some(waits_for) = waits_for(&config.mode) {
+    if let (Some(waits_for), Served::One(peer)) = (waits_for(&config.mode), &served) {
         // Before the first attempt, whose failure may take seconds to show.
         ::log::info!("{} ready; {waits_for}", peer.endpoint.device().name());
     }
     let result = std::thread::scope(|scope| {
-        scope.spawn(|| report_counters_on_sigusr1(&usr1, &owner.counters, &finished, started));
-        let result = match (listener, stdio, &config.mode) {
-            (Some(listener), _, _) => server::serve(&owner, &peer, listener),
-            (_, Some(stream), _) => inetd(&owner, &peer, stream),
-            (_, _, Mode::Client(dial)) => {
+        let lines = || match &served {
+            Served::Hub(hub) => hub
+                .peers()
+                .iter()
+                .map(|listed| {
+                    let name = listed.peer.name.as_deref().unwrap_or("?");
+                    let line = listed.peer.counters.process_line(started.elapsed());
+                    format!("{name}: {line}")
+                })
+                .collect(),
+            _ => vec![owner.counters.process_line(started.elapsed())],
+        };
+        let (usr1, finished) = (&usr1, &finished);
+        scope.spawn(move || report_counters_on_sigusr1(usr1, &lines, finished));
+        let result = match (listener, stdio, &config.mode, &served) {
+            (Some(listener), _, _, Served::Hub(hub)) => hub::serve(&owner, hub, listener, &hangup),
+            (Some(listener), _, _, Served::One(peer)) => server::serve(&owner, peer, listener),
+            (_, Some(stream), _, Served::InetdHub(path, local, defaults)) => {
+                hub::inetd(&owner, path, local, defaults, stream)
+            }
+            (_, Some(stream), _, Served::One(peer)) => inetd(&owner, peer, stream),
+            (_, _, Mode::Client(dial), Served::One(peer)) => {
                 let dialer = client::Dialer {
                     dial,
                     socket: &socket_options,
                     proxy_auth: proxy_auth.as_ref(),
                 };
-                client::run(&owner, &peer, &dialer, config.once)
+                client::run(&owner, peer, &dialer, config.once)
             }
-            // -s and -i took theirs above.
-            (None, None, Mode::Server { .. } | Mode::Inetd) => Ok(()),
+            // The configuration allows no other combination.
+            _ => Ok(()),
         };
         finished.trigger();
         result
@@ -200,13 +255,32 @@ pub fn run(config: Config) -> Result<(), Error> {
     result
 }
 
+/// Whom this process serves.
+enum Served<'c> {
+    /// The one peer of -r/-k.
+    One(Box<Peer<Device>>),
+    /// -s -A.
+    Hub(Box<hub::Hub>),
+    /// -i -A: the peers file, our key, and the defaults for the peer that
+    /// connects.
+    InetdHub(&'c std::path::Path, PrivateKey, hub::Defaults),
+}
+
 /// -i: one handshake and at most one session on the stream.
 fn inetd<D: PacketDevice>(owner: &Owner, peer: &Peer<D>, stream: Stream) -> Result<(), Error> {
     // One connection per process: only a cache shared with the other -i
     // processes can see a replay from an earlier one.
     let replays = replay::InetdReplays::open(&env);
-    let respond =
-        |io: &mut _, id: &_| handshake::respond(io, id, peer.hello, Instant::now(), &replays, &());
+    let respond = |io: &mut _| {
+        handshake::respond(
+            io,
+            &peer.identity,
+            peer.hello(),
+            Instant::now(),
+            &replays,
+            &(),
+        )
+    };
     let Some(session) = owner.handshake(stream, respond)? else {
         return Ok(());
     };
@@ -236,14 +310,16 @@ fn waits_for(mode: &Mode) -> Option<String> {
     }
 }
 
-/// Logs whether a session is up and the process's counters each time
+/// Logs whether each peer's session is up and its counters each time
 /// SIGUSR1 arrives, until `finished`.
-fn report_counters_on_sigusr1(usr1: &Stop, counters: &Counters, finished: &Stop, started: Instant) {
+fn report_counters_on_sigusr1(usr1: &Stop, lines: &dyn Fn() -> Vec<String>, finished: &Stop) {
     loop {
         match sys::wait_readable(usr1.raw_fd(), &[finished], None) {
             Ok(sys::Wait::Ready) => {
                 usr1.take_signal();
-                ::log::info!("{}", counters.process_line(started.elapsed()));
+                for line in lines() {
+                    ::log::info!("{line}");
+                }
             }
             Ok(_) | Err(_) => return,
         }
@@ -276,7 +352,17 @@ pub fn check(config: &Config) -> Result<(), Error> {
     for warning in &config.warnings {
         ::log::warn!("{warning}");
     }
-    load_identity(config)?;
+    if let Remote::Peers(path) = &config.remote {
+        let local = private_key(&config.local, config.mode == Mode::Inetd)?;
+        let max = match config.mode {
+            Mode::Inetd => peers::MAX_INETD_PEERS,
+            _ => peers::MAX_PEERS,
+        };
+        let listed = peers::read(path, &local.public_key(), config.layer, max)?;
+        ::log::info!("{}: {} peers", path.display(), listed.len());
+    } else {
+        load_identity(config)?;
+    }
     load_proxy_auth(config)?;
     resolve_ids(config)?;
     Ok(())
@@ -294,6 +380,7 @@ fn load_identity(config: &Config) -> Result<Identity, Error> {
         Remote::Key(key) => *key,
         Remote::KeyFile(path) => keys::read_public_key_file(path)?,
         Remote::Secret(spec) => private_key(spec, inetd)?.public_key(),
+        Remote::Peers(_) => unreachable!("a hub has no one remote key"),
     };
     // Any 32 bytes pass for a public key, so -k given our own private key
     // (a key file instead of its `pubkey`) is only caught by comparing.
@@ -318,7 +405,7 @@ fn load_identity(config: &Config) -> Result<Identity, Error> {
                  runs -l S1 -r S2, the client -l S2 -r S1)",
                 spec.origin
             ),
-            Remote::Key(_) | Remote::KeyFile(_) => ::log::warn!(
+            Remote::Key(_) | Remote::KeyFile(_) | Remote::Peers(_) => ::log::warn!(
                 "-k is this end's own public key (that of {local_origin}): unless the other end \
                  runs with this very secret, give the other end's, as `taptun pubkey` prints it there"
             ),

@@ -47,7 +47,6 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Socket, Type};
 
 use crate::child::{self, Child};
-use crate::device::MAX_FRAME;
 use crate::error::Error;
 use crate::sys::{self, Interest, Stop, Wait, WaitAny};
 
@@ -68,12 +67,6 @@ const READ_BUFFER: usize = 256 * 1024;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// The longest wait between attempts.
 const MAX_RETRY: Duration = Duration::from_secs(5);
-/// How long a frame from the tunnel waits for room towards a slow local
-/// stream before it is dropped.
-const SEND_WAIT: Duration = Duration::from_secs(1);
-/// The socket pair's buffers (the kernel caps them at net.core.wmem_max and
-/// rmem_max): a burst from the tunnel waits there, as in a TAP's queue.
-const PAIR_BUFFER: usize = 4 << 20;
 /// A local stream that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(2);
 
@@ -87,7 +80,7 @@ pub enum Format {
 }
 
 impl Format {
-    fn header_len(self) -> usize {
+    pub fn header_len(self) -> usize {
         match self {
             Format::Qemu => 4,
             Format::Vde => 2,
@@ -96,7 +89,7 @@ impl Format {
 
     /// The largest length that can be a frame; above it the stream is out
     /// of sync.
-    fn max_len(self) -> usize {
+    pub fn max_len(self) -> usize {
         match self {
             Format::Qemu => QEMU_MAX_LEN,
             Format::Vde => usize::from(u16::MAX),
@@ -106,7 +99,7 @@ impl Format {
     /// The largest frame the other side takes from us.
     pub fn max_frame_out(self) -> usize {
         match self {
-            Format::Qemu => MAX_FRAME,
+            Format::Qemu => QEMU_MAX_LEN,
             Format::Vde => VDE_MAX_FRAME,
         }
     }
@@ -302,6 +295,8 @@ impl Tally {
 struct Shared {
     name: String,
     format: Format,
+    /// The largest frame carried, either way.
+    max_frame: usize,
     stop: Stop,
     /// The current local stream, for outbound; `None` while there is none.
     writer: Mutex<Option<UnixStream>>,
@@ -339,7 +334,8 @@ pub struct Local {
 }
 
 impl Local {
-    /// Opens the endpoint named `name` with frames of an `mtu` device:
+    /// Opens the endpoint named `name` with frames of an `mtu` device, and
+    /// none over `max_frame` bytes (larger ones are dropped, counted):
     /// binds the listening socket (`qemu:`) at once, so that errors show at
     /// start-up; connecting and running the command happen in the pump.
     ///
@@ -350,6 +346,7 @@ impl Local {
         name: &str,
         source: Source,
         mtu: u32,
+        max_frame: usize,
         access: &SocketAccess,
     ) -> Result<Local, Error> {
         let err = |what: &str, source: io::Error| Error::Local {
@@ -366,12 +363,6 @@ impl Local {
         };
         let (device, pump) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None)
             .map_err(|e| err("cannot create a socket pair", e))?;
-        for end in [&device, &pump] {
-            // Best effort: the kernel's caps apply, and small buffers only
-            // mean earlier waits.
-            let _ = end.set_send_buffer_size(PAIR_BUFFER);
-            let _ = end.set_recv_buffer_size(PAIR_BUFFER);
-        }
         device
             .set_nonblocking(true)
             .and_then(|()| pump.set_nonblocking(true))
@@ -379,6 +370,7 @@ impl Local {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             format: source.format(),
+            max_frame,
             stop: Stop::new().map_err(|e| err("cannot create an eventfd", e))?,
             writer: Mutex::new(None),
             tally: Tally::default(),
@@ -433,27 +425,13 @@ impl Local {
         (&self.device).read(buf)
     }
 
-    /// Hands one frame to the outbound pump, waiting up to [`SEND_WAIT`]
-    /// while it is backed up: the local side reads at its own pace (passt,
-    /// a VM's queue), and waiting slows the tunnel's TCP down where dropping
-    /// would make its sender retransmit into the same full queue.
+    /// Hands one frame to the outbound pump.
     ///
     /// # Errors
-    /// `WouldBlock` when the pump stayed backed up (the relay counts and
-    /// drops).
+    /// `WouldBlock` when the pump is backed up: the relay counts and drops
+    /// the frame, as a TAP device's full queue does.
     pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        let deadline = Instant::now() + SEND_WAIT;
-        loop {
-            match (&self.device).write(frame) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match sys::wait_writable(self.raw_fd(), &[&self.shared.stop], Some(deadline))? {
-                        Wait::Ready => {}
-                        Wait::Stopped | Wait::TimedOut => return Err(e),
-                    }
-                }
-                done => return done,
-            }
-        }
+        (&self.device).write(frame)
     }
 }
 
@@ -632,18 +610,22 @@ fn inbound(shared: &Shared, pair: &Socket, source: Source, listener: Option<Unix
                 log::info!("{}: the command ended ({status})", shared.name);
             }
         }
-        if shared.stop.is_set() || matches!(source, Source::Listen(_)) {
-            if shared.stop.is_set() {
-                break;
-            }
+        if shared.stop.is_set() {
+            break;
+        }
+        if matches!(source, Source::Listen(_)) {
+            // The next VM is waited for in accept.
             continue;
         }
-        retry = if started.elapsed() >= STABLE {
+        // 0.25 s after a stream that lasted, then twice as long after each
+        // failure in a row, up to 5 s.
+        let wait = if started.elapsed() >= STABLE {
             FIRST_RETRY
         } else {
-            (retry * 2).min(MAX_RETRY)
+            retry
         };
-        let deadline = Instant::now() + retry;
+        retry = (wait * 2).min(MAX_RETRY);
+        let deadline = Instant::now() + wait;
         if let Ok(Wait::Stopped) =
             sys::wait_readable(shared.stop.raw_fd(), &[&shared.stop], Some(deadline))
         {
@@ -725,7 +707,7 @@ fn read_frames(
     listener: Option<&UnixListener>,
     input: &mut [u8],
 ) -> String {
-    let mut deframer = Deframer::new(shared.format, MAX_FRAME);
+    let mut deframer = Deframer::new(shared.format, shared.max_frame);
     let mut watch = vec![(conn.as_raw_fd(), Interest::Read)];
     if let Some(l) = listener {
         watch.push((l.as_raw_fd(), Interest::Read));
@@ -824,7 +806,7 @@ fn give(shared: &Shared, pair: &Socket, frame: &[u8]) -> bool {
 fn outbound(shared: &Shared, pair: &Socket) {
     let header = shared.format.header_len();
     // The frame goes after 4 bytes of room, where its header is written.
-    let mut buf = vec![0u8; 4 + MAX_FRAME + 1];
+    let mut buf = vec![0u8; 4 + shared.max_frame + 1];
     loop {
         match sys::wait_readable(pair.as_raw_fd(), &[&shared.stop], None) {
             Ok(Wait::Ready) => {}
@@ -843,7 +825,10 @@ fn outbound(shared: &Shared, pair: &Socket) {
             bump(&shared.tally.no_stream);
             continue;
         };
-        if len > shared.format.max_frame_out() || len == 0 {
+        if len == 0 {
+            continue;
+        }
+        if len > shared.format.max_frame_out().min(shared.max_frame) {
             bump(&shared.tally.oversize);
             log::debug!("{}: dropped a frame of {len} bytes", shared.name);
             continue;
@@ -945,7 +930,7 @@ mod tests {
             let stream: Vec<u8> = frames.iter().flat_map(|f| wrap(f)).collect();
             for step in [1, 2, 3, 7, 1500, stream.len()] {
                 assert_eq!(
-                    cut(format, MAX_FRAME, &stream, step).unwrap(),
+                    cut(format, 65509, &stream, step).unwrap(),
                     frames,
                     "{format:?} {step}"
                 );
@@ -986,18 +971,18 @@ mod tests {
         let mut stream = u32::MAX.to_be_bytes().to_vec();
         stream.extend([0u8; 100]);
         assert_eq!(
-            cut(Format::Qemu, MAX_FRAME, &stream, 3),
+            cut(Format::Qemu, 65509, &stream, 3),
             Err(Malformed(u32::MAX as usize))
         );
         let just_over = (QEMU_MAX_LEN as u32 + 1).to_be_bytes();
         assert_eq!(
-            cut(Format::Qemu, MAX_FRAME, &just_over, 4),
+            cut(Format::Qemu, 65509, &just_over, 4),
             Err(Malformed(QEMU_MAX_LEN + 1))
         );
         // QEMU's own limit is a frame, if too large for us.
         let limit = (QEMU_MAX_LEN as u32).to_be_bytes();
         assert_eq!(
-            cut(Format::Qemu, MAX_FRAME, &limit, 4).unwrap(),
+            cut(Format::Qemu, 65509, &limit, 4).unwrap(),
             vec![format!("oversize {QEMU_MAX_LEN}").into_bytes()]
         );
     }

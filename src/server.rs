@@ -1,5 +1,7 @@
 //! The standalone server (-s): accepts connections, runs their handshakes
-//! concurrently, and keeps one session at a time.
+//! concurrently, and hands each authenticated session to its peer: the one
+//! peer of -r/-k, or in a hub ([`crate::hub`]) the listed peer whose psk
+//! message 1 proved ([`Directory`]).
 //!
 //! - At most [`MAX_PENDING`] handshakes run at once; when one more arrives,
 //!   the oldest pending one whose message 1 has not (yet) proved authentic is
@@ -8,6 +10,8 @@
 //!   whose message 1 was authentic (and fresh) is never closed to make room:
 //!   keyless connections cannot starve a slow client, and when all 64 are
 //!   authentic the newcomer is closed instead (each of them ends within 10 s).
+//!   One peer holds at most [`MAX_AUTHENTIC_PER_PEER`] of them: a third
+//!   closes its oldest, so that one key cannot hold every slot.
 //!   Each handshake is bounded by the deadlines (3 s to message 1, 10 s in
 //!   all) and its buffers (a 64 KiB read buffer and a 64 KiB message buffer).
 //! - A handshake leaves the pending list, under its lock, before it sends key
@@ -15,8 +19,8 @@
 //!   closed to make room never sends confirmation nor replaces the session.
 //! - A connection that fails its handshake never disturbs the current
 //!   session; it logs one line with its address and the reason.
-//! - A newly authenticated peer replaces the current session
-//!   ([`Owner::keep`], on a thread of its own).
+//! - A newly authenticated session replaces its peer's current one
+//!   ([`Owner::keep`], on a thread of its own per peer).
 //! - SIGINT or SIGTERM stops the accept loop and the current session.
 
 use std::collections::VecDeque;
@@ -28,12 +32,51 @@ use std::time::Instant;
 
 use crate::device::PacketDevice;
 use crate::error::Error;
-use crate::handshake::{self, ReplayCache};
-use crate::session::{Event, Owner, Peer};
+use crate::handshake::{self, Choose, HandshakeError, Hello, Identity, ReplayCache};
+use crate::keys::PublicKey;
+use crate::session::{Event, Owner, Peer, Session};
 use crate::transport::{self, Stream};
 
 /// Handshakes in progress at most.
 pub const MAX_PENDING: usize = 64;
+/// Handshakes in progress with an authentic message 1 from one peer.
+pub const MAX_AUTHENTIC_PER_PEER: usize = 2;
+
+/// Whom a server serves: the one peer of -r/-k ([`One`]), or a hub's
+/// listed peers.
+pub trait Directory: Choose<Choice: Send> + Sync {
+    /// Whether to read a new connection at all (false: it is closed unread).
+    fn admit(&self) -> bool {
+        true
+    }
+    /// Hands an authenticated session to its peer's owner.
+    fn deliver(&self, peer: Self::Choice, session: Session);
+}
+
+/// The one peer of a point-to-point server, whose sessions go to its
+/// [`Owner::keep`].
+pub struct One<'a, D: PacketDevice> {
+    pub to: &'a Peer<D>,
+    pub events: mpsc::Sender<Event>,
+}
+
+impl<'a, D: PacketDevice> Choose for One<'a, D> {
+    type Choice = &'a Peer<D>;
+
+    fn choose(&self, _: &[u8]) -> Result<&'a Peer<D>, HandshakeError> {
+        Ok(self.to)
+    }
+
+    fn parts<'c>(&self, peer: &'c &'a Peer<D>) -> (&'c Identity, Hello) {
+        (&peer.identity, peer.hello())
+    }
+}
+
+impl<'a, D: PacketDevice> Directory for One<'a, D> {
+    fn deliver(&self, _: &'a Peer<D>, session: Session) {
+        let _ = self.events.send(Event::Ready(Box::new(session)));
+    }
+}
 
 /// Handshakes in progress, oldest first, each with a handle to abort it.
 #[derive(Default)]
@@ -51,8 +94,9 @@ struct Entry {
     addr: SocketAddr,
     /// A clone of the connection, to shut it when it is evicted.
     abort: TcpStream,
-    /// Its message 1 authenticated and was fresh: only the psk makes one.
-    authentic: bool,
+    /// Its message 1 authenticated and was fresh (only the psk makes one),
+    /// for the peer with this key.
+    authentic: Option<PublicKey>,
 }
 
 /// Counts a handshake thread while it lives.
@@ -79,7 +123,7 @@ impl Pending {
     fn add(&self, id: u64, addr: SocketAddr, abort: TcpStream) -> bool {
         let mut list = self.lock();
         if list.len() >= MAX_PENDING {
-            let Some(oldest) = list.iter().position(|e| !e.authentic) else {
+            let Some(oldest) = list.iter().position(|e| e.authentic.is_none()) else {
                 return false;
             };
             if let Some(old) = list.remove(oldest) {
@@ -94,15 +138,30 @@ impl Pending {
             id,
             addr,
             abort,
-            authentic: false,
+            authentic: None,
         });
         true
     }
 
-    /// Marks a handshake whose message 1 proved authentic.
-    fn authentic(&self, id: u64) {
-        if let Some(entry) = self.lock().iter_mut().find(|e| e.id == id) {
-            entry.authentic = true;
+    /// Marks a handshake whose message 1 proved authentic for `peer`; when
+    /// that peer has more than [`MAX_AUTHENTIC_PER_PEER`] such handshakes,
+    /// closes its oldest.
+    fn authentic(&self, id: u64, peer: &PublicKey) {
+        let mut list = self.lock();
+        if let Some(entry) = list.iter_mut().find(|e| e.id == id) {
+            entry.authentic = Some(*peer);
+        }
+        let of_peer = |e: &Entry| e.authentic.as_ref() == Some(peer);
+        if list.iter().filter(|e| of_peer(e)).count() > MAX_AUTHENTIC_PER_PEER {
+            if let Some(oldest) = list.iter().position(of_peer) {
+                if let Some(old) = list.remove(oldest) {
+                    log::info!(
+                        "{}: closed: {MAX_AUTHENTIC_PER_PEER} newer handshakes of the same peer in progress",
+                        old.addr
+                    );
+                    let _ = old.abort.shutdown(std::net::Shutdown::Both);
+                }
+            }
         }
     }
 
@@ -135,7 +194,7 @@ impl Pending {
     }
 }
 
-/// Serves until SIGINT or SIGTERM.
+/// Serves the one peer `to` until SIGINT or SIGTERM.
 ///
 /// # Errors
 /// Only a failing listening socket; handshake and session failures are
@@ -145,35 +204,56 @@ pub fn serve<D: PacketDevice>(
     to: &Peer<D>,
     listener: TcpListener,
 ) -> Result<(), Error> {
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
     let name = to.endpoint.device().name();
-    log::info!("{name} ready; listening on {local}");
-    let replays = ReplayCache::default();
-    let pending = Pending::default();
     let (events, inbox) = mpsc::channel::<Event>();
     thread::scope(|scope| {
         let manager_events = events.clone();
         scope.spawn(move || owner.keep(to, inbox, manager_events));
-        let result = accept_loop(owner, to, &listener, &replays, &pending, &events, scope);
-        // Wake any handshake still waiting; they all end within the deadline anyway.
-        for entry in pending.lock().drain(..) {
-            let _ = entry.abort.shutdown(std::net::Shutdown::Both);
-        }
+        let one = One {
+            to,
+            events: events.clone(),
+        };
+        let result = serve_directory(owner, &one, listener, name);
         let _ = events.send(Event::Shutdown);
         result
     })
 }
 
-fn accept_loop<'scope, D: PacketDevice>(
+/// Serves the peers of `directory` until SIGINT or SIGTERM; `what` is
+/// what the start line says is ready.
+///
+/// # Errors
+/// Only a failing listening socket; handshake and session failures are
+/// logged and the server goes on.
+pub fn serve_directory<R: Directory>(
+    owner: &Owner,
+    directory: &R,
+    listener: TcpListener,
+    what: &str,
+) -> Result<(), Error> {
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    log::info!("{what} ready; listening on {local}");
+    let replays = ReplayCache::default();
+    let pending = Pending::default();
+    thread::scope(|scope| {
+        let result = accept_loop(owner, directory, &listener, &replays, &pending, scope);
+        // Wake any handshake still waiting; they all end within the deadline anyway.
+        for entry in pending.lock().drain(..) {
+            let _ = entry.abort.shutdown(std::net::Shutdown::Both);
+        }
+        result
+    })
+}
+
+fn accept_loop<'scope, R: Directory>(
     owner: &'scope Owner,
-    to: &'scope Peer<D>,
+    directory: &'scope R,
     listener: &TcpListener,
     replays: &'scope ReplayCache,
     pending: &'scope Pending,
-    events: &mpsc::Sender<Event>,
     scope: &'scope thread::Scope<'scope, '_>,
 ) -> Result<(), Error> {
     let mut next_id: u64 = 0;
@@ -193,6 +273,10 @@ fn accept_loop<'scope, D: PacketDevice>(
         let accepted = Instant::now();
         // The dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        if !directory.admit() {
+            log::debug!("{addr}: closed unread: over the budget for message-1 trials");
+            continue;
+        }
         log::debug!("{addr}: connection accepted");
         next_id += 1;
         let id = next_id;
@@ -209,23 +293,24 @@ fn accept_loop<'scope, D: PacketDevice>(
         let Some(live) = pending.room(&owner.shutdown) else {
             return Ok(());
         };
-        let events = events.clone();
         scope.spawn(move || {
             let _live = live;
             let peer = addr.to_string();
             let slot = Slot { pending, id };
+            let mut picked = None;
             let outcome = Stream::tcp(conn, peer.clone()).and_then(|stream| {
-                owner.handshake(stream, |io, id| {
-                    handshake::respond(io, id, to.hello, accepted, replays, &slot)
+                owner.handshake(stream, |io| {
+                    let (keys, to) =
+                        handshake::respond_with(io, directory, accepted, replays, &slot)?;
+                    picked = Some(to);
+                    Ok(keys)
                 })
             });
             pending.claim(id);
-            match outcome {
-                Ok(Some(session)) => {
-                    let _ = events.send(Event::Ready(Box::new(session)));
-                }
-                Ok(None) => {}
-                Err(e) => log::info!("{e}"),
+            match (outcome, picked) {
+                (Ok(Some(session)), Some(to)) => directory.deliver(to, session),
+                (Ok(_), _) => {}
+                (Err(e), _) => log::info!("{e}"),
             }
         });
     }
@@ -238,8 +323,8 @@ struct Slot<'a> {
 }
 
 impl handshake::Progress for Slot<'_> {
-    fn authentic(&self) {
-        self.pending.authentic(self.id);
+    fn authentic(&self, peer: &PublicKey) {
+        self.pending.authentic(self.id, peer);
     }
 
     fn confirm(&self) -> bool {
@@ -313,6 +398,11 @@ mod tests {
             .collect()
     }
 
+    /// Peer `n`'s public key.
+    fn key(n: u8) -> PublicKey {
+        PublicKey([n; crate::keys::KEY_LEN])
+    }
+
     fn ids(pending: &Pending) -> Vec<u64> {
         pending.lock().iter().map(|e| e.id).collect()
     }
@@ -350,8 +440,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let pending = Pending::default();
         let mut clients = fill(&pending, &listener, 1, MAX_PENDING);
-        pending.authentic(1);
-        pending.authentic(3);
+        pending.authentic(1, &key(1));
+        pending.authentic(3, &key(3));
         let _more = fill(&pending, &listener, 100, 2 * MAX_PENDING);
         let left = ids(&pending);
         assert_eq!(left.len(), MAX_PENDING);
@@ -367,11 +457,41 @@ mod tests {
         let pending = Pending::default();
         let mut clients = fill(&pending, &listener, 1, MAX_PENDING);
         for id in 1..=MAX_PENDING as u64 {
-            pending.authentic(id);
+            pending.authentic(id, &key(id as u8));
         }
         let (server, _client, addr) = connection(&listener);
         assert!(!pending.add(999, addr, server));
         assert_eq!(ids(&pending), (1..=MAX_PENDING as u64).collect::<Vec<_>>());
         assert!(clients.iter_mut().take(4).all(|(c, _)| !was_shut(c)));
+    }
+
+    #[test]
+    fn one_peer_holds_at_most_two_authentic_handshakes() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pending = Pending::default();
+        let mut clients = fill(&pending, &listener, 1, 5);
+        // Peer 7 proves message 1 on handshakes 1, 2 and 4; peer 8 on 3.
+        pending.authentic(1, &key(7));
+        pending.authentic(2, &key(7));
+        pending.authentic(3, &key(8));
+        assert_eq!(ids(&pending), [1, 2, 3, 4, 5]);
+        pending.authentic(4, &key(7));
+        // Its oldest went; the other peer's and the unproven ones stay.
+        assert_eq!(ids(&pending), [2, 3, 4, 5]);
+        assert!(was_shut(&mut clients[0].0));
+        assert!(clients[1..].iter_mut().all(|(c, _)| !was_shut(c)));
+        // So a flood of one key's handshakes never fills the list: the
+        // unproven newcomers keep finding room.
+        for id in 100..100 + MAX_PENDING as u64 {
+            let (server, _client, addr) = connection(&listener);
+            assert!(pending.add(id, addr, server));
+            pending.authentic(id, &key(7));
+        }
+        let of_7 = pending
+            .lock()
+            .iter()
+            .filter(|e| e.authentic == Some(key(7)))
+            .count();
+        assert_eq!(of_7, MAX_AUTHENTIC_PER_PEER);
     }
 }

@@ -4,11 +4,12 @@
 //! end and the log lines. The client loop, -i and the server's accept loop
 //! bring the streams; everything after the stream happens here.
 //!
-//! - [`Owner`] is what every session of the process shares: the identity,
-//!   the shutdown, the counters and the [`Timing`]. [`Peer`] is one local
-//!   endpoint with what its sessions use (our hello, the hooks); today one
-//!   per process, the hub will hold one per listed peer. Both are generic
-//!   over the [`PacketDevice`], so tests run them over datagram sockets.
+//! - [`Owner`] is what every session of the process shares: the shutdown,
+//!   the process's counters and the [`Timing`]. [`Peer`] is one local
+//!   endpoint with what its sessions use (the identity they must prove, our
+//!   hello, the hooks, its counters): one per process point to point, one
+//!   per listed peer in a hub. Peers are generic over the [`PacketDevice`],
+//!   so tests run them over datagram sockets.
 //! - At most one session is attached to a peer's endpoint: [`Owner::keep`]
 //!   stops and joins the current one before a newer one attaches. The new
 //!   one relays at once; the old one's down hook and then the new one's up
@@ -23,7 +24,7 @@
 //! session is attached, the endpoint's drain.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Duration;
 
@@ -59,23 +60,38 @@ impl Timing {
 
 /// What every session of the process shares.
 pub struct Owner {
-    pub identity: Identity,
     /// Set by SIGINT or SIGTERM: every loop watches it.
     pub shutdown: Arc<Stop>,
-    /// The process's counters (SIGUSR1 logs them).
+    /// The process's counters: handshake failures, and everything else
+    /// when the one peer shares them (point to point).
     pub counters: Arc<Counters>,
     pub timing: Timing,
 }
 
-/// One local endpoint and what its sessions use.
-pub struct Peer<D: PacketDevice> {
-    pub endpoint: Endpoint<D>,
+/// What a peer's sessions use besides its device: each session takes a copy
+/// when it starts.
+#[derive(Clone, Debug)]
+pub struct Settings {
     /// Our hello, from the device's layer and MTU and our keepalive.
     pub hello: Hello,
-    /// -u
+    /// -u, or the peer's up= in a hub.
     pub up: Option<String>,
-    /// -D
+    /// -D, or the peer's down=.
     pub down: Option<String>,
+}
+
+/// One local endpoint and what its sessions use.
+pub struct Peer<D: PacketDevice> {
+    /// The hub's name for the peer (its peers-file line); `None` point to
+    /// point.
+    pub name: Option<String>,
+    /// Our key and the peer's, which its sessions must prove.
+    pub identity: Identity,
+    /// What this peer's sessions count (the owner's own point to point).
+    pub counters: Arc<Counters>,
+    pub endpoint: Endpoint<D>,
+    /// What its next session uses (a hub's reload may change it).
+    settings: RwLock<Settings>,
     /// The up hook's latest failure, so that one repeated at every
     /// reconnect is logged as an error once.
     pub up_failures: hooks::Repeats,
@@ -83,20 +99,46 @@ pub struct Peer<D: PacketDevice> {
 
 impl<D: PacketDevice> Peer<D> {
     /// `device` as an endpoint (drained until a session attaches), with
-    /// our hello for it.
-    pub fn new(device: D, keepalive: u8, owner: &Owner) -> Peer<D> {
+    /// our hello for it; its sessions count in `counters`.
+    pub fn new(device: D, identity: Identity, keepalive: u8, counters: Arc<Counters>) -> Peer<D> {
         let mut hello = Hello::new(device.layer(), device.mtu());
         hello.keepalive = keepalive;
         if device.vnet_hdr() {
             hello.flags |= FLAG_GSO;
         }
         Peer {
-            endpoint: Endpoint::new(device, owner.counters.clone()),
-            hello,
-            up: None,
-            down: None,
+            name: None,
+            identity,
+            endpoint: Endpoint::new(device, counters.clone()),
+            counters,
+            settings: RwLock::new(Settings {
+                hello,
+                up: None,
+                down: None,
+            }),
             up_failures: Default::default(),
         }
+    }
+
+    /// What the next session uses.
+    pub fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Our hello for the next session.
+    pub fn hello(&self) -> Hello {
+        self.settings().hello
+    }
+
+    /// Sets the hooks and our keepalive for the sessions that start from now.
+    pub fn set(&self, up: Option<String>, down: Option<String>, keepalive: u8) {
+        let mut settings = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        settings.up = up;
+        settings.down = down;
+        settings.hello.keepalive = keepalive;
     }
 }
 
@@ -134,7 +176,7 @@ impl Owner {
     /// Runs our side of the handshake on `stream`: `role` is
     /// [`crate::handshake::initiate`] or [`crate::handshake::respond`] with their
     /// arguments, given the stream split (both halves watching the session's
-    /// stop and the process's shutdown) and our identity.
+    /// stop and the process's shutdown).
     ///
     /// # Errors
     /// `Error::Handshake` (exit 3, or 1 for a peer that is not taptun), or
@@ -144,7 +186,7 @@ impl Owner {
     pub fn handshake(
         &self,
         stream: Stream,
-        role: impl FnOnce(&mut Framed, &Identity) -> Result<Established, HandshakeError>,
+        role: impl FnOnce(&mut Framed) -> Result<Established, HandshakeError>,
     ) -> Result<Option<Session>, Error> {
         let stop = Arc::new(Stop::new().map_err(|e| Error::io("cannot create an eventfd", e))?);
         let peer = stream.peer.clone();
@@ -153,7 +195,7 @@ impl Owner {
             .map_err(|e| Error::io(format!("{peer}: cannot set up the stream"), e))?;
         // A stream that ended or failed is blamed on a -x command that
         // exited (its status says more than a guess about the peer).
-        let cause = match role(&mut framed, &self.identity) {
+        let cause = match role(&mut framed) {
             Ok(keys) => {
                 framed.reader.grow(crate::frame::READ_BUFFER);
                 return Ok(Some(Session {
@@ -218,31 +260,34 @@ impl Owner {
         before: Option<ScopedJoinHandle<'s, ()>>,
     ) -> (End, SessionHooks<'s>) {
         let device = to.endpoint.device();
+        let settings = to.settings();
         let env = HookEnv {
             device: device.name().to_owned(),
             layer: device.layer(),
             mtu: device.mtu(),
             peer: session.peer.clone(),
             peer_key: session.keys.peer_key,
+            peer_name: to.name.clone(),
         };
         // Held while the relay runs: the carrier is on and the drain stopped
         // before the up hook and the relay start, and back after the relay
         // stopped.
         let attached = to.endpoint.attach();
-        self.counters.session_up(&session.peer);
+        to.counters.session_up(&session.peer);
         let failure = Arc::new(Mutex::new(None));
-        let up = (before.is_some() || to.up.is_some()).then(|| {
+        let up = (before.is_some() || settings.up.is_some()).then(|| {
             let (env, stop, failure) = (env.clone(), session.stop.clone(), failure.clone());
-            scope.spawn(move || self.up_hook(to, before, &env, &stop, &failure))
+            let hook = settings.up.clone();
+            scope.spawn(move || self.up_hook(to, hook, before, &env, &stop, &failure))
         });
-        let mut end = self.relay(to, session);
+        let mut end = self.relay(to, &settings.hello, session);
         drop(attached);
         let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let (End::Stopped, Some(why)) = (&end, failed) {
             end = End::HookFailed(why);
         }
-        self.counters.session_down(&end);
-        let down = to.down.clone();
+        to.counters.session_down(&end);
+        let down = settings.down;
         (end, SessionHooks { env, down, up })
     }
 
@@ -253,6 +298,7 @@ impl Owner {
     fn up_hook<D: PacketDevice>(
         &self,
         to: &Peer<D>,
+        up: Option<String>,
         before: Option<ScopedJoinHandle<'_, ()>>,
         env: &HookEnv,
         stop: &Stop,
@@ -261,7 +307,7 @@ impl Owner {
         if let Some(before) = before {
             let _ = before.join();
         }
-        let Some(up) = &to.up else {
+        let Some(up) = &up else {
             return true;
         };
         if stop.is_set() {
@@ -338,7 +384,7 @@ impl Owner {
     }
 
     /// Relays a session until it ends, and logs both ends.
-    fn relay<D: PacketDevice>(&self, to: &Peer<D>, session: Session) -> End {
+    fn relay<D: PacketDevice>(&self, to: &Peer<D>, ours: &Hello, session: Session) -> End {
         let Session {
             peer,
             keys,
@@ -348,8 +394,8 @@ impl Owner {
         } = session;
         let device = to.endpoint.device();
         let peer_hello = keys.peer_hello;
-        let framing = framing(to, &peer, &peer_hello);
-        Counters::add(&self.counters.sessions, 1);
+        let framing = framing(to, ours, &peer, &peer_hello);
+        Counters::add(&to.counters.sessions, 1);
         log::info!(
             "session with {peer} established on {} (peer key {}, peer keepalive {} s, {})",
             device.name(),
@@ -371,7 +417,7 @@ impl Owner {
         // Dead when nothing arrives for 3 x the peer's interval (never if it
         // announced none), or nothing can be written for 3 x ours.
         let interval = |secs: u8| (secs > 0).then(|| self.timing.second * u32::from(secs));
-        let ours = interval(to.hello.keepalive);
+        let ours = interval(ours.keepalive);
         framed
             .reader
             .get_mut()
@@ -380,16 +426,8 @@ impl Owner {
             .writer
             .set_stall_limit(ours.map(|d| d * DEAD_AFTER_INTERVALS));
         let channel = Channel::new(keys, framing, device.vnet_kind());
-        let before = self.counters.snapshot();
-        let end = relay::relay(
-            device,
-            framed,
-            &closer,
-            channel,
-            ours,
-            &stop,
-            &self.counters,
-        );
+        let before = to.counters.snapshot();
+        let end = relay::relay(device, framed, &closer, channel, ours, &stop, &to.counters);
         closer.finish();
         if framing == Framing::Gso {
             // Until the next session says otherwise: the device is drained
@@ -398,7 +436,7 @@ impl Owner {
                 log::warn!("cannot turn the offloads of {} off: {e}", device.name());
             }
         }
-        let traffic = self.counters.snapshot().since(&before);
+        let traffic = to.counters.snapshot().since(&before);
         match &end {
             End::Dead(_) | End::StreamError(_) | End::Protocol(_) | End::DeviceError(_) => {
                 log::warn!("session with {peer} ended: {end} ({traffic})")
@@ -494,12 +532,12 @@ impl Owner {
 /// GSO super-frames when both hellos offer them; the device's offloads
 /// follow, so that a peer without GSO only gets complete frames (the few
 /// queued before the switch are handled by [`Framing::Strip`]).
-fn framing<D: PacketDevice>(to: &Peer<D>, peer: &str, peer_hello: &Hello) -> Framing {
+fn framing<D: PacketDevice>(to: &Peer<D>, ours: &Hello, peer: &str, peer_hello: &Hello) -> Framing {
     let device = to.endpoint.device();
     if !device.vnet_hdr() {
         return Framing::Plain;
     }
-    let gso = to.hello.flags & peer_hello.flags & FLAG_GSO != 0;
+    let gso = ours.flags & peer_hello.flags & FLAG_GSO != 0;
     if let Err(e) = device.set_offloads(gso) {
         // Super-frames from the peer still work; ours stay plain (or, when
         // the offloads stay on, Strip drops the super-frames, counted).
@@ -600,7 +638,6 @@ mod tests {
     /// second lasting `second`.
     fn owner(second: Duration) -> Owner {
         Owner {
-            identity: Identity::new(key(1), key(2).public_key(), Cipher::ChaChaPoly).unwrap(),
             shutdown: Arc::new(Stop::new().unwrap()),
             counters: Default::default(),
             timing: Timing { second },
@@ -611,7 +648,13 @@ mod tests {
     /// protocol seconds; the device's outside and carrier.
     fn peer(owner: &Owner, keepalive: u8) -> (Peer<FakeDevice>, UnixDatagram, Arc<AtomicBool>) {
         let (device, outside, carrier) = device();
-        (Peer::new(device, keepalive, owner), outside, carrier)
+        let identity = Identity::new(key(1), key(2).public_key(), Cipher::ChaChaPoly).unwrap();
+        let counters = owner.counters.clone();
+        (
+            Peer::new(device, identity, keepalive, counters),
+            outside,
+            carrier,
+        )
     }
 
     /// How the far end behaves after its handshake.
@@ -743,8 +786,9 @@ mod tests {
         /// Hooks that append "up PEER" and "down PEER".
         fn hooks<D: PacketDevice>(&self, peer: &mut Peer<D>) {
             let path = self.0.display();
-            peer.up = Some(format!("echo up $TAPTUN_PEER >> {path}"));
-            peer.down = Some(format!("echo down $TAPTUN_PEER >> {path}"));
+            let up = Some(format!("echo up $TAPTUN_PEER >> {path}"));
+            let down = Some(format!("echo down $TAPTUN_PEER >> {path}"));
+            peer.set(up, down, peer.hello().keepalive);
         }
         fn lines(&self) -> Vec<String> {
             std::fs::read_to_string(&self.0)
@@ -797,8 +841,8 @@ mod tests {
         std::thread::scope(|scope| {
             let started = Instant::now();
             let session = owner
-                .handshake(stream, |io, id| {
-                    handshake::initiate(io, id, peer.hello, deadline())
+                .handshake(stream, |io| {
+                    handshake::initiate(io, &peer.identity, peer.hello(), deadline())
                 })
                 .unwrap()
                 .unwrap();
@@ -821,8 +865,8 @@ mod tests {
         let (peer, _outside, _) = peer(&owner, 0);
         let (stream, far) = far_end(false, 1, After::Silent);
         let session = owner
-            .handshake(stream, |io, id| {
-                handshake::initiate(io, id, peer.hello, deadline())
+            .handshake(stream, |io| {
+                handshake::initiate(io, &peer.identity, peer.hello(), deadline())
             })
             .unwrap()
             .unwrap();
@@ -969,8 +1013,15 @@ mod tests {
         stream.peer = name.into();
         let replays = ReplayCache::default();
         let session = owner
-            .handshake(stream, |io, id| {
-                handshake::respond(io, id, peer.hello, Instant::now(), &replays, &())
+            .handshake(stream, |io| {
+                handshake::respond(
+                    io,
+                    &peer.identity,
+                    peer.hello(),
+                    Instant::now(),
+                    &replays,
+                    &(),
+                )
             })
             .unwrap()
             .unwrap();

@@ -933,6 +933,85 @@ pub fn release_pages(buf: &mut [u8]) {
     }
 }
 
+/// rtnetlink's attribute for an interface's master (its bridge).
+const IFLA_MASTER: u16 = 10;
+
+/// Puts interface `ifname` into bridge `bridge` (what `ip link set IFNAME
+/// master BRIDGE` does).
+///
+/// # Errors
+/// No such bridge (ENODEV), one that is not a bridge (EOPNOTSUPP and the
+/// like), no CAP_NET_ADMIN (EPERM).
+pub fn set_master(ifname: &str, bridge: &str) -> io::Result<()> {
+    let name = std::ffi::CString::new(bridge).map_err(io::Error::other)?;
+    // SAFETY: reads a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {bridge}"),
+        ));
+    }
+    let flags = libc::NLM_F_ACK as u16;
+    rtnetlink_link(ifname, libc::RTM_NEWLINK, flags, Some((IFLA_MASTER, index))).map(drop)
+}
+
+/// The capability that makes and configures network devices.
+const CAP_NET_ADMIN: u32 = 12;
+
+/// As [`drop_privileges`], but keeps exactly CAP_NET_ADMIN (effective and
+/// permitted, not inheritable: commands this process runs get none), so
+/// that a hub can still make devices when its peers file is reloaded.
+///
+/// # Errors
+/// When any step fails, or root could be regained.
+pub fn drop_privileges_keeping_net_admin(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    let check = |rc: libc::c_long| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) }.into())?;
+    drop_privileges(uid, gid)?;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3: two Data, capabilities 0-31 in the first.
+    let mut header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let kept = Data {
+        effective: 1 << CAP_NET_ADMIN,
+        permitted: 1 << CAP_NET_ADMIN,
+        inheritable: 0,
+    };
+    let none = Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    };
+    let data = [kept, none];
+    // SAFETY: capset reads the live header and the two-element array the
+    // version-3 header announces.
+    check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) })?;
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) }.into())?;
+    Ok(())
+}
+
 /// Binds a Unix stream socket at `path` with mode 0600 from the start: the
 /// umask is 0177 for the bind, so that no other user can connect in the
 /// moment before the caller sets the mode it wants. The umask is the

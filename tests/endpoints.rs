@@ -12,7 +12,7 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -297,7 +297,13 @@ impl QemuTunnel {
             user.secret(&p.client_key),
             user.secret(&p.server_key)
         );
-        let (mut client, client_pid) = start("client", user.taptun(&p.b, &args), &p.scratch);
+        let mut cmd = user.taptun(&p.b, &args);
+        let hook = user.home.join("hook");
+        cmd.args([
+            "-u",
+            &format!("echo \"$TAPTUN_DEVICE\" > {}", hook.display()),
+        ]);
+        let (mut client, client_pid) = start("client", cmd, &p.scratch);
         wait_for_line(&mut server, ESTABLISHED);
         wait_for_line(&mut client, ESTABLISHED);
         QemuTunnel {
@@ -337,6 +343,16 @@ fn a_vm_on_a_qemu_socket_reaches_a_tap_device_as_an_ordinary_user_and_again_afte
         return;
     }
     let mut t = QemuTunnel::new();
+    // The up hook's TAPTUN_DEVICE names the endpoint.
+    let hook = t.user.home.join("hook");
+    assert!(
+        wait_for(DEADLINE, || hook.exists()),
+        "the up hook did not run"
+    );
+    assert_eq!(
+        fs::read_to_string(&hook).unwrap().trim(),
+        format!("qemu:{}", t.socket.display())
+    );
     let meta = fs::symlink_metadata(&t.socket).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o600, "the socket's mode");
     assert_eq!(meta.uid(), t.user.uid, "the socket's owner");
@@ -744,6 +760,15 @@ fn two_vde_switches_joined_by_taptun_carry_ping_and_10_mb_three_times() {
         );
         echo_across_the_tunnel(&p, &tap_a, 10 << 20, round);
     }
+    // vde_plug dies: taptun runs it again and traffic resumes, in the same session.
+    let plug = format!("^vde_plug {}", ctl_b.display());
+    run(Command::new("pkill").args(["-KILL", "-f", &plug]));
+    wait_for_line(&mut client, "the command ended");
+    assert!(
+        wait_for(DEADLINE, || count_lines(&client, "local stream up") >= 2),
+        "taptun did not run vde_plug again"
+    );
+    assert!(p.b.ping(&tap_a), "no ping after vde_plug was run again");
     assert_eq!(
         count_lines(&server, ESTABLISHED),
         1,
@@ -773,4 +798,87 @@ fn a_local_endpoint_with_tun_or_socket_options_elsewhere_is_a_usage_error() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
+}
+
+/// -i points fd 2 at /dev/null before the device opens when fd 2 is the stream (inetd): a
+/// `vde:` command started then writes nothing into the tunnel.
+#[test]
+fn under_inetd_a_vde_commands_stderr_stays_off_the_tunnel() {
+    use std::os::fd::OwnedFd;
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let theirs = OwnedFd::from(theirs);
+    let scratch = Scratch::new();
+    let secret = scratch.genkey("inetd");
+    let mut cmd = Command::new(TAPTUN);
+    cmd.args(["-i", "-l", &secret, "-r", &secret, "-d"])
+        .arg("vde:echo junk-on-stderr >&2; exec sleep 30")
+        .env_remove("TAPTUN_LOCAL")
+        .env_remove("TAPTUN_REMOTE")
+        .stdin(theirs.try_clone().unwrap())
+        .stdout(theirs.try_clone().unwrap())
+        .stderr(theirs);
+    let _taptun = Proc::adopt("inetd", cmd.spawn().unwrap(), None);
+    // The responder sends nothing before the initiator's first message: all
+    // that can arrive here within a second is what the command wrote.
+    ours.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut got = Vec::new();
+    let _ = (&ours).read_to_end(&mut got);
+    assert!(
+        !String::from_utf8_lossy(&got).contains("junk-on-stderr"),
+        "the command's stderr reached the tunnel: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
+fn a_hub_peer_on_a_qemu_socket_reaches_its_peers_tap_device_as_an_ordinary_user() {
+    if !require_root() {
+        return;
+    }
+    let p = Pair::new();
+    let user = User::new(p.n);
+    // The hub, unprivileged: its one listed peer's device is a qemu: socket.
+    let socket = user.home.join("vm1.sock");
+    let peers = user.home.join("peers");
+    fs::write(
+        &peers,
+        format!(
+            "vm1 {} device=qemu:{}\n",
+            pubkey(&p.client_key),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&peers, Some(user.uid), Some(user.gid)).unwrap();
+    fs::set_permissions(&peers, fs::Permissions::from_mode(0o600)).unwrap();
+    let args = format!(
+        "-s -p {} -v -A {} -l {} --socket-mode 660",
+        p.port,
+        peers.display(),
+        user.secret(&p.server_key)
+    );
+    let (mut hub, _) = start("hub", user.taptun(&p.a, &args), &p.scratch);
+    assert!(
+        wait_for(DEADLINE, || !hub.running() || p.a.listening(p.port)),
+        "the hub did not listen"
+    );
+    assert!(hub.running(), "the hub exited");
+    let meta = fs::symlink_metadata(&socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "the socket's mode");
+    // The peer: a TAP device, as root.
+    let mut client = p.client(
+        "client",
+        &format!("-d tt0 -l {} -k {}", p.client_key, pubkey(&p.server_key)),
+    );
+    p.b.wait_for_device("tt0");
+    p.b.ip(&format!("addr add {}/24 dev tt0", p.tap_addr(2)));
+    wait_for_line(&mut client, ESTABLISHED);
+    let mut vm = Vm::connect(&socket);
+    assert!(
+        vm.arp(ipv4(&p.tap_addr(1)), ipv4(&p.tap_addr(2))),
+        "no ARP answer from the peer's tap device"
+    );
+    drop(vm);
+    assert!(hub.terminate().success());
+    assert!(!socket.exists(), "the socket is still there after exit");
 }

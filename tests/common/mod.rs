@@ -545,9 +545,21 @@ pub const STALL: Duration = Duration::from_secs(60);
 /// `addr_a` (an address in the tunnel), so that the bytes cross the tunnel in both directions,
 /// and checks every byte that comes back against those sent, as it arrives.
 pub fn echo_across_the_tunnel(p: &Pair, addr_a: &str, len: usize, seed: u64) {
-    let addr = format!("{addr_a}:{}", p.port + 1000);
+    echo_between(
+        &p.a,
+        &p.b,
+        &format!("{addr_a}:{}", p.port + 1000),
+        len,
+        seed,
+    );
+}
+
+/// As [`echo_across_the_tunnel`], from namespace `b` to an echo server in `a` listening on
+/// `addr` (ADDRESS:PORT).
+pub fn echo_between(a: &Netns, b: &Netns, addr: &str, len: usize, seed: u64) {
+    let addr = addr.to_owned();
     let bind_addr = addr.clone();
-    let listener = in_netns(&p.a, move || TcpListener::bind(bind_addr).unwrap());
+    let listener = in_netns(a, move || TcpListener::bind(bind_addr).unwrap());
     let echo = thread::spawn(move || -> io::Result<u64> {
         let stream = accept_within(&listener);
         stream.set_read_timeout(Some(STALL))?;
@@ -557,7 +569,7 @@ pub fn echo_across_the_tunnel(p: &Pair, addr_a: &str, len: usize, seed: u64) {
         Ok(copied)
     });
 
-    let stream = in_netns(&p.b, move || TcpStream::connect(addr).unwrap());
+    let stream = in_netns(b, move || TcpStream::connect(addr).unwrap());
     stream.set_read_timeout(Some(STALL)).unwrap();
     stream.set_write_timeout(Some(STALL)).unwrap();
     let sent = Arc::new(pseudo_random_bytes(len, seed));
