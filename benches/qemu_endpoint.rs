@@ -68,7 +68,12 @@ fn main() {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
-            "--time" => time = it.next().and_then(|v| v.parse().ok()).expect("--time SECONDS"),
+            "--time" => {
+                time = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--time SECONDS")
+            }
             "--bench" => {} // cargo bench passes it
             other => panic!("unknown argument {other}: [--rounds N] [--time SECONDS]"),
         }
@@ -432,10 +437,17 @@ impl Bench {
             ),
             start(
                 &b,
-                format!("-c -m 10.81.0.1 -p 1981 -v -l {kb} -r {ka} -d qemu:{}", sb.display()),
+                format!(
+                    "-c -m 10.81.0.1 -p 1981 -v -l {kb} -r {ka} -d qemu:{}",
+                    sb.display()
+                ),
                 "qemu-c.log",
             ),
-            start(&a, format!("-s -p 1982 -v -l {ka} -r {kb} -d ttqbt"), "tap-s.log"),
+            start(
+                &a,
+                format!("-s -p 1982 -v -l {ka} -r {kb} -d ttqbt"),
+                "tap-s.log",
+            ),
             start(
                 &b,
                 format!("-c -m 10.81.0.1 -p 1982 -v -l {kb} -r {ka} -d ttqbt"),
@@ -464,9 +476,13 @@ impl Bench {
         };
         let (va, vb) = (connect(&sa), connect(&sb));
         let (probe_tx, probe_rx): (Sender<u64>, _) = channel();
-        read_frames(va.try_clone().unwrap(), Arc::new(AtomicU64::new(0)), move |f| {
-            let _ = probe_tx.send(u64::from_be_bytes(f[14..22].try_into().unwrap()));
-        });
+        read_frames(
+            va.try_clone().unwrap(),
+            Arc::new(AtomicU64::new(0)),
+            move |f| {
+                let _ = probe_tx.send(u64::from_be_bytes(f[14..22].try_into().unwrap()));
+            },
+        );
         let b_count = Arc::new(AtomicU64::new(0));
         let mut echo = vb.try_clone().unwrap();
         read_frames(vb, b_count.clone(), move |f| {
@@ -503,7 +519,10 @@ impl Bench {
 
     /// The pids of the two taptun processes of the qemu: tunnel (0) or the tap one (1).
     fn pids(&self, tunnel: usize) -> [u32; 2] {
-        [self.procs[2 * tunnel].0.id(), self.procs[2 * tunnel + 1].0.id()]
+        [
+            self.procs[2 * tunnel].0.id(),
+            self.procs[2 * tunnel + 1].0.id(),
+        ]
     }
 
     fn qemu_flood(&self, size: usize, window: Duration) -> (f64, f64) {

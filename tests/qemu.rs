@@ -98,7 +98,9 @@ impl User {
 
     /// Copies the key file of a SECRET "@PATH" and returns the SECRET of the copy.
     fn give_key(&self, secret: &str, name: &str) -> String {
-        let path = secret.strip_prefix('@').expect("a secret of the form @PATH");
+        let path = secret
+            .strip_prefix('@')
+            .expect("a secret of the form @PATH");
         format!("@{}", self.give(Path::new(path), name, 0o600).display())
     }
 
