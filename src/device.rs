@@ -236,6 +236,18 @@ impl Device {
     }
 }
 
+impl Device {
+    /// A local endpoint's own counts (frames to and from its stream, drops
+    /// while no stream is there), for SIGUSR1's report; `None` for a TAP or
+    /// TUN device, whose counts are the relay's.
+    pub fn counts(&self) -> Option<String> {
+        match self {
+            Device::Kernel(_) => None,
+            Device::Local(l) => Some(format!("{}: {}", l.name(), l.counts())),
+        }
+    }
+}
+
 impl PacketDevice for Device {
     fn raw_fd(&self) -> RawFd {
         match self {

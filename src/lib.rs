@@ -218,13 +218,17 @@ pub fn run(config: Config) -> Result<(), Error> {
             Served::Hub(hub) => hub
                 .peers()
                 .iter()
-                .map(|listed| {
+                .flat_map(|listed| {
                     let name = listed.peer.name.as_deref().unwrap_or("?");
                     let line = listed.peer.counters.process_line(started.elapsed());
-                    format!("{name}: {line}")
+                    let local = listed.peer.endpoint.device().counts();
+                    std::iter::once(format!("{name}: {line}")).chain(local)
                 })
                 .collect(),
-            _ => vec![owner.counters.process_line(started.elapsed())],
+            Served::One(peer) => std::iter::once(owner.counters.process_line(started.elapsed()))
+                .chain(peer.endpoint.device().counts())
+                .collect(),
+            Served::InetdHub(..) => vec![owner.counters.process_line(started.elapsed())],
         };
         let (usr1, finished) = (&usr1, &finished);
         scope.spawn(move || report_counters_on_sigusr1(usr1, &lines, finished));

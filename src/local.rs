@@ -409,6 +409,11 @@ impl Local {
         &self.shared.name
     }
 
+    /// What the pumps counted, for SIGUSR1's report.
+    pub fn counts(&self) -> String {
+        self.shared.tally.line()
+    }
+
     pub fn mtu(&self) -> u32 {
         self.mtu
     }

@@ -372,6 +372,25 @@ fn a_vm_on_a_qemu_socket_reaches_a_tap_device_as_an_ordinary_user_and_again_afte
         neigh.contains("52:54:00:12:34:56"),
         "a's neighbours: {neigh}"
     );
+    // With no VM there, frames from the tunnel are dropped and counted; SIGUSR1 tells.
+    let _ =
+        t.p.a
+            .command("ping")
+            .args(["-c", "3", "-i", "0.2", "-W", "1", &t.p.tap_addr(2)])
+            .output();
+    t.client.signal(libc::SIGUSR1);
+    let counted = wait_for(DEADLINE, || {
+        t.client.stderr().lines().any(|l| {
+            l.contains(&format!("qemu:{}: ", t.socket.display()))
+                && l.contains("with no local stream")
+                && !l.contains(" 0 with no local stream")
+                && !l.contains("local stream down")
+        })
+    });
+    assert!(
+        counted,
+        "SIGUSR1 did not count the frames dropped with no VM"
+    );
     t.assert_one_session();
     assert!(t.client.terminate().success());
     assert!(!t.socket.exists(), "the socket is still there after exit");
