@@ -39,6 +39,13 @@ pub enum Error {
         what: &'static str,
         source: io::Error,
     },
+    /// A local endpoint without a TAP device (`-d qemu:`, `qemu-connect:`,
+    /// `vde:`) could not be set up.
+    Local {
+        endpoint: String,
+        what: String,
+        source: Option<io::Error>,
+    },
     /// The listening socket could not be made.
     Listen { addr: String, source: io::Error },
     /// The server could not be reached.
@@ -210,6 +217,17 @@ impl fmt::Display for Error {
             }
             Error::Device { name, what, source } => {
                 write!(f, "{name}: {what}: {source}{}", device_hint(source))
+            }
+            Error::Local {
+                endpoint,
+                what,
+                source,
+            } => {
+                write!(f, "{endpoint}: {what}")?;
+                match source {
+                    Some(source) => write!(f, ": {source}"),
+                    None => Ok(()),
+                }
             }
             Error::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),

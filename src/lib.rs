@@ -12,7 +12,8 @@
 //!   of those trials (the hub's).
 //! - `frame`: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
 //!   write failed, for the handshake and the relay alike.
-//! - `device`: opening TAP and TUN devices; the `PacketDevice` trait;
+//! - `device`: opening TAP and TUN devices, or a local endpoint; the `PacketDevice` trait;
+//!   `local`: endpoints without a device (a VM's or a VDE switch's stream);
 //!   `endpoint`: a device with its carrier and its drain while no session is attached.
 //! - `transport`: the streams: TCP listen and dial, stdio, a command's pipes;
 //!   `proxy`: HTTP CONNECT and SOCKS5 for -P; `child`: running and stopping a
@@ -46,6 +47,7 @@ mod handshake;
 mod hooks;
 mod hub;
 mod keys;
+mod local;
 mod log;
 mod peers;
 mod proxy;
@@ -163,6 +165,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 keepalive: config.keepalive,
                 up: config.up.clone(),
                 down: config.down.clone(),
+                socket: config.socket.clone(),
             };
             match config.mode {
                 // Each connection's peer, and so its device, is known only
@@ -174,10 +177,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         _ => {
             let identity = load_identity(&config)?;
             let device = Device::open(
-                config.device.as_deref(),
+                &config.device,
                 config.layer,
                 config.mtu,
                 config.gso,
+                &config.socket,
             )?;
             let peer = Peer::new(device, identity, config.keepalive, owner.counters.clone());
             peer.set(config.up.clone(), config.down.clone(), config.keepalive);
@@ -247,6 +251,16 @@ pub fn run(config: Config) -> Result<(), Error> {
                 _ => vec![owner.counters.process_line(started.elapsed())],
             };
             lines.extend(report().lines());
+            // A local endpoint's own counts: its stream's frames and drops.
+            lines.extend(match &served {
+                Served::Hub(hub) => hub
+                    .peers()
+                    .iter()
+                    .filter_map(|listed| listed.peer.endpoint.device().counts())
+                    .collect(),
+                Served::One(peer) => peer.endpoint.device().counts().into_iter().collect(),
+                Served::InetdHub(..) => Vec::new(),
+            });
             lines
         };
         let (usr1, finished) = (&usr1, &finished);

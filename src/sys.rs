@@ -1085,3 +1085,19 @@ pub fn thread_cpu_time() -> std::time::Duration {
     let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
     std::time::Duration::new(secs, nanos)
 }
+
+/// Binds a Unix stream socket at `path` with mode 0600 from the start: the
+/// umask is 0177 for the bind, so that no other user can connect in the
+/// moment before the caller sets the mode it wants. The umask is the
+/// process's: call this while no other thread creates files (start-up).
+///
+/// # Errors
+/// bind(2) and listen(2)'s.
+pub fn bind_unix_private(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
+    // SAFETY: umask only swaps the process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the mask it returned.
+    unsafe { libc::umask(old) };
+    bound
+}

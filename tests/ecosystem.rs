@@ -1778,6 +1778,7 @@ fn every_recipe_file_in_contrib_is_exercised_here() {
         "systemd/taptun-server.socket",
         "systemd/taptun-server.service",
         "systemd/taptun-client@.service",
+        "systemd/taptun-hub.service",
         "systemd/example.conf",
         "ssh/authorized_keys",
         "ssh/ssh_config",
