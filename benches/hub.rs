@@ -39,7 +39,10 @@
 //!
 //! `TAPTUN_HUB_VERBOSE=1` runs the hubs with -v (each connection closed
 //! over the budget is logged, and counted in the table); `TAPTUN_HUB_KEEP=1`
-//! keeps the temporary folder with the hubs' logs. A binary without `-A` (no
+//! keeps the temporary folder with the hubs' logs; `TAPTUN_HUB_ARGS="-n"`
+//! gives the hubs more options, and `TAPTUN_HUB_PASSPHRASE=TEXT` makes their
+//! secret a passphrase (the other modes a user can pick, for the memory
+//! figures). A binary without `-A` (no
 //! hub) is run as the point-to-point `taptun -s` with N = 1 and one iperf3
 //! peer.
 //! It exits with status 1 when a frame was lost or misdelivered or a session
@@ -327,7 +330,9 @@ impl Hub {
         addr: &str,
         is_hub: bool,
     ) -> Hub {
-        let key = scratch.write(&format!("{tag}.key"), &hub_key.to_text());
+        // The hub's secret as a passphrase (TAPTUN_HUB_PASSPHRASE) or a key.
+        let secret = std::env::var("TAPTUN_HUB_PASSPHRASE").unwrap_or_else(|_| hub_key.to_text().to_string());
+        let key = scratch.write(&format!("{tag}.key"), &secret);
         let log = scratch.0.join(format!("{tag}.log"));
         let devices: Vec<String> = peers.iter().map(|(name, _)| format!("tt-{name}")).collect();
         let mut cmd = ns.command(TAPTUN);
@@ -337,6 +342,10 @@ impl Hub {
             cmd.arg("-v");
         }
         cmd.arg("-l").arg(format!("@{}", key.display()));
+        // More options for the hub, e.g. -n (TAPTUN_HUB_ARGS="-n").
+        if let Ok(extra) = std::env::var("TAPTUN_HUB_ARGS") {
+            cmd.args(extra.split_whitespace());
+        }
         if is_hub {
             let mut text = String::from("# NAME PUBLIC-KEY\n");
             for (name, key) in peers {
@@ -1240,7 +1249,7 @@ fn iperf(scratch: &Scratch, is_hub: bool, seconds: u64) -> (f64, Vec<f64>) {
     hub_ns.ip("link add br0 type bridge");
     hub_ns.ip("addr add 10.78.0.1/24 dev br0");
     hub_ns.ip("link set br0 up");
-    let hub_key = PrivateKey::generate().expect("key");
+    let hub_key = hub_key();
     let keys: Vec<PrivateKey> = (0..peers)
         .map(|_| PrivateKey::generate().expect("key"))
         .collect();
@@ -1657,7 +1666,7 @@ fn at_scale(table: &mut Table, settings: &Settings, scratch: &Scratch, is_hub: b
     gen_ns.ip(&format!("addr add {GEN_ADDR}/24 dev tthub1"));
     gen_ns.ip("link set tthub1 up");
 
-    let hub_key = PrivateKey::generate().expect("key");
+    let hub_key = hub_key();
     let keys: Vec<PrivateKey> = (0..n)
         .map(|_| PrivateKey::generate().expect("key"))
         .collect();
@@ -1802,5 +1811,14 @@ fn raise_nofile() {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
+    }
+}
+
+/// The hub's key: from TAPTUN_HUB_PASSPHRASE (stretched as taptun does) so
+/// that a hub with a passphrase is measured too, or a new one.
+fn hub_key() -> PrivateKey {
+    match std::env::var("TAPTUN_HUB_PASSPHRASE") {
+        Ok(passphrase) => taptun::stretch_passphrase(&passphrase),
+        Err(_) => PrivateKey::generate().expect("key"),
     }
 }
