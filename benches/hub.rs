@@ -331,7 +331,8 @@ impl Hub {
         is_hub: bool,
     ) -> Hub {
         // The hub's secret as a passphrase (TAPTUN_HUB_PASSPHRASE) or a key.
-        let secret = std::env::var("TAPTUN_HUB_PASSPHRASE").unwrap_or_else(|_| hub_key.to_text().to_string());
+        let secret = std::env::var("TAPTUN_HUB_PASSPHRASE")
+            .unwrap_or_else(|_| hub_key.to_text().to_string());
         let key = scratch.write(&format!("{tag}.key"), &secret);
         let log = scratch.0.join(format!("{tag}.log"));
         let devices: Vec<String> = peers.iter().map(|(name, _)| format!("tt-{name}")).collect();
