@@ -47,6 +47,14 @@
 #     --install        first install with apt-get what the benchmark uses:
 #                      iperf3, iproute2, iputils-ping, python3, ethtool, and
 #                      the peers openvpn, openssl, vtun and quicktun
+#     --hub N          instead of all of the above: the hub at scale, N peers
+#                      (1000 if N is 0), by running benches/hub.rs (`cargo
+#                      bench --bench hub -- N`; see its header and
+#                      docs/PERFORMANCE.md): N sessions from one process,
+#                      frames both ways checked per device, the hub's memory
+#                      and threads, its CPU per message 1 from strangers, and
+#                      4 iperf3 peers through it; the other options do not
+#                      apply. Needs cargo to build the bench.
 #     -h, --help       this text
 #
 # It needs root (network namespaces, TAP/TUN devices) and the Debian packages
@@ -138,6 +146,7 @@ brief=0
 install=0
 niceness=""
 wan=""
+hub=""
 while (($#)); do
     case $1 in
         --quick) duration=2 pings=100 ;;
@@ -155,6 +164,7 @@ while (($#)); do
         --memory) memory_only=1 ;;
         --perf) perf_dir=${2:?--perf needs a folder}; shift ;;
         --wan) wan=${2:?--wan needs a link: dsl, wan or mobile}; shift ;;
+        --hub) hub=${2:?--hub needs a number of peers}; shift ;;
         -h | --help) usage; exit 0 ;;
         *) printf 'bench: unknown option %s (see --help)\n' "$1" >&2; exit 2 ;;
     esac
@@ -223,6 +233,34 @@ fi
 need() { # need COMMAND PACKAGE
     command -v "$1" >/dev/null || missing "'$1' not found: install the package $2 (apt-get install $2)"
 }
+
+# --hub: build the bench (as the user who ran sudo, as below) and run it as root.
+if [[ -n $hub ]]; then
+    [[ $hub =~ ^[0-9]+$ ]] || missing "--hub wants a number of peers, not '$hub'"
+    ((hub)) || hub=1000
+    need ip iproute2
+    need ss iproute2
+    need ping iputils-ping
+    need iperf3 iperf3
+    need python3 python3
+    # shellcheck disable=SC2016 # $1 is expanded by the inner shell
+    build_hub='cd "$1" && cargo bench --bench hub --no-run --message-format=json'
+    if [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]] && command -v runuser >/dev/null; then
+        json=$(runuser -u "$SUDO_USER" -- bash -lc "$build_hub" bash "$repo_dir")
+    else
+        command -v cargo >/dev/null || missing "cargo not found: --hub builds benches/hub.rs"
+        json=$(bash -c "$build_hub" bash "$repo_dir")
+    fi || die "cargo bench --bench hub --no-run failed"
+    exe=$(python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("target", {}).get("name") == "hub" and m.get("executable"):
+        print(m["executable"])' <<<"$json")
+    [[ -x $exe ]] || die "cargo built no hub bench"
+    say "$exe $hub"
+    exec "$exe" "$hub"
+fi
 need ip iproute2
 need ss iproute2
 need ping iputils-ping

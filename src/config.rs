@@ -12,9 +12,10 @@ use std::path::PathBuf;
 
 use getopts::Options;
 
-use crate::device::{MAX_NAME_LEN, MIN_MTU};
+use crate::device::{DeviceSpec, MIN_MTU};
 use crate::error::Error;
 use crate::keys::{Origin, PublicKey, SecretSpec};
+use crate::local::SocketAccess;
 use crate::proxy::Proxy;
 use crate::wire::{Cipher, Layer};
 
@@ -40,6 +41,9 @@ pub enum Command {
     GenKey(Option<PathBuf>),
     /// Read a secret from a file, or else stdin, and print its public key.
     PubKey(Option<PathBuf>),
+    /// Ask the control socket at `path` of a running taptun for its status,
+    /// as lines or (`json`) as one JSON document.
+    Status { path: PathBuf, json: bool },
     /// Print the help text.
     Help,
     /// Print the version.
@@ -105,8 +109,11 @@ pub enum Remote {
 pub struct Config {
     pub mode: Mode,
     pub layer: Layer,
-    /// The device name; `None` lets the kernel pick (tap%d, tun%d).
-    pub device: Option<String>,
+    /// -d: a TAP/TUN device (named, or the kernel picks), or a local
+    /// endpoint without one.
+    pub device: DeviceSpec,
+    /// --socket-mode and --socket-group: who may connect to a `qemu:` socket.
+    pub socket: SocketAccess,
     pub local: SecretSpec,
     pub remote: Remote,
     pub cipher: Cipher,
@@ -130,6 +137,8 @@ pub struct Config {
     pub fwmark: Option<u32>,
     /// TCP_CONGESTION for the carrier socket; `None` keeps the system's.
     pub congestion: Option<String>,
+    /// -S: where to serve status on a Unix socket.
+    pub control: Option<PathBuf>,
     /// Number of -v.
     pub verbosity: u8,
     /// Warnings to log once logging is up.
@@ -179,7 +188,9 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "", long: "proxy-auth", hint: "@FILE", help: "the proxy's user:password, in a file of mode 600 (default: $TAPTUN_PROXY_AUTH)" },
     OptionSpec { short: "p", long: "port", hint: "PORT", help: "TCP port for -s and -c -m (default 1980)" },
     OptionSpec { short: "b", long: "bind", hint: "ADDR", help: "with -s: listen on this address only (default: all, IPv4 and IPv6)" },
-    OptionSpec { short: "d", long: "device", hint: "NAME", help: "device name (default tap%d or tun%d; an existing persistent device is attached)" },
+    OptionSpec { short: "d", long: "device", hint: "NAME", help: "device name (default tap%d or tun%d; an existing persistent device is attached), or a local endpoint without a device: qemu:PATH (listen for a VM's -netdev stream), qemu-connect:PATH (connect to QEMU or passt), vde:COMMAND (run vde_plug ...)" },
+    OptionSpec { short: "", long: "socket-mode", hint: "MODE", help: "with -d qemu:PATH (or a hub's device=qemu:): the socket's mode, octal (default 600)" },
+    OptionSpec { short: "", long: "socket-group", hint: "GROUP", help: "with -d qemu:PATH (or a hub's device=qemu:): the socket's group (e.g. libvirt-qemu, with --socket-mode 660)" },
     OptionSpec { short: "t", long: "type", hint: "tap|tun", help: "device type: tap (Ethernet frames, default) or tun (IP packets)" },
     OptionSpec { short: "l", long: "local", hint: "SECRET", help: "this end's secret: a key, a passphrase, or @FILE (default: $TAPTUN_LOCAL)" },
     OptionSpec { short: "r", long: "remote", hint: "SECRET", help: "the other end's secret, same forms (default: $TAPTUN_REMOTE)" },
@@ -196,6 +207,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec { short: "G", long: "group", hint: "GROUP", help: "the group to switch to (default: USER's primary group)" },
     OptionSpec { short: "F", long: "fwmark", hint: "MARK", help: "set SO_MARK on the carrier socket, for policy routing (-s, -c -m)" },
     OptionSpec { short: "", long: "congestion", hint: "ALG", help: "TCP congestion control of the carrier socket (-s, -c -m, -i), e.g. bbr or cubic (default: the system's)" },
+    OptionSpec { short: "S", long: "control", hint: "PATH", help: "serve status on a Unix socket at PATH (mode 600; read it with `taptun status PATH`; not with -i)" },
     OptionSpec { short: "C", long: "check", hint: "", help: "check the configuration and secrets, open nothing, exit 0 (or 2 with the reason)" },
     OptionSpec { short: "v", long: "verbose", hint: "", help: "log more (repeat for more); RUST_LOG overrides" },
     OptionSpec { short: "h", long: "help", hint: "", help: "print this help and exit" },
@@ -225,6 +237,7 @@ Usage: taptun -s [-p PORT] [-b ADDR] [OPTIONS]
        taptun -i [OPTIONS]
        taptun genkey [PATH]
        taptun pubkey [FILE]    (without FILE, the secret is read on stdin)
+       taptun status PATH [--json]    (what a taptun run with -S PATH reports)
 
 A TAP/TUN tunnel over a TCP connection, inetd's socket or a command's pipes,
 authenticated with Noise_XXpsk0. The ends swap secrets: server -l S1 -r S2,
@@ -251,6 +264,9 @@ impl Command {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Command, Error> {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        if let Some(("status", rest)) = args.split_first().map(|(first, rest)| (*first, rest)) {
+            return parse_status(rest);
+        }
         let m = options().parse(&args).map_err(|e| match e {
             getopts::Fail::UnrecognizedOption(name) => usage(unknown_option(&name, &args)),
             e => usage(e.to_string()),
@@ -301,6 +317,34 @@ impl Command {
             Command::Tunnel(config)
         })
     }
+}
+
+/// `taptun status PATH [--json]`, its arguments after `status` (in any
+/// order: `--json` is the only option).
+fn parse_status(args: &[&str]) -> Result<Command, Error> {
+    let mut json = false;
+    let mut path = None;
+    for arg in args {
+        match *arg {
+            "--json" if !json => json = true,
+            "-h" | "--help" => return Ok(Command::Help),
+            arg if arg.starts_with('-') && arg.len() > 1 => {
+                return Err(usage(format!(
+                    "`taptun status` takes PATH and --json only (got {arg})"
+                )));
+            }
+            arg if path.is_none() && !arg.is_empty() => path = Some(PathBuf::from(arg)),
+            arg => {
+                return Err(usage(format!(
+                    "`taptun status`: unexpected argument `{arg}`"
+                )));
+            }
+        }
+    }
+    let path = path.ok_or_else(|| {
+        usage("`taptun status` needs the PATH of the control socket (the -S of the running taptun)")
+    })?;
+    Ok(Command::Status { path, json })
 }
 
 /// Refuses an option value that starts with '-': getopts takes the argument
@@ -451,6 +495,16 @@ impl Config {
             Some("tun") => Layer::Tun,
             Some(other) => return Err(usage(format!("-t: unknown type `{other}` (tap or tun)"))),
         };
+        let device = match m.opt_str("d") {
+            None => DeviceSpec::Kernel(None),
+            Some(d) => DeviceSpec::parse(&d).map_err(|why| usage(format!("-d: {why}")))?,
+        };
+        if device.is_local() && layer == Layer::Tun {
+            return Err(usage(format!(
+                "-t tun: -d {device} carries Ethernet frames: leave -t out (or give -t tap)"
+            )));
+        }
+        let socket = socket_access(m, &device)?;
         let cipher = match m.opt_str("e").as_deref() {
             None | Some("chachapoly") => Cipher::ChaChaPoly,
             Some("aesgcm") => Cipher::AesGcm,
@@ -460,19 +514,19 @@ impl Config {
                 )));
             }
         };
-        let device = m
-            .opt_str("d")
-            .map(|d| check_device_name(&d).map(|()| d))
-            .transpose()?;
         let mtu = match m.opt_str("M") {
             None => None,
             Some(text) => {
-                let max = layer.max_mtu();
+                let max = device.max_mtu(layer);
                 match text.parse::<u32>() {
                     Ok(n) if (MIN_MTU..=max).contains(&n) => Some(n),
                     _ => {
+                        let what = match &device {
+                            DeviceSpec::Vde(_) => "vde:".to_owned(),
+                            _ => layer.to_string(),
+                        };
                         return Err(usage(format!(
-                            "-M: `{text}` is not an MTU from {MIN_MTU} to {max} for {layer}"
+                            "-M: `{text}` is not an MTU from {MIN_MTU} to {max} for {what}"
                         )));
                     }
                 }
@@ -569,6 +623,16 @@ impl Config {
                 ));
             }
         }
+        let control = match m.opt_str("S") {
+            None => None,
+            Some(path) if path.is_empty() => return Err(usage("-S: empty path")),
+            Some(_) if mode == Mode::Inetd => {
+                return Err(usage(
+                    "-S cannot be used with -i: every process inetd starts would serve the same                      path; run a -s server (or a hub) to have a control socket",
+                ));
+            }
+            Some(path) => Some(PathBuf::from(path)),
+        };
         let once = m.opt_present("o");
         if once && !matches!(mode, Mode::Client(_)) {
             return Err(usage(
@@ -578,13 +642,14 @@ impl Config {
         Ok(Config {
             mode,
             layer,
+            gso: !m.opt_present("n") && !device.is_local(),
             device,
+            socket,
             local,
             remote,
             cipher,
             mtu,
             once,
-            gso: !m.opt_present("n"),
             keepalive,
             up,
             down,
@@ -592,6 +657,7 @@ impl Config {
             group,
             fwmark,
             congestion,
+            control,
             verbosity: u8::try_from(m.opt_count("v")).unwrap_or(u8::MAX),
             warnings,
         })
@@ -752,21 +818,32 @@ fn unbracket(text: &str) -> &str {
         .unwrap_or(text)
 }
 
-fn check_device_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(usage(format!(
-            "-d: `{name}` is not a valid interface name (1-{MAX_NAME_LEN} bytes, no '/', ':' or spaces)"
-        )))
+/// --socket-mode and --socket-group, which only a `qemu:` socket has.
+fn socket_access(m: &getopts::Matches, device: &DeviceSpec) -> Result<SocketAccess, Error> {
+    let given = m.opt_present("socket-mode") || m.opt_present("socket-group");
+    // A hub's peers file may give its peers qemu: sockets (device=).
+    if given && !matches!(device, DeviceSpec::Qemu(_)) && !m.opt_present("A") {
+        return Err(usage(
+            "--socket-mode and --socket-group only apply to -d qemu:PATH (or a hub's device=qemu:)",
+        ));
     }
+    let mut access = SocketAccess::default();
+    if let Some(text) = m.opt_str("socket-mode") {
+        access.mode = match u32::from_str_radix(&text, 8) {
+            Ok(mode) if mode & !0o777 == 0 && mode & 0o600 == 0o600 => mode,
+            _ => {
+                return Err(usage(format!(
+                    "--socket-mode: `{text}` is not an octal mode from 600 to 777 that lets the \
+                     owner read and write (e.g. 660)"
+                )));
+            }
+        };
+    }
+    match m.opt_str("socket-group") {
+        Some(group) if group.is_empty() => return Err(usage("--socket-group: empty name")),
+        group => access.group = group,
+    }
+    Ok(access)
 }
 
 /// A secret from its option, else from the environment.
@@ -836,7 +913,8 @@ mod tests {
                     port: DEFAULT_PORT
                 },
                 layer: Layer::Tap,
-                device: None,
+                device: DeviceSpec::Kernel(None),
+                socket: SocketAccess::default(),
                 local: file(Origin::Argv("-l"), "/k1"),
                 remote: Remote::Secret(file(Origin::Argv("-r"), "/k2")),
                 cipher: Cipher::ChaChaPoly,
@@ -850,6 +928,7 @@ mod tests {
                 group: None,
                 fwmark: None,
                 congestion: None,
+                control: None,
                 verbosity: 0,
                 warnings: vec![],
             }
@@ -899,7 +978,8 @@ mod tests {
                     proxy: None,
                 }),
                 layer: Layer::Tun,
-                device: Some("tun7".into()),
+                device: DeviceSpec::Kernel(Some("tun7".into())),
+                socket: SocketAccess::default(),
                 local: file(Origin::Argv("-l"), "/k"),
                 remote: Remote::Key(PublicKey::parse(PUB).unwrap()),
                 cipher: Cipher::AesGcm,
@@ -913,6 +993,7 @@ mod tests {
                 group: None,
                 fwmark: Some(16),
                 congestion: None,
+                control: None,
                 verbosity: 2,
                 warnings: vec![],
             }
@@ -928,6 +1009,51 @@ mod tests {
             (c.user.as_deref(), c.group.as_deref()),
             (Some("nobody"), Some("nogroup"))
         );
+    }
+
+    #[test]
+    fn control_socket_in_every_mode_but_inetd() {
+        for mode in [&["-s"][..], &["-c", "-m", "gw"], &["-c", "-x", "ssh gw"]] {
+            let mut args = mode.to_vec();
+            args.extend(["-S", "/run/taptun/ctl", "-l", "@/k", "-k", PUB]);
+            assert_eq!(
+                tunnel(&args).control,
+                Some(PathBuf::from("/run/taptun/ctl")),
+                "{args:?}"
+            );
+        }
+        let e = parse(&["-i", "--control", "/run/taptun/ctl", "-l", "@/k", "-k", PUB]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("-S cannot be used with -i"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        assert!(parse(&["-s", "-S", "", "-l", "@/k", "-k", PUB]).is_err());
+    }
+
+    #[test]
+    fn status_takes_a_path_and_json() {
+        let status = |path: &str, json| Command::Status {
+            path: PathBuf::from(path),
+            json,
+        };
+        let ok = |args: &[&str]| parse(args).unwrap();
+        assert_eq!(ok(&["status", "/run/ctl"]), status("/run/ctl", false));
+        assert_eq!(
+            ok(&["status", "/run/ctl", "--json"]),
+            status("/run/ctl", true)
+        );
+        assert_eq!(ok(&["status", "--json", "ctl"]), status("ctl", true));
+        for bad in [
+            &["status"][..],
+            &["status", "--json"],
+            &["status", "a", "b"],
+            &["status", "a", "--yaml"],
+            &["status", "a", "--json", "--json"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
     }
 
     #[test]
@@ -1402,5 +1528,82 @@ mod tests {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{bad:?}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod local_endpoint_tests {
+    use super::*;
+
+    const PUB: &str = "5bOQKq/4BjWEi63F+2VvNwLtwazMVBdxJQwJ3pdXUFA=";
+
+    fn parse(extra: &[&str]) -> Result<Config, Error> {
+        let mut args = vec!["-s", "-l", "@/k", "-k", PUB];
+        args.extend_from_slice(extra);
+        match Command::parse(&args, &|_| None)? {
+            Command::Tunnel(c) => Ok(*c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn usage_text(extra: &[&str]) -> String {
+        match parse(extra) {
+            Err(Error::Usage(text)) => text,
+            other => panic!("{extra:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn local_endpoints_are_tap_without_gso() {
+        let c = parse(&["-d", "qemu:/run/taptun/vm1.sock"]).unwrap();
+        assert_eq!(c.device, DeviceSpec::Qemu("/run/taptun/vm1.sock".into()));
+        assert_eq!((c.layer, c.gso), (Layer::Tap, false));
+        assert_eq!(c.socket, SocketAccess::default());
+        let c = parse(&["-d", "qemu-connect:rel.sock", "-t", "tap"]).unwrap();
+        assert_eq!(c.device, DeviceSpec::QemuConnect("rel.sock".into()));
+        let c = parse(&["-d", "vde:vde_plug /run/vde.ctl", "-M", "9214"]).unwrap();
+        assert_eq!(c.device, DeviceSpec::Vde("vde_plug /run/vde.ctl".into()));
+        assert_eq!(c.mtu, Some(9214));
+        let c = parse(&["-d", "tap7"]).unwrap();
+        assert_eq!(
+            (c.device, c.gso),
+            (DeviceSpec::Kernel(Some("tap7".into())), true)
+        );
+    }
+
+    #[test]
+    fn socket_mode_and_group_apply_to_a_qemu_socket() {
+        let c = parse(&[
+            "-d",
+            "qemu:/s",
+            "--socket-mode",
+            "660",
+            "--socket-group",
+            "kvm",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.socket,
+            SocketAccess {
+                mode: 0o660,
+                group: Some("kvm".into())
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_what_a_local_endpoint_cannot_be() {
+        assert!(usage_text(&["-d", "qemu:/s", "-t", "tun"]).contains("carries Ethernet frames"));
+        assert!(usage_text(&["-d", "qemu:"]).contains("needs a socket path"));
+        assert!(usage_text(&["-d", "vde: "]).contains("needs a command"));
+        assert!(usage_text(&["-d", "vde:x", "-M", "9215"]).contains("68 to 9214 for vde:"));
+        assert!(usage_text(&["-d", "tap0", "--socket-mode", "660"]).contains("only apply"));
+        assert!(
+            usage_text(&["-d", "qemu-connect:/s", "--socket-group", "g"]).contains("only apply")
+        );
+        assert!(usage_text(&["-d", "qemu:/s", "--socket-mode", "500"]).contains("octal mode"));
+        assert!(usage_text(&["-d", "qemu:/s", "--socket-mode", "1777"]).contains("octal mode"));
+        assert!(usage_text(&["-d", "qemu:/s", "--socket-mode", "9"]).contains("octal mode"));
+        assert!(usage_text(&["-d", "nope:x"]).contains("qemu:PATH"));
     }
 }

@@ -3,6 +3,12 @@
 //! (name, layer, MTU and carrier have defaults), so that tests can run both
 //! over any packet-preserving descriptor.
 //!
+//! `-d` names the device as a [`DeviceSpec`]: a TAP or TUN device, or a
+//! local endpoint without one ([`crate::local`]: `qemu:PATH`,
+//! `qemu-connect:PATH`, `vde:COMMAND`), which carries Ethernet frames, opens
+//! no /dev/net/tun and needs no privilege. [`Device`] is either, so that a
+//! session (and each peer of a hub) holds one type.
+//!
 //! The device is opened through the `tun` crate with IFF_NO_PI, so each read
 //! or write is exactly one Ethernet frame (tap) or IP packet (tun). Usual
 //! failures, and what the error says: no /dev/net/tun (load the `tun`
@@ -19,13 +25,16 @@
 //! the link down while no peer is there. A persistent device keeps the
 //! state it was left in, which at exit is off: no session.
 
+use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tun::AbstractDevice;
 
 use crate::error::Error;
+use crate::local::{self, Local, SocketAccess};
 use crate::sys;
 use crate::vnet;
 pub use crate::wire::Layer;
@@ -105,8 +114,216 @@ pub trait PacketDevice: Send + Sync + 'static {
     fn set_carrier(&self, _on: bool) {}
 }
 
+/// What `-d` (or a hub peer's `device=`) names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// A TAP or TUN device; `None` lets the kernel pick (tap%d, tun%d).
+    Kernel(Option<String>),
+    /// `qemu:PATH`: listen on a Unix socket for a VM's `-netdev stream`.
+    Qemu(PathBuf),
+    /// `qemu-connect:PATH`: connect to a Unix socket with QEMU's framing
+    /// (QEMU with server=on, passt).
+    QemuConnect(PathBuf),
+    /// `vde:COMMAND`: run COMMAND (/bin/sh -c), VDE's framing on its stdio.
+    Vde(String),
+}
+
+impl DeviceSpec {
+    /// Parses `-d`'s value: an interface name, or one of the local
+    /// endpoints' forms. The error says what is wrong, without the option.
+    ///
+    /// # Errors
+    /// An empty path or command, or a name Linux would refuse.
+    pub fn parse(text: &str) -> Result<DeviceSpec, String> {
+        let path = |p: &str, form: &str| {
+            if p.is_empty() {
+                Err(format!("`{text}`: {form} needs a socket path"))
+            } else {
+                Ok(PathBuf::from(p))
+            }
+        };
+        if let Some(p) = text.strip_prefix("qemu:") {
+            return path(p, "qemu:").map(DeviceSpec::Qemu);
+        }
+        if let Some(p) = text.strip_prefix("qemu-connect:") {
+            return path(p, "qemu-connect:").map(DeviceSpec::QemuConnect);
+        }
+        if let Some(command) = text.strip_prefix("vde:") {
+            if command.trim().is_empty() {
+                return Err(format!(
+                    "`{text}`: vde: needs a command, e.g. vde:'vde_plug /run/vde.ctl'"
+                ));
+            }
+            return Ok(DeviceSpec::Vde(command.to_owned()));
+        }
+        let ok = !text.is_empty()
+            && text.len() <= MAX_NAME_LEN
+            && text != "."
+            && text != ".."
+            && !text
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+        if ok {
+            Ok(DeviceSpec::Kernel(Some(text.to_owned())))
+        } else {
+            Err(format!(
+                "`{text}` is not a valid interface name (1-{MAX_NAME_LEN} bytes, no '/', ':' or \
+                 spaces) nor qemu:PATH, qemu-connect:PATH or vde:COMMAND"
+            ))
+        }
+    }
+
+    /// A local endpoint without a TAP device: Ethernet only, no GSO.
+    pub fn is_local(&self) -> bool {
+        !matches!(self, DeviceSpec::Kernel(_))
+    }
+
+    /// The largest MTU this device takes for `layer`.
+    pub fn max_mtu(&self, layer: Layer) -> u32 {
+        match self {
+            DeviceSpec::Vde(_) => local::VDE_MAX_MTU,
+            _ => layer.max_mtu(),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Kernel(Some(name)) => f.write_str(name),
+            DeviceSpec::Kernel(None) => f.write_str("tap%d"),
+            DeviceSpec::Qemu(path) => write!(f, "qemu:{}", path.display()),
+            DeviceSpec::QemuConnect(path) => write!(f, "qemu-connect:{}", path.display()),
+            DeviceSpec::Vde(command) => write!(f, "vde:{command}"),
+        }
+    }
+}
+
+/// The MTU of a local endpoint when -M gives none: Ethernet's.
+pub const LOCAL_DEFAULT_MTU: u32 = 1500;
+
+/// An open device: a TAP or TUN device, or a local endpoint.
+pub enum Device {
+    Kernel(TunTap),
+    Local(Local),
+}
+
+impl Device {
+    /// Opens what `spec` names: see [`TunTap::open`] and [`Local::open`]
+    /// (`access` applies to a `qemu:` socket; `layer` is tap and `gso`
+    /// ignored for a local endpoint, which carries plain Ethernet frames).
+    ///
+    /// # Errors
+    /// `Error::Device` or `Error::Local`, naming the device and the cause.
+    pub fn open(
+        spec: &DeviceSpec,
+        layer: Layer,
+        mtu: Option<u32>,
+        gso: bool,
+        access: &SocketAccess,
+    ) -> Result<Device, Error> {
+        let name = spec.to_string();
+        let mtu_local = mtu.unwrap_or(LOCAL_DEFAULT_MTU);
+        let source = match spec {
+            DeviceSpec::Kernel(name) => {
+                return TunTap::open(name.as_deref(), layer, mtu, gso).map(Device::Kernel);
+            }
+            DeviceSpec::Qemu(path) => local::Source::Listen(path.clone()),
+            DeviceSpec::QemuConnect(path) => local::Source::Connect(path.clone()),
+            DeviceSpec::Vde(command) => local::Source::Command(command.clone()),
+        };
+        Local::open(&name, source, mtu_local, MAX_FRAME, access).map(Device::Local)
+    }
+}
+
+impl Device {
+    /// A local endpoint's own counts (frames to and from its stream, drops
+    /// while no stream is there), for SIGUSR1's report; `None` for a TAP or
+    /// TUN device, whose counts are the relay's.
+    pub fn counts(&self) -> Option<String> {
+        match self {
+            Device::Kernel(_) => None,
+            Device::Local(l) => Some(format!("{}: {}", l.name(), l.counts())),
+        }
+    }
+}
+
+impl PacketDevice for Device {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Device::Kernel(d) => d.raw_fd(),
+            Device::Local(l) => l.raw_fd(),
+        }
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Device::Kernel(d) => d.recv(buf),
+            Device::Local(l) => l.recv(buf),
+        }
+    }
+
+    fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        match self {
+            Device::Kernel(d) => d.send(packet),
+            Device::Local(l) => l.send(packet),
+        }
+    }
+
+    fn vnet_hdr(&self) -> bool {
+        match self {
+            Device::Kernel(d) => d.vnet_hdr(),
+            Device::Local(_) => false,
+        }
+    }
+
+    fn vnet_kind(&self) -> vnet::Kind {
+        match self {
+            Device::Kernel(d) => d.vnet_kind(),
+            Device::Local(_) => vnet::Kind::Ethernet,
+        }
+    }
+
+    fn set_offloads(&self, on: bool) -> io::Result<()> {
+        match self {
+            Device::Kernel(d) => d.set_offloads(on),
+            Device::Local(_) => Ok(()),
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Device::Kernel(d) => d.name(),
+            Device::Local(l) => l.name(),
+        }
+    }
+
+    fn layer(&self) -> Layer {
+        match self {
+            Device::Kernel(d) => d.layer(),
+            Device::Local(_) => Layer::Tap,
+        }
+    }
+
+    fn mtu(&self) -> u32 {
+        match self {
+            Device::Kernel(d) => d.mtu(),
+            Device::Local(l) => l.mtu(),
+        }
+    }
+
+    /// A local endpoint has no carrier: while no session is attached the
+    /// endpoint's drain reads and counts what its stream sends.
+    fn set_carrier(&self, on: bool) {
+        match self {
+            Device::Kernel(d) => d.set_carrier(on),
+            Device::Local(_) => {}
+        }
+    }
+}
+
 /// An open TAP or TUN device.
-pub struct Device {
+pub struct TunTap {
     inner: tun::Device,
     name: String,
     layer: Layer,
@@ -129,7 +346,7 @@ fn device_error(name: &str, what: &'static str, err: tun::Error) -> Error {
     }
 }
 
-impl Device {
+impl TunTap {
     /// Opens (or attaches to a persistent) device, sets its MTU when given,
     /// and sets its link up. Addresses and routes are left alone.
     ///
@@ -146,7 +363,7 @@ impl Device {
         layer: Layer,
         mtu: Option<u32>,
         gso: bool,
-    ) -> Result<Device, Error> {
+    ) -> Result<TunTap, Error> {
         let requested = name.unwrap_or(layer.default_name());
         let mut inner = attach(requested, layer, gso)?;
         let mut name = inner
@@ -189,7 +406,7 @@ impl Device {
                 .mtu()
                 .map_err(|e| device_error(&name, "cannot read the MTU", e))?,
         );
-        let mut device = Device {
+        let mut device = TunTap {
             inner,
             name,
             layer,
@@ -269,7 +486,7 @@ fn link_is_up(name: &str) -> bool {
         .is_some_and(|flags| flags & libc::IFF_UP as u32 != 0)
 }
 
-impl Drop for Device {
+impl Drop for TunTap {
     /// Turns the offloads off: the kernel keeps them on a persistent device
     /// after we close it, and the next program on it (`taptun -n`, OpenVPN)
     /// takes no super-frames. Runs on every exit of `run`, signals included.
@@ -282,7 +499,7 @@ impl Drop for Device {
     }
 }
 
-impl PacketDevice for Device {
+impl PacketDevice for TunTap {
     fn raw_fd(&self) -> RawFd {
         self.inner.as_raw_fd()
     }

@@ -39,6 +39,13 @@ pub enum Error {
         what: &'static str,
         source: io::Error,
     },
+    /// A local endpoint without a TAP device (`-d qemu:`, `qemu-connect:`,
+    /// `vde:`) could not be set up.
+    Local {
+        endpoint: String,
+        what: String,
+        source: Option<io::Error>,
+    },
     /// The listening socket could not be made.
     Listen { addr: String, source: io::Error },
     /// The server could not be reached.
@@ -65,6 +72,16 @@ pub enum Error {
     Hook(String),
     /// An I/O failure on something the text names.
     Io { what: String, source: io::Error },
+    /// The control socket (-S PATH, `taptun status PATH`) could not be
+    /// served or asked; `hint` says what to do. `misconfigured` when the
+    /// fix is in the configuration (exit 2), not in the running system.
+    Control {
+        path: PathBuf,
+        what: String,
+        source: Option<io::Error>,
+        hint: &'static str,
+        misconfigured: bool,
+    },
     /// The hub's peers file (-A) is refused: the file itself (`line` None:
     /// its owner, mode, size, kind) or a line of it.
     PeersFile {
@@ -104,6 +121,10 @@ impl Error {
             | Error::Secret { .. }
             | Error::KeyFile { .. }
             | Error::PeersFile { .. } => EXIT_USAGE,
+            Error::Control {
+                misconfigured: true,
+                ..
+            } => EXIT_USAGE,
             Error::Handshake { cause, .. } if cause.is_authentication() => EXIT_AUTH,
             Error::Proxy { denied: true, .. } => EXIT_AUTH,
             // A taptun at the other end of the command that failed its
@@ -197,6 +218,17 @@ impl fmt::Display for Error {
             Error::Device { name, what, source } => {
                 write!(f, "{name}: {what}: {source}{}", device_hint(source))
             }
+            Error::Local {
+                endpoint,
+                what,
+                source,
+            } => {
+                write!(f, "{endpoint}: {what}")?;
+                match source {
+                    Some(source) => write!(f, ": {source}"),
+                    None => Ok(()),
+                }
+            }
             Error::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
             Error::Proxy { proxy, what, .. } => write!(f, "proxy {proxy}: {what}"),
@@ -220,6 +252,22 @@ impl fmt::Display for Error {
             Error::Protocol { peer, what } => write!(f, "{peer}: protocol error: {what}"),
             Error::Hook(why) => f.write_str(why),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
+            Error::Control {
+                path,
+                what,
+                source,
+                hint,
+                ..
+            } => {
+                write!(f, "control socket {}: {what}", path.display())?;
+                if let Some(source) = source {
+                    write!(f, ": {source}")?;
+                }
+                if !hint.is_empty() {
+                    write!(f, " ({hint})")?;
+                }
+                Ok(())
+            }
             Error::PeersFile { path, line, why } => match line {
                 Some(line) => write!(f, "peers file {}:{line}: {why}", path.display()),
                 None => write!(f, "peers file {}: {why}", path.display()),

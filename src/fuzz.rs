@@ -37,6 +37,10 @@
 //!   rule on its own (names, keys that give a psk, unique devices, options
 //!   in range), parses back to itself when written out again, and compares
 //!   with itself and a part of itself as a reload would.
+//! - [`local_deframer`]: the stream of a `qemu:`/`qemu-connect:` or `vde:`
+//!   endpoint ([`Deframer`]), fed in pseudo-random pieces, gives exactly
+//!   the frames, oversize lengths and the malformed length that a plain
+//!   reading of the whole stream finds, and no frame above its limit.
 //!
 //! [`seeds`] makes the meaningful inputs of the committed seed corpus
 //! (valid messages, truncated ones), so that they can be regenerated.
@@ -54,6 +58,7 @@ use crate::handshake::{
     Responder, TAG_LEN, Transport,
 };
 use crate::keys::{KEY_LEN, PrivateKey, PublicKey};
+use crate::local::{Deframer, Event, Format, Malformed};
 use crate::peers::{self, PeerLine};
 use crate::vnet;
 
@@ -974,6 +979,99 @@ fn peer_line_text(peer: &PeerLine) -> String {
     line
 }
 
+// ---------------------------------------------------------------------------
+// Target 6: a local endpoint's stream (QEMU's u32 and VDE's u16 framing).
+
+/// What a local stream held, read as a whole.
+#[derive(Debug, PartialEq, Eq)]
+enum LocalEvent {
+    Frame(Vec<u8>),
+    Oversize(usize),
+    Malformed(usize),
+}
+
+/// The frames of `stream` by a plain reading, up to a malformed length or
+/// an incomplete frame at the end (whose oversize length is still told, as
+/// the deframer tells it once the length is read).
+fn local_reference(format: Format, max: usize, stream: &[u8]) -> Vec<LocalEvent> {
+    let header = format.header_len();
+    let mut events = Vec::new();
+    let mut at = 0;
+    while let Some(prefix) = stream.get(at..at + header) {
+        let len = prefix.iter().fold(0usize, |n, &b| n << 8 | usize::from(b));
+        at += header;
+        if len > format.max_len() {
+            events.push(LocalEvent::Malformed(len));
+            break;
+        }
+        if len > max {
+            events.push(LocalEvent::Oversize(len));
+            at += len;
+        } else if let Some(frame) = stream.get(at..at + len) {
+            if len > 0 {
+                events.push(LocalEvent::Frame(frame.to_vec()));
+            }
+            at += len;
+        } else {
+            break;
+        }
+    }
+    events
+}
+
+/// Byte 0 picks the format, byte 1 the largest frame (1-256 bytes, so that
+/// oversize frames are common), byte 2 seeds the sizes of the pieces; the
+/// rest is the stream.
+pub fn local_deframer(data: &[u8]) {
+    let [pick, max, seed, stream @ ..] = data else {
+        return;
+    };
+    let format = if pick & 1 == 0 {
+        Format::Qemu
+    } else {
+        Format::Vde
+    };
+    let max = usize::from(*max) + 1;
+    let mut deframer = Deframer::new(format, max);
+    let mut events = Vec::new();
+    let mut state = u32::from(*seed) | 1;
+    let mut rest = stream;
+    'feed: while !rest.is_empty() {
+        // xorshift: pieces of 1-64 bytes.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let piece = (state % 64 + 1) as usize;
+        let (mut chunk, after) = rest.split_at(piece.min(rest.len()));
+        rest = after;
+        while !chunk.is_empty() {
+            match deframer.feed(chunk) {
+                Ok((used, event)) => {
+                    assert!(
+                        used > 0 && used <= chunk.len(),
+                        "used {used} of {}",
+                        chunk.len()
+                    );
+                    chunk = &chunk[used..];
+                    match event {
+                        Some(Event::Frame(frame)) => {
+                            assert!(!frame.is_empty() && frame.len() <= max);
+                            events.push(LocalEvent::Frame(frame.to_vec()));
+                        }
+                        Some(Event::Oversize(len)) => events.push(LocalEvent::Oversize(len)),
+                        None => assert!(chunk.is_empty(), "stopped early with nothing to tell"),
+                    }
+                }
+                Err(Malformed(len)) => {
+                    events.push(LocalEvent::Malformed(len));
+                    break 'feed;
+                }
+            }
+        }
+    }
+    assert_eq!(events, local_reference(format, max, stream));
+}
+
 #[cfg(test)]
 mod tests {
     //! Replays the committed corpora (`fuzz/corpus/TARGET/`) and the seeds
@@ -1210,6 +1308,52 @@ mod tests {
         add("truncated", 1, cut);
         add("max-prefix-trickle", 0, vec![0xff, 0xff, 0, 0, 0, 0]);
 
+        // local_deframer: format (0 QEMU, 1 VDE), largest frame - 1, seed, stream.
+        let mut add = |name: &str, head: [u8; 3], stream: &[&[u8]]| {
+            let mut bytes = head.to_vec();
+            for part in stream {
+                bytes.extend_from_slice(part);
+            }
+            seeds.push(("local_deframer", name.to_owned(), bytes));
+        };
+        add(
+            "qemu-two-frames",
+            [0, 255, 7],
+            &[&[0, 0, 0, 3], b"abc", &[0, 0, 0, 1], b"d"],
+        );
+        add(
+            "vde-two-frames",
+            [1, 255, 9],
+            &[&[0, 3], b"abc", &[0, 1], b"d"],
+        );
+        add(
+            "qemu-empty-frames",
+            [0, 255, 1],
+            &[&[0; 12], &[0, 0, 0, 2], b"ok"],
+        );
+        add(
+            "qemu-oversize-then-frame",
+            [0, 3, 3],
+            &[&[0, 0, 0, 6], b"123456", &[0, 0, 0, 2], b"ok"],
+        );
+        add(
+            "vde-oversize-then-frame",
+            [1, 3, 5],
+            &[&[0, 6], b"123456", &[0, 2], b"ok"],
+        );
+        add(
+            "qemu-malformed",
+            [0, 255, 2],
+            &[&[0xff, 0xff, 0xff, 0xff], b"junk"],
+        );
+        add(
+            "qemu-largest-length",
+            [0, 255, 4],
+            &[&[0, 1, 0x10, 0], &[0xa5; 300]],
+        );
+        add("qemu-just-over", [0, 255, 4], &[&[0, 1, 0x10, 1], b"x"]);
+        add("vde-truncated", [1, 255, 6], &[&[0, 9], b"1234"]);
+
         // peers_file: the first byte is the limit (times 2) plus 1 for tun.
         let key = |n: u8| PrivateKey::from_bytes([n; KEY_LEN]).public_key();
         let (_, own) = hub();
@@ -1388,6 +1532,11 @@ mod tests {
     #[test]
     fn virtio_header_corpus() {
         replay("virtio_header", super::virtio_header);
+    }
+
+    #[test]
+    fn local_deframer_corpus() {
+        replay("local_deframer", super::local_deframer);
     }
 
     #[test]

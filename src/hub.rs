@@ -28,10 +28,11 @@ use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
-use crate::device::{Device, PacketDevice};
+use crate::device::{Device, DeviceSpec, PacketDevice};
 use crate::error::Error;
 use crate::handshake::{self, Choose, HandshakeError, Hello, Identity};
 use crate::keys::{PrivateKey, PublicKey};
+use crate::local::SocketAccess;
 use crate::peers::{self, PeerLine};
 use crate::relay::Counters;
 use crate::server::{self, Directory};
@@ -61,6 +62,8 @@ pub struct Defaults {
     pub keepalive: u8,
     pub up: Option<String>,
     pub down: Option<String>,
+    /// --socket-mode and --socket-group, for a device=qemu: socket.
+    pub socket: SocketAccess,
 }
 
 /// One listed peer: its line, its endpoint and its sessions' inbox.
@@ -82,7 +85,11 @@ impl Listed {
         counters: Arc<Counters>,
     ) -> Result<(Arc<Listed>, mpsc::Receiver<Event>), Error> {
         let mtu = line.mtu.or(defaults.mtu);
-        let device = Device::open(Some(&line.device), defaults.layer, mtu, defaults.gso)?;
+        // The peers file checked the value: -d's forms, endpoints with an
+        // absolute path.
+        let spec = DeviceSpec::parse(&line.device)
+            .map_err(|why| Error::Usage(format!("peer {}: device={why}", line.name)))?;
+        let device = Device::open(&spec, defaults.layer, mtu, defaults.gso, &defaults.socket)?;
         if let Some(bridge) = &line.bridge {
             sys::set_master(device.name(), bridge).map_err(|source| Error::Device {
                 name: device.name().to_owned(),

@@ -12,7 +12,8 @@
 //!   of those trials (the hub's).
 //! - `frame`: the u16 big-endian length-prefix codec; `stream_error`: why a stream read or
 //!   write failed, for the handshake and the relay alike.
-//! - `device`: opening TAP and TUN devices; the `PacketDevice` trait;
+//! - `device`: opening TAP and TUN devices, or a local endpoint; the `PacketDevice` trait;
+//!   `local`: endpoints without a device (a VM's or a VDE switch's stream);
 //!   `endpoint`: a device with its carrier and its drain while no session is attached.
 //! - `transport`: the streams: TCP listen and dial, stdio, a command's pipes;
 //!   `proxy`: HTTP CONNECT and SOCKS5 for -P; `child`: running and stopping a
@@ -22,6 +23,8 @@
 //! - `session`: the one owner of sessions (handshake, hooks, relay,
 //!   replacement, end), generic over the device; `client`: -c's streams
 //!   and reconnection; `server`: -s's accept loop; `hooks`: -u and -D.
+//! - `status`: what `taptun status` and SIGUSR1 report, per peer, as lines or
+//!   JSON; `control`: the -S socket that serves it, and the client that asks it.
 //! - `peers`: the hub's peers file (-A): its rules, reading it, what a reload changes.
 //! - `log`: stderr or syslog. `error`: the one error type. `sys`: the raw syscalls.
 #![deny(unsafe_code)]
@@ -30,6 +33,7 @@ mod channel;
 mod child;
 mod client;
 mod config;
+mod control;
 mod device;
 mod endpoint;
 mod error;
@@ -43,6 +47,7 @@ mod handshake;
 mod hooks;
 mod hub;
 mod keys;
+mod local;
 mod log;
 mod peers;
 mod proxy;
@@ -51,6 +56,7 @@ mod replay;
 mod resolver;
 mod server;
 mod session;
+mod status;
 mod stream_error;
 mod sys;
 mod transport;
@@ -93,6 +99,7 @@ use crate::config::{Config, Dial, Mode, Remote};
 use crate::device::Device;
 use crate::keys::{SHORT_PASSPHRASE, SecretSpec};
 use crate::session::{Owner, Peer, Timing};
+use crate::status::{POINT_TO_POINT_NAME, PeerReport, Report};
 
 /// Where logging should go for this configuration: syslog when -i was given
 /// a socket that is also fd 2 (inetd), stderr otherwise.
@@ -158,6 +165,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 keepalive: config.keepalive,
                 up: config.up.clone(),
                 down: config.down.clone(),
+                socket: config.socket.clone(),
             };
             match config.mode {
                 // Each connection's peer, and so its device, is known only
@@ -169,10 +177,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         _ => {
             let identity = load_identity(&config)?;
             let device = Device::open(
-                config.device.as_deref(),
+                &config.device,
                 config.layer,
                 config.mtu,
                 config.gso,
+                &config.socket,
             )?;
             let peer = Peer::new(device, identity, config.keepalive, owner.counters.clone());
             peer.set(config.up.clone(), config.down.clone(), config.keepalive);
@@ -191,6 +200,13 @@ pub fn run(config: Config) -> Result<(), Error> {
         }),
         _ => None,
     };
+    // Made while still root, so that it can be given to the -U user; before
+    // the readiness notice, so that a status right after it finds the socket.
+    let control = config
+        .control
+        .as_deref()
+        .map(|path| control::ControlSocket::bind(path, ids))
+        .transpose()?;
     transport::notify_ready(&env);
     if let Some((uid, gid)) = ids {
         let dropped = match served {
@@ -209,21 +225,50 @@ pub fn run(config: Config) -> Result<(), Error> {
         // Before the first attempt, whose failure may take seconds to show.
         ::log::info!("{} ready; {waits_for}", peer.endpoint.device().name());
     }
-    let result = std::thread::scope(|scope| {
-        let lines = || match &served {
+    let report = || {
+        let now = Instant::now();
+        let one = |name: &str, peer: &Peer<Device>| {
+            let device = peer.endpoint.device().name();
+            PeerReport::from_counters(name, device, &peer.counters, now)
+        };
+        Report::new(match &served {
             Served::Hub(hub) => hub
                 .peers()
                 .iter()
-                .map(|listed| {
-                    let name = listed.peer.name.as_deref().unwrap_or("?");
-                    let line = listed.peer.counters.process_line(started.elapsed());
-                    format!("{name}: {line}")
-                })
+                .map(|listed| one(listed.peer.name.as_deref().unwrap_or("?"), &listed.peer))
                 .collect(),
-            _ => vec![owner.counters.process_line(started.elapsed())],
+            Served::One(peer) => vec![one(POINT_TO_POINT_NAME, peer)],
+            // -i -A: the peer is known only inside the connection.
+            Served::InetdHub(..) => Vec::new(),
+        })
+    };
+    let result = std::thread::scope(|scope| {
+        // A hub's per-peer lines say it all; one peer's process line also
+        // has the handshake failures and keepalives.
+        let lines = || {
+            let mut lines = match &served {
+                Served::Hub(_) => Vec::new(),
+                _ => vec![owner.counters.process_line(started.elapsed())],
+            };
+            lines.extend(report().lines());
+            // A local endpoint's own counts: its stream's frames and drops.
+            lines.extend(match &served {
+                Served::Hub(hub) => hub
+                    .peers()
+                    .iter()
+                    .filter_map(|listed| listed.peer.endpoint.device().counts())
+                    .collect(),
+                Served::One(peer) => peer.endpoint.device().counts().into_iter().collect(),
+                Served::InetdHub(..) => Vec::new(),
+            });
+            lines
         };
         let (usr1, finished) = (&usr1, &finished);
         scope.spawn(move || report_counters_on_sigusr1(usr1, &lines, finished));
+        if let Some(control) = &control {
+            let (report, shutdown) = (&report, &owner.shutdown);
+            scope.spawn(move || control.serve(report, &[shutdown, finished]));
+        }
         let result = match (listener, stdio, &config.mode, &served) {
             (Some(listener), _, _, Served::Hub(hub)) => hub::serve(&owner, hub, listener, &hangup),
             (Some(listener), _, _, Served::One(peer)) => server::serve(&owner, peer, listener),
@@ -306,7 +351,7 @@ fn waits_for(mode: &Mode) -> Option<String> {
     }
 }
 
-/// Logs whether each peer's session is up and its counters each time
+/// Logs the process's and each peer's lines (see `status`) each time
 /// SIGUSR1 arrives, until `finished`.
 fn report_counters_on_sigusr1(usr1: &Stop, lines: &dyn Fn() -> Vec<String>, finished: &Stop) {
     loop {
@@ -478,6 +523,16 @@ fn forbid_core_dumps() {
     if let Err(e) = sys::forbid_core_dumps() {
         ::log::warn!("cannot forbid core dumps (keys could leak into one): {e}");
     }
+}
+
+/// `taptun status PATH [--json]`: asks the control socket of a running
+/// taptun and prints its answer to `out`.
+///
+/// # Errors
+/// No socket at `path`, nobody answering, a refusal (another user), or a
+/// failing output; all exit 1.
+pub fn status(path: &std::path::Path, json: bool, out: &mut dyn Write) -> Result<(), Error> {
+    control::query(path, json, out)
 }
 
 /// `taptun genkey [PATH]`: prints a new private key, or writes it to a new

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         Command::PubKey(Some(path)) => taptun::pubkey_of_file(&path, &mut std::io::stdout().lock()),
         Command::PubKey(None) => taptun::unbuffered_stdin()
             .and_then(|mut stdin| taptun::pubkey(&mut stdin, &mut std::io::stdout().lock())),
+        Command::Status { path, json } => {
+            taptun::status(&path, json, &mut std::io::stdout().lock())
+        }
         Command::Tunnel(config) => {
             taptun::init_log(config.verbosity, taptun::log_sink(&config));
             taptun::run(*config).inspect_err(|e| log::debug!("exiting: {e}"))

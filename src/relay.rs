@@ -131,9 +131,23 @@ impl Counters {
         }
     }
 
-    /// A session starts relaying with `peer`.
+    /// A session starts relaying with `peer`, its handshake just done.
     pub fn session_up(&self, peer: &str) {
-        self.status().up = Some((Instant::now(), peer.to_owned()));
+        let now = Instant::now();
+        let mut status = self.status();
+        status.up = Some((now, peer.to_owned()));
+        status.last_handshake = Some(now);
+    }
+
+    /// The session relaying now, if any: since when, and with whom (the
+    /// stream's peer: an address, or the -x command).
+    pub fn session(&self) -> Option<(Instant, String)> {
+        self.status().up.clone()
+    }
+
+    /// When the last session's handshake completed, if one ever did.
+    pub fn last_handshake(&self) -> Option<Instant> {
+        self.status().last_handshake
     }
 
     /// The session relaying ended, for the reason `end` gives.
@@ -201,6 +215,8 @@ pub struct Status {
     up: Option<(Instant, String)>,
     /// When the last session ended, and why.
     last_end: Option<(Instant, String)>,
+    /// When the last handshake completed (`taptun status` shows its age).
+    last_handshake: Option<Instant>,
 }
 
 /// "13s", "2m13s", "5h02m", "3d04h": short enough for a status line.

@@ -933,32 +933,37 @@ pub fn release_pages(buf: &mut [u8]) {
     }
 }
 
-/// The rate at which a TCP socket's peer has lately been acknowledging data
-/// (tcp_info's delivery rate), in bytes a second: `Ok(0)` when the kernel
-/// has no sample yet or predates the field.
+/// The uid of the process at the other end of a connected Unix socket, as
+/// the kernel recorded it at connect(2) (SO_PEERCRED): the control socket's
+/// check of who asks, which no client can forge.
 ///
 /// # Errors
-/// getsockopt(2)'s errors (EOPNOTSUPP or ENOPROTOOPT when `fd` is not TCP).
-pub fn tcp_delivery_rate(fd: RawFd) -> io::Result<u64> {
-    // SAFETY: tcp_info is plain integers, for which all zeros is valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: passes a pointer to a live tcp_info and its exact size; the
-    // kernel writes at most `len` bytes and says how many in `len`.
+/// getsockopt(2)'s errors (`fd` is no Unix socket, or not connected).
+pub fn peer_uid(fd: RawFd) -> io::Result<libc::uid_t> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are live locals; the kernel writes at most
+    // `len` bytes into `cred` and the new length into `len`.
     let rc = unsafe {
         libc::getsockopt(
             fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
             &mut len,
         )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    // An older kernel fills less: the fields past `len` stay zero.
-    Ok(info.tcpi_delivery_rate)
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("SO_PEERCRED returned a short answer"));
+    }
+    Ok(cred.uid)
 }
 
 /// rtnetlink's attribute for an interface's master (its bridge).
@@ -1079,4 +1084,48 @@ pub fn thread_cpu_time() -> std::time::Duration {
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
     let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
     std::time::Duration::new(secs, nanos)
+}
+
+/// Binds a Unix stream socket at `path` with mode 0600 from the start: the
+/// umask is 0177 for the bind, so that no other user can connect in the
+/// moment before the caller sets the mode it wants. The umask is the
+/// process's: call this while no other thread creates files (start-up).
+///
+/// # Errors
+/// bind(2) and listen(2)'s.
+pub fn bind_unix_private(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
+    // SAFETY: umask only swaps the process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the mask it returned.
+    unsafe { libc::umask(old) };
+    bound
+}
+
+/// The rate at which a TCP socket's peer has lately been acknowledging data
+/// (tcp_info's delivery rate), in bytes a second: `Ok(0)` when the kernel
+/// has no sample yet or predates the field.
+///
+/// # Errors
+/// getsockopt(2)'s errors (EOPNOTSUPP or ENOPROTOOPT when `fd` is not TCP).
+pub fn tcp_delivery_rate(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: tcp_info is plain integers, for which all zeros is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: passes a pointer to a live tcp_info and its exact size; the
+    // kernel writes at most `len` bytes and says how many in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // An older kernel fills less: the fields past `len` stay zero.
+    Ok(info.tcpi_delivery_rate)
 }

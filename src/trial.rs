@@ -25,9 +25,12 @@
 //! (10-20 µs); benches/msg1.rs measures both, docs/PERFORMANCE.md has the
 //! figures.
 //!
-//! (HMAC states precomputed after `ck ^ ipad` would save 4 compressions,
-//! but neither BLAKE2s crate resumes from a midstate, and 8 lanes of 13
-//! compressions cost a third of 9 compressions one at a time.)
+//! (HMAC states precomputed after `ck ^ ipad` and `ck ^ opad` would save 2
+//! compressions, 4 counting those of HKDF's temporary key, but neither
+//! BLAKE2s crate resumes from such a midstate. BLAKE2s written out here on
+//! eight lanes with those midstates, 9 compressions, took 2.2 ms of CPU at
+//! 1,000 peers, since the compiler keeps it scalar without AVX2; this takes
+//! 0.9 to 1.0 ms on the same busy machine.)
 //!
 //! [`Budget`] bounds the CPU all trials together may take: a flood of
 //! garbage makes the hub pay a full trial per message, and beyond the budget
@@ -51,8 +54,7 @@ use crate::handshake::{Cipher, FIRST_MESSAGE_MAX_LEN, Identity, MESSAGE1_LEN, PR
 use crate::keys::{self, KEY_LEN, PrivateKey, PublicKey};
 
 /// Peers whose hashes are computed together: a multiple of AVX2's eight
-/// lanes, and little enough on the stack of a thread with a small one (the
-/// scratch is on the heap anyway).
+/// lanes; their scratch takes about 30 KiB.
 pub const CHUNK: usize = 64;
 /// BLAKE2s's block, HMAC's padded key.
 const BLOCK_LEN: usize = 64;
@@ -105,51 +107,55 @@ fn hash_each<const N: usize>(inputs: &[[u8; N]], len: usize, out: &mut [Bytes32]
     }
 }
 
-/// What a trial of [`CHUNK`] peers computes, zeroed when it ends: for the
+/// What a trial of up to [`CHUNK`] peers computes, zeroed when it ends: for the
 /// peer that sent an authentic message 1, these are its handshake keys.
 #[derive(Zeroize, ZeroizeOnDrop)]
 struct Scratch {
     /// h || e, hashed into h'.
-    hash_input: [[u8; 2 * KEY_LEN]; CHUNK],
+    hash_input: Vec<[u8; 2 * KEY_LEN]>,
     /// A padded key and 32 bytes: HMAC(ck, e)'s inner hash, and every
     /// outer hash.
-    long: [[u8; BLOCK_LEN + KEY_LEN]; CHUNK],
+    long: Vec<[u8; BLOCK_LEN + KEY_LEN]>,
     /// A padded key and up to 33 bytes: HMAC(temp, 0x01) and HMAC(temp,
     /// ck' || 0x02)'s inner hashes.
-    short: [[u8; BLOCK_LEN + KEY_LEN + 1]; CHUNK],
+    short: Vec<[u8; BLOCK_LEN + KEY_LEN + 1]>,
     /// h', the tag's associated data.
-    ad: [Bytes32; CHUNK],
+    ad: Vec<Bytes32>,
     /// The latest inner hash.
-    inner: [Bytes32; CHUNK],
+    inner: Vec<Bytes32>,
     /// HKDF(ck, e)'s temporary key, its first output (the next ck) and its
     /// second (the tag's key).
-    temp: [Bytes32; CHUNK],
-    ck: [Bytes32; CHUNK],
-    key: [Bytes32; CHUNK],
+    temp: Vec<Bytes32>,
+    ck: Vec<Bytes32>,
+    key: Vec<Bytes32>,
     /// The copy of message 1's ciphertext that is opened in place.
-    opened: [u8; FIRST_MESSAGE_MAX_LEN],
+    opened: Vec<u8>,
 }
 
 impl Scratch {
-    fn new() -> Box<Scratch> {
-        Box::new(Scratch {
-            hash_input: [[0; 2 * KEY_LEN]; CHUNK],
-            long: [[0; BLOCK_LEN + KEY_LEN]; CHUNK],
-            short: [[0; BLOCK_LEN + KEY_LEN + 1]; CHUNK],
-            ad: [[0; KEY_LEN]; CHUNK],
-            inner: [[0; KEY_LEN]; CHUNK],
-            temp: [[0; KEY_LEN]; CHUNK],
-            ck: [[0; KEY_LEN]; CHUNK],
-            key: [[0; KEY_LEN]; CHUNK],
-            opened: [0; FIRST_MESSAGE_MAX_LEN],
-        })
+    /// Room for `rows` peers (at most [`CHUNK`]), on the heap, each part
+    /// allocated as it is: a trial may run on a thread with a small stack,
+    /// and a short list should not pay for zeroing a long one's scratch.
+    fn new(rows: usize) -> Scratch {
+        let rows = rows.min(CHUNK);
+        Scratch {
+            hash_input: vec![[0; 2 * KEY_LEN]; rows],
+            long: vec![[0; BLOCK_LEN + KEY_LEN]; rows],
+            short: vec![[0; BLOCK_LEN + KEY_LEN + 1]; rows],
+            ad: vec![[0; KEY_LEN]; rows],
+            inner: vec![[0; KEY_LEN]; rows],
+            temp: vec![[0; KEY_LEN]; rows],
+            ck: vec![[0; KEY_LEN]; rows],
+            key: vec![[0; KEY_LEN]; rows],
+            opened: vec![0; FIRST_MESSAGE_MAX_LEN],
+        }
     }
 
     /// MixHash(e) and MixKey(e) for the peers whose handshake hash and
-    /// chaining key after the psk are `h` and `ck` (at most [`CHUNK`]):
+    /// chaining key after the psk are `h` and `ck` (as many as it has rows):
     /// `self.ad` gets each h' and `self.key` each tag's key.
     fn mix_ephemeral(&mut self, e: &Bytes32, h: &[Bytes32], ck: &[Bytes32]) {
-        let n = h.len().min(ck.len()).min(CHUNK);
+        let n = h.len().min(ck.len()).min(self.ad.len());
         let (h, ck) = (&h[..n], &ck[..n]);
         const K: usize = KEY_LEN;
         const B: usize = BLOCK_LEN;
@@ -272,7 +278,7 @@ impl Candidates {
         }
         let (e, sealed) = msg1.split_at(KEY_LEN);
         let e: &Bytes32 = e.try_into().ok()?;
-        let mut scratch = Scratch::new();
+        let mut scratch = Scratch::new(self.hashes.len());
         let chunks = self
             .hashes
             .chunks(CHUNK)
@@ -281,7 +287,7 @@ impl Candidates {
             scratch.mix_ephemeral(e, h, ck);
             let Scratch {
                 ad, key, opened, ..
-            } = &mut *scratch;
+            } = &mut scratch;
             for (i, (key, ad)) in key.iter().zip(ad.iter()).take(h.len()).enumerate() {
                 if tag_checks(self.cipher, key, ad, sealed, opened) {
                     return Some(c * CHUNK + i);

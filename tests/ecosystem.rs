@@ -351,12 +351,13 @@ mod systemd {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-    const UNITS: [&str; 5] = [
+    const UNITS: [&str; 6] = [
         "taptun.socket",
         "taptun@.service",
         "taptun-server.socket",
         "taptun-server.service",
         "taptun-client@.service",
+        "taptun-hub.service",
     ];
 
     /// Waits for a datagram on `notify` and returns it; panics when `sender` exits first or
@@ -1184,6 +1185,20 @@ mod systemd {
                 credentials.display().to_string(),
             ));
             let exec = one(&unit, name, "Service", "ExecStart");
+            if name == &"taptun-hub.service" {
+                // The hub reads its peers file: one peer, then none that --check can read.
+                let peers = scratch.path.join("peers");
+                fs::write(&peers, format!("gw {} bridge=br0\n", pubkey(&peer))).unwrap();
+                let exec = exec.replace("/etc/taptun/peers", peers.to_str().unwrap());
+                let args = exec_start_args(&exec, &specifiers, &env);
+                assert_check_passes(name, &args, &process_env);
+                fs::write(&peers, "gw not-a-key\n").unwrap();
+                let (code, stderr) = check(&args, &process_env);
+                assert_eq!(code, Some(2), "{name} with a bad peers file: {stderr}");
+                assert!(stderr.contains(":1:"), "{name}: {stderr}");
+                fs::remove_file(credentials.join(&credential)).unwrap();
+                continue;
+            }
             let args = exec_start_args(exec, &specifiers, &env);
             assert_check_passes(name, &args, &process_env);
 
@@ -1763,6 +1778,7 @@ fn every_recipe_file_in_contrib_is_exercised_here() {
         "systemd/taptun-server.socket",
         "systemd/taptun-server.service",
         "systemd/taptun-client@.service",
+        "systemd/taptun-hub.service",
         "systemd/example.conf",
         "ssh/authorized_keys",
         "ssh/ssh_config",
