@@ -52,9 +52,7 @@ pub fn init(verbosity: u8, sink: Sink) {
                     record.args()
                 )
             })
-            .target(env_logger::Target::Pipe(Box::new(SyslogWriter {
-                socket: None,
-            })));
+            .target(env_logger::Target::Pipe(Box::new(SyslogWriter::new())));
     }
     let _ = builder.try_init();
     if let (Some(spec), Some(why)) = (from_env, refused) {
@@ -73,29 +71,128 @@ fn priority(level: log::Level) -> u8 {
     3 * 8 + severity
 }
 
-/// Sends each record (env_logger writes one record per call) as a datagram.
+/// Sends each record (env_logger writes one record per call) as a datagram,
+/// never waiting: when syslogd does not read and its socket's queue is full,
+/// a line is dropped rather than stalling the thread that logs (every -i
+/// process would otherwise stop at its next line), and the next line that
+/// gets through is preceded by how many were dropped.
 struct SyslogWriter {
+    path: &'static str,
     socket: Option<UnixDatagram>,
+    dropped: u64,
+}
+
+impl SyslogWriter {
+    fn new() -> SyslogWriter {
+        SyslogWriter {
+            path: "/dev/log",
+            socket: None,
+            dropped: 0,
+        }
+    }
+
+    /// Sends one datagram; false when it was dropped.
+    fn send(&mut self, line: &[u8]) -> bool {
+        if self.socket.is_none() {
+            self.socket = UnixDatagram::unbound()
+                .ok()
+                .filter(|s| s.connect(self.path).is_ok() && s.set_nonblocking(true).is_ok());
+        }
+        let Some(socket) = &self.socket else {
+            return false;
+        };
+        match socket.send(line) {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(_) => {
+                // syslogd may have restarted: reconnect on the next line.
+                self.socket = None;
+                false
+            }
+        }
+    }
 }
 
 impl Write for SyslogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.socket.is_none() {
-            self.socket = UnixDatagram::unbound()
-                .ok()
-                .filter(|s| s.connect("/dev/log").is_ok());
-        }
         let line = buf.strip_suffix(b"\n").unwrap_or(buf);
-        if let Some(socket) = &self.socket {
-            if socket.send(line).is_err() {
-                // syslogd may have restarted: reconnect on the next line.
-                self.socket = None;
+        if self.dropped > 0 {
+            let notice = format!(
+                "<{}>taptun[{}]: {} log lines dropped: syslog did not read them in time",
+                priority(log::Level::Warn),
+                std::process::id(),
+                self.dropped
+            );
+            if self.send(notice.as_bytes()) {
+                self.dropped = 0;
+            } else {
+                self.dropped += 1;
+                return Ok(buf.len());
             }
+        }
+        if !self.send(line) {
+            self.dropped += 1;
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_syslog_that_does_not_read_costs_lines_not_a_stalled_thread() {
+        let dir = std::env::temp_dir().join(format!("taptun-log-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let _ = std::fs::remove_file(&path);
+        let syslog = UnixDatagram::bind(&path).unwrap();
+        let path: &'static str = Box::leak(path.to_str().unwrap().to_owned().into_boxed_str());
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut writer = SyslogWriter {
+                path,
+                socket: None,
+                dropped: 0,
+            };
+            // Far more than the socket's queue (10 datagrams by default).
+            // One write per record, as env_logger does.
+            for i in 0..1000 {
+                let line = format!("<30>taptun[1]: line {i}\n");
+                writer.write_all(line.as_bytes()).unwrap();
+            }
+            let _ = done.send(writer);
+        });
+        let mut writer = finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("logging stalled on a syslog that does not read");
+        assert!(writer.dropped > 0);
+        // syslogd reads again: the next line says how many were lost.
+        syslog.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        let mut queued = 0;
+        while syslog.recv(&mut buf).is_ok() {
+            queued += 1;
+        }
+        let dropped = writer.dropped;
+        assert_eq!(queued + dropped, 1000);
+        writer.write_all(b"<30>taptun[1]: after\n").unwrap();
+        let n = syslog.recv(&mut buf).unwrap();
+        let notice = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            notice.ends_with(&format!(
+                "{dropped} log lines dropped: syslog did not read them in time"
+            )),
+            "{notice}"
+        );
+        let n = syslog.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"<30>taptun[1]: after");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
