@@ -2,202 +2,18 @@
 //! device, all in the hub's kernel bridge; strangers get nothing; SIGHUP
 //! adds and removes peers without disturbing the others.
 //!
-//! Layout: the hub's namespace `h` has an underlay bridge `ul`
-//! (10.241.N.254/24) with a veth to each site's namespace (10.241.N.K), and
-//! the overlay bridge `br0` (10.242.N.254/24) that every listed peer's
-//! device joins (bridge=br0). Each site runs `taptun -c` on its `tt0`
-//! (10.242.N.K/24).
+//! The network is tests/common/hub.rs's; every listed peer's device joins
+//! the hub's `br0` here.
 
 mod common;
 
+use common::hub::HubNet;
 use common::*;
 use std::fs;
 use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// One site: a namespace with a veth to the hub's underlay.
-struct Site {
-    name: String,
-    ns: Netns,
-    /// Its SECRET: `@PATH` of a key file, or a passphrase.
-    secret: String,
-    host: u8,
-}
-
-/// The hub's namespace, its key, its peers file and the sites.
-struct HubNet {
-    n: u32,
-    h: Netns,
-    scratch: Scratch,
-    hub_key: String,
-    port: u16,
-    file: std::path::PathBuf,
-    sites: Vec<Site>,
-}
-
-impl HubNet {
-    fn new() -> HubNet {
-        let id = 200 + NEXT.fetch_add(1, Ordering::Relaxed);
-        let n = (std::process::id() + id) % 200 + 20;
-        let h = Netns::new(id, 'h');
-        h.ip("link add ul type bridge");
-        h.ip(&format!("addr add 10.241.{n}.254/24 dev ul"));
-        h.ip("link set ul up");
-        h.ip("link add br0 type bridge");
-        h.ip(&format!("addr add 10.242.{n}.254/24 dev br0"));
-        h.ip("link set br0 up");
-        let scratch = Scratch::new();
-        let hub_key = scratch.genkey("hub");
-        let file = scratch.path.join("peers");
-        HubNet {
-            n,
-            port: 21000 + n as u16,
-            h,
-            scratch,
-            hub_key,
-            file,
-            sites: Vec::new(),
-        }
-    }
-
-    /// Adds site K (a namespace on the underlay) with a new key, or with
-    /// `passphrase` as its secret.
-    fn site(&mut self, k: u8, passphrase: Option<&str>) -> usize {
-        let id = 200 + NEXT.fetch_add(1, Ordering::Relaxed);
-        let ns = Netns::new(id, 's');
-        // Interface names at most 15 bytes: the namespace's id and the site.
-        let (outer, inner) = (format!("hu{id}x{k}"), format!("hs{id}x{k}"));
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            &outer,
-            "netns",
-            &self.h.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &inner,
-            "netns",
-            &ns.name,
-        ]));
-        self.h.ip(&format!("link set {outer} master ul up"));
-        ns.ip(&format!("addr add 10.241.{}.{k}/24 dev {inner}", self.n));
-        ns.ip(&format!("link set {inner} up"));
-        let name = format!("s{k}");
-        let secret = match passphrase {
-            Some(p) => p.to_owned(),
-            None => self.scratch.genkey(&name),
-        };
-        self.sites.push(Site {
-            name,
-            ns,
-            secret,
-            host: k,
-        });
-        self.sites.len() - 1
-    }
-
-    /// The public key of site `i`'s secret.
-    fn site_pub(&self, i: usize) -> String {
-        let secret = &self.sites[i].secret;
-        if secret.starts_with('@') {
-            pubkey(secret)
-        } else {
-            let mut child = Command::new(TAPTUN)
-                .arg("pubkey")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{secret}\n").as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        }
-    }
-
-    /// Writes the peers file (mode 600): one line per listed site, with
-    /// `extra` options.
-    fn write_peers(&self, listed: &[usize], extra: &str) {
-        let mut text = String::from("# name key options\n\n");
-        for &i in listed {
-            let site = &self.sites[i];
-            text += &format!("{} {} bridge=br0 {extra}\n", site.name, self.site_pub(i));
-        }
-        self.write_file(&text);
-    }
-
-    fn write_file(&self, text: &str) {
-        let tmp = self.file.with_extension("new");
-        fs::write(&tmp, text).unwrap();
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
-        fs::rename(&tmp, &self.file).unwrap();
-    }
-
-    /// Starts the hub and waits until it listens.
-    fn hub(&self, extra: &str) -> Proc {
-        let args = format!(
-            "-s -p {} -v -A {} -l {} {extra}",
-            self.port,
-            self.file.display(),
-            self.hub_key
-        );
-        let mut hub = Proc::start("hub", self.h.taptun(&args), &self.scratch);
-        let listening = wait_for(DEADLINE, || !hub.running() || self.h.listening(self.port));
-        assert!(
-            listening && hub.running(),
-            "the hub did not start listening"
-        );
-        hub
-    }
-
-    fn hub_pub(&self) -> String {
-        pubkey(&self.hub_key)
-    }
-
-    /// Starts site `i`'s client on its tt0 and gives tt0 its overlay address.
-    fn client(&self, i: usize) -> Proc {
-        let site = &self.sites[i];
-        let mut cmd = site.ns.taptun(&format!(
-            "-c -m 10.241.{}.254 -p {} -v -d tt0 -k {}",
-            self.n,
-            self.port,
-            self.hub_pub()
-        ));
-        cmd.args(["-l", &site.secret]);
-        let proc = Proc::start(&site.name, cmd, &self.scratch);
-        site.ns.wait_for_device("tt0");
-        site.ns.ip(&format!(
-            "addr add {} dev tt0",
-            self.overlay_cidr(site.host)
-        ));
-        proc
-    }
-
-    fn overlay(&self, host: u8) -> String {
-        format!("10.242.{}.{host}", self.n)
-    }
-
-    fn overlay_cidr(&self, host: u8) -> String {
-        format!("{}/24", self.overlay(host))
-    }
-
-    /// Waits until site `i` pings `addr` through the hub.
-    fn pings(&self, i: usize, addr: &str) -> bool {
-        wait_for(DEADLINE, || self.sites[i].ns.ping(addr))
-    }
-}
 
 #[test]
 fn three_peers_reach_each_other_and_the_hub_through_its_bridge() {
@@ -209,7 +25,7 @@ fn three_peers_reach_each_other_and_the_hub_through_its_bridge() {
     let b = net.site(2, None);
     // Listed by the public key of its passphrase: the hub never holds it.
     let c = net.site(3, Some("correct horse battery staple of the hub test"));
-    net.write_peers(&[a, b, c], "");
+    net.write_peers(&[a, b, c], "bridge=br0");
     let hub = net.hub("");
     for site in &net.sites {
         let dev = format!("tt-{}", site.name);
@@ -256,7 +72,7 @@ fn strangers_get_nothing_and_disturb_no_peer() {
     let a = net.site(1, None);
     let b = net.site(2, None);
     let stranger = net.site(3, None);
-    net.write_peers(&[a, b], "");
+    net.write_peers(&[a, b], "bridge=br0");
     let hub = net.hub("");
     let _ca = net.client(a);
     let _cb = net.client(b);
@@ -336,7 +152,7 @@ fn sighup_adds_and_removes_peers_while_the_others_ping_on() {
     )
     .unwrap();
     fs::set_permissions(&down, fs::Permissions::from_mode(0o700)).unwrap();
-    let hooks = format!("down={}", down.display());
+    let hooks = format!("bridge=br0 down={}", down.display());
     net.write_peers(&[a, b, gone], &hooks);
     let hub = net.hub("");
     let _ca = net.client(a);

@@ -6,14 +6,11 @@
 //! drained and counted, and a peer's reconnect replaces only its own
 //! session.
 //!
-//! Layout, as in tests/hub.rs: the hub's namespace `h` has an underlay
-//! bridge `ul` (10.241.N.254/24) with a veth to each site's namespace
-//! (10.241.N.K), and the overlay bridge `br0` (10.242.N.254/24) that the
-//! listed peers' devices join (bridge=br0). Each site runs `taptun -c` on
-//! its `tt0` (10.242.N.K/24).
+//! The network is tests/common/hub.rs's.
 
 mod common;
 
+use common::hub::HubNet;
 use common::*;
 use std::fs;
 use std::io::{self, Write};
@@ -21,14 +18,12 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use taptun::{Cipher, Hello, Identity, Layer};
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The latency test runs alone: the other tests' traffic (a flood among
 /// them) would be part of what it measures. They share it with each other.
@@ -39,153 +34,8 @@ fn not_alone() -> std::sync::RwLockReadGuard<'static, ()> {
     LATENCY.read().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One site: a namespace with a veth to the hub's underlay.
-struct Site {
-    name: String,
-    ns: Netns,
-    /// Its SECRET: `@PATH` of a key file.
-    secret: String,
-    host: u8,
-}
-
-/// The hub's namespace, its key, its peers file and the sites.
-struct HubNet {
-    n: u32,
-    h: Netns,
-    scratch: Scratch,
-    hub_key: String,
-    port: u16,
-    file: PathBuf,
-    sites: Vec<Site>,
-}
-
+/// What these tests add to the shared hub network.
 impl HubNet {
-    fn new() -> HubNet {
-        let id = 300 + NEXT.fetch_add(1, Ordering::Relaxed);
-        let n = (std::process::id() + id) % 200 + 20;
-        let h = Netns::new(id, 'h');
-        h.ip("link add ul type bridge");
-        h.ip(&format!("addr add 10.241.{n}.254/24 dev ul"));
-        h.ip("link set ul up");
-        h.ip("link add br0 type bridge");
-        h.ip(&format!("addr add 10.242.{n}.254/24 dev br0"));
-        h.ip("link set br0 up");
-        let scratch = Scratch::new();
-        let hub_key = scratch.genkey("hub");
-        let file = scratch.path.join("peers");
-        HubNet {
-            n,
-            port: 22000 + n as u16,
-            h,
-            scratch,
-            hub_key,
-            file,
-            sites: Vec::new(),
-        }
-    }
-
-    /// Adds site K (a namespace on the underlay) with a new key.
-    fn site(&mut self, k: u8) -> usize {
-        let id = 300 + NEXT.fetch_add(1, Ordering::Relaxed);
-        let ns = Netns::new(id, 's');
-        // Interface names at most 15 bytes: the namespace's id and the site.
-        let (outer, inner) = (format!("hu{id}x{k}"), format!("hs{id}x{k}"));
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            &outer,
-            "netns",
-            &self.h.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &inner,
-            "netns",
-            &ns.name,
-        ]));
-        self.h.ip(&format!("link set {outer} master ul up"));
-        ns.ip(&format!("addr add 10.241.{}.{k}/24 dev {inner}", self.n));
-        ns.ip(&format!("link set {inner} up"));
-        let name = format!("s{k}");
-        let secret = self.scratch.genkey(&name);
-        self.sites.push(Site {
-            name,
-            ns,
-            secret,
-            host: k,
-        });
-        self.sites.len() - 1
-    }
-
-    /// Writes the peers file (mode 644: -U's user reads it on SIGHUP): one
-    /// line per listed site, with `options`.
-    fn write_peers(&self, listed: &[usize], options: &str) {
-        let mut text = String::from("# name key options\n");
-        for &i in listed {
-            let site = &self.sites[i];
-            text += &format!("{} {} {options}\n", site.name, pubkey(&site.secret));
-        }
-        let tmp = self.file.with_extension("new");
-        fs::write(&tmp, text).unwrap();
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
-        fs::rename(&tmp, &self.file).unwrap();
-    }
-
-    /// Starts the hub and waits until it listens.
-    fn hub(&self, extra: &str) -> Proc {
-        let args = format!(
-            "-s -p {} -v -A {} -l {} {extra}",
-            self.port,
-            self.file.display(),
-            self.hub_key
-        );
-        let mut hub = Proc::start("hub", self.h.taptun(&args), &self.scratch);
-        let listening = wait_for(DEADLINE, || !hub.running() || self.h.listening(self.port));
-        assert!(
-            listening && hub.running(),
-            "the hub did not start listening"
-        );
-        hub
-    }
-
-    fn hub_pub(&self) -> String {
-        pubkey(&self.hub_key)
-    }
-
-    /// Starts site `i`'s client on `dev` (its log is NAME.log).
-    fn client_on(&self, i: usize, dev: &str, name: &str, extra: &str) -> Proc {
-        let site = &self.sites[i];
-        let mut cmd = site.ns.taptun(&format!(
-            "-c -m 10.241.{}.254 -p {} -v -d {dev} -k {} {extra}",
-            self.n,
-            self.port,
-            self.hub_pub()
-        ));
-        cmd.args(["-l", &site.secret]);
-        Proc::start(name, cmd, &self.scratch)
-    }
-
-    /// Starts site `i`'s client on its tt0 and gives tt0 its overlay address.
-    fn client(&self, i: usize) -> Proc {
-        let site = &self.sites[i];
-        let proc = self.client_on(i, "tt0", &site.name, "");
-        site.ns.wait_for_device("tt0");
-        site.ns
-            .ip(&format!("addr add {}/24 dev tt0", self.overlay(site.host)));
-        proc
-    }
-
-    fn overlay(&self, host: u8) -> String {
-        format!("10.242.{}.{host}", self.n)
-    }
-
-    fn hub_at(&self) -> SocketAddr {
-        format!("10.241.{}.254:{}", self.n, self.port)
-            .parse()
-            .unwrap()
-    }
-
     /// A session of site `i`'s peer driven by the library's handshake, whose
     /// socket then reads nothing (its receive buffer is small, so that the
     /// hub's side backs up at once). Returns the open stream.
@@ -366,8 +216,8 @@ fn a_peer_that_never_reads_does_not_slow_another_peers_pings() {
     }
     let _alone = LATENCY.write().unwrap_or_else(|p| p.into_inner());
     let mut net = HubNet::new();
-    let a = net.site(1);
-    let stalled = net.site(2);
+    let a = net.site(1, None);
+    let stalled = net.site(2, None);
     net.write_peers(&[a, stalled], "bridge=br0");
     // Nothing written for 3 x 30 s ends a session: the stalled one outlives
     // the test even on a slow machine.
@@ -542,8 +392,8 @@ fn xinetd_serves_two_peers_at_once_each_on_its_device_and_refuses_a_device_in_us
         return;
     }
     let mut net = HubNet::new();
-    let a = net.site(1);
-    let b = net.site(2);
+    let a = net.site(1, None);
+    let b = net.site(2, None);
     // No bridge: each peer has a subnet of its own on its own device.
     net.write_peers(&[a, b], "");
     let _leftovers = KillLeftovers(&net.h);
@@ -713,8 +563,8 @@ fn with_u_a_reload_makes_the_added_peers_device_and_hooks_get_no_capability() {
     }
     let _shared = not_alone();
     let mut net = HubNet::new();
-    let a = net.site(1);
-    let b = net.site(2);
+    let a = net.site(1, None);
+    let b = net.site(2, None);
     // nobody reads the peers file again on SIGHUP, and runs the hook.
     fs::set_permissions(&net.scratch.path, fs::Permissions::from_mode(0o755)).unwrap();
     let up = net.scratch.path.join("up.sh");
@@ -788,8 +638,8 @@ fn frames_without_a_session_are_counted_and_a_reconnect_replaces_only_its_own_se
     }
     let _shared = not_alone();
     let mut net = HubNet::new();
-    let a = net.site(1);
-    let b = net.site(2);
+    let a = net.site(1, None);
+    let b = net.site(2, None);
     net.write_peers(&[a, b], "bridge=br0");
     let hub = net.hub("");
     let first = net.client(a);

@@ -10,6 +10,8 @@
 // Each test file uses its own subset of the harness.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
