@@ -181,26 +181,7 @@ fn cpu_ticks(pid: u32) -> i64 {
 /// apart. ping waits up to 10 s for every reply (-w): one that comes late
 /// on a busy machine is slow, not lost.
 fn pings_of(ns: &Netns, addr: &str, count: u32) -> Vec<f64> {
-    let out = ns
-        .command("ping")
-        .args(["-n", "-i", "0.01", "-w", "10", "-c"])
-        .arg(count.to_string())
-        .arg(addr)
-        .output()
-        .expect("ping (install iputils-ping)");
-    // "64 bytes from 10.242.1.254: icmp_seq=1 ttl=64 time=0.403 ms"
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (_, time) = line.split_once("time=")?;
-            time.strip_suffix(" ms")?.parse().ok()
-        })
-        .collect()
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    ping_rtts_waiting(ns, addr, count, "0.01", &["-w", "10"])
 }
 
 /// Figures for the reader of the test's output (shown with --nocapture,
@@ -270,7 +251,7 @@ fn a_peer_that_never_reads_does_not_slow_another_peers_pings() {
         backed_up[0] > 0 && backed_up[1] > backed_up[0] && backed_up[2] > backed_up[1],
         "the stalled peer's stream never backed up: {backed_up:?}"
     );
-    let (quiet_p99, loaded_p99) = (median(quiet.clone()), median(loaded.clone()));
+    let (quiet_p99, loaded_p99) = (percentile(&quiet, 50.0), percentile(&loaded, 50.0));
     let bound = (3.0 * quiet_p99).max(quiet_p99 + 5.0);
     report(&format!(
         "ping p99 of another peer (ms), 3 runs: without the flood {quiet:?} (median {quiet_p99}), \

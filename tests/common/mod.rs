@@ -981,9 +981,23 @@ pub fn contrib_wanem() -> String {
 /// `ping -c COUNT -i INTERVAL` from `ns` to `addr`: the round-trip times of the replies, in ms
 /// (fewer than COUNT when some were lost), from ping's own kernel timestamps.
 pub fn ping_rtts(ns: &Netns, addr: &str, count: u32, interval: &str) -> Vec<f64> {
+    ping_rtts_waiting(ns, addr, count, interval, &["-W", "2"])
+}
+
+/// As [`ping_rtts`], with ping's own waiting options (`-W SECS` per reply, or `-w SECS` for
+/// every reply: a late reply is then slow, not lost).
+pub fn ping_rtts_waiting(
+    ns: &Netns,
+    addr: &str,
+    count: u32,
+    interval: &str,
+    wait: &[&str],
+) -> Vec<f64> {
     let out = ns
         .command("ping")
-        .args(["-n", "-W", "2", "-i", interval, "-c"])
+        .args(["-n"])
+        .args(wait)
+        .args(["-i", interval, "-c"])
         .arg(count.to_string())
         .arg(addr)
         .output()
