@@ -348,14 +348,17 @@ pub fn relay<D: PacketDevice>(
 }
 
 /// Puts the calling relay thread under SCHED_BATCH. Each frame wakes the
-/// next thread on its path (the peer's, the device's reader for a reply);
-/// a thread woken as a normal one takes the CPU from its waker at once, and
-/// the waker, preempted a few instructions before it would have slept,
-/// runs again later just to go to sleep: two more context switches per
-/// wake-up, which cost more than the work itself on a virtual machine.
-/// Measured on the 2-CPU bench VM (docs/PERFORMANCE.md): idle ping p50
-/// through the tunnel fell from about 0.25 ms to about 0.15 ms, and the CPU
-/// time per ping of both ends by two fifths.
+/// next thread on its path (the peer's, or this end's device reader for the
+/// reply the kernel makes while the frame is written to the device); a
+/// thread woken as a normal one takes the CPU from its waker at once, and
+/// the waker, preempted a few instructions before it would have slept, runs
+/// again later only to go to sleep: two more context switches per wake-up,
+/// dearer than the work itself on a virtual machine. On the 2-CPU bench VM
+/// this took the CPU time of both ends per idle ping from 0.20-0.23 ms to
+/// 0.11-0.15 ms (docs/PERFORMANCE.md). The price: a woken relay thread does
+/// not preempt another program's thread either, so on a CPU that a
+/// CPU-bound program holds it waits for that program's time slice (a few
+/// ms at most) unless the scheduler finds it an idle CPU.
 fn batch_scheduling() {
     if let Err(e) = sys::set_batch_scheduling() {
         log::debug!("relay thread stays under the normal scheduling policy: {e}");
