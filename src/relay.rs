@@ -1,9 +1,7 @@
 //! The two directions of an established session, and the process's counters
 //! with whether a session is up (the SIGUSR1 line).
 //!
-//! One thread per direction, blocking I/O, each under SCHED_BATCH while its
-//! traffic is sparse, so that waking each other (and the peer) on every
-//! frame costs no preemption (see [`Policy`]):
+//! One thread per direction, blocking I/O:
 //!
 //! - device to stream: read a frame (the device is non-blocking; poll(2)
 //!   only when it is empty), seal it with the next send nonce, and append
@@ -345,49 +343,6 @@ pub fn relay<D: PacketDevice>(
     }
 }
 
-/// A relay thread's scheduling policy, chosen by how long it last slept:
-/// SCHED_BATCH while its traffic is sparse, the normal policy under load.
-///
-/// Each frame wakes the next thread on its path (the peer's, or this end's
-/// device reader for the reply the kernel makes while the frame is written
-/// to the device); a thread woken as a normal one takes the CPU from its
-/// waker at once, and the waker, preempted a few instructions before it
-/// would have slept, runs again later only to go to sleep: two more context
-/// switches per wake-up, dearer than the work itself on a virtual machine.
-/// A woken batch thread waits until its waker sleeps: on the 2-CPU bench VM
-/// this took the CPU time of both ends per idle ping from 0.20-0.26 ms to
-/// 0.11-0.15 ms, and the idle ping p50 down by a fifth or more
-/// (docs/PERFORMANCE.md). But a woken batch thread does not preempt another
-/// program's thread either: behind a CPU-bound one (iperf3 under load) it
-/// waits for that program's time slice, which raised the ping p99 under
-/// load. Hence batch only after a sleep of [`SPARSE`] or more.
-struct Policy {
-    batch: bool,
-}
-
-impl Policy {
-    /// Threads start under the normal policy.
-    fn new() -> Policy {
-        Policy { batch: false }
-    }
-
-    /// The thread has just woken after sleeping `slept`: the policy for its
-    /// next wake-up. A system call only when the policy changes.
-    fn after_sleep(&mut self, slept: Duration) {
-        let batch = slept >= SPARSE;
-        if batch != self.batch {
-            self.batch = batch;
-            if let Err(e) = sys::set_batch_scheduling(batch) {
-                log::debug!("cannot change the relay thread's scheduling policy: {e}");
-            }
-        }
-    }
-}
-
-/// A relay thread that slept this long is not under load: a ping every
-/// 10 ms sleeps 10 ms, a loaded thread wakes every few hundred µs at most.
-const SPARSE: Duration = Duration::from_millis(1);
-
 fn stream_to_device<D: PacketDevice>(
     device: &D,
     mut reader: FrameReader<StreamReader>,
@@ -397,21 +352,13 @@ fn stream_to_device<D: PacketDevice>(
     let mut plain = vec![0u8; OPEN_ROOM];
     // Whether the buffers gave their pages back since the last message.
     let mut released = false;
-    let mut policy = Policy::new();
     loop {
         // A read that starts with nothing held gives up once the stream has
         // been quiet for IDLE_RELEASE, so that the pages can go back.
         let quiet = (!released && reader.is_empty()).then(|| Instant::now() + IDLE_RELEASE);
         reader.get_mut().set_deadline(quiet);
-        let sleeping = reader.is_empty();
-        let asleep = Instant::now();
         let msg = match reader.next_message() {
-            Ok(Some(msg)) => {
-                if sleeping {
-                    policy.after_sleep(asleep.elapsed());
-                }
-                msg
-            }
+            Ok(Some(msg)) => msg,
             Ok(None) => return End::PeerClosed,
             // Or the idle limit: then the next read says so at once.
             Err(e) if e.kind() == io::ErrorKind::TimedOut && !released => {
@@ -476,7 +423,6 @@ fn device_to_stream<D: PacketDevice>(
     let mut dropper = Dropper::default();
     let mut last_send = Instant::now();
     let mut blocked_since: Option<Instant> = None;
-    let mut policy = Policy::new();
     loop {
         if start == end {
             start = 0;
@@ -488,7 +434,6 @@ fn device_to_stream<D: PacketDevice>(
                 &mut out,
                 keepalive_due,
                 stop,
-                &mut policy,
             ) {
                 Ok(used) => end = used,
                 Err(why) => return why,
@@ -667,7 +612,6 @@ fn gather<D: PacketDevice>(
     out: &mut [u8],
     keepalive_due: Option<Instant>,
     stop: &Stop,
-    policy: &mut Policy,
 ) -> Result<usize, End> {
     let mut used = 0;
     let mut dirty = true;
@@ -678,9 +622,8 @@ fn gather<D: PacketDevice>(
             None => {
                 let release_due = dirty.then(|| Instant::now() + IDLE_RELEASE);
                 let due = [keepalive_due, release_due].into_iter().flatten().min();
-                let asleep = Instant::now();
                 match sys::wait_readable(device.raw_fd(), &[stop], due) {
-                    Ok(Wait::Ready) => policy.after_sleep(asleep.elapsed()),
+                    Ok(Wait::Ready) => {}
                     Ok(Wait::Stopped) => return Err(End::Stopped),
                     // Idle for the keepalive interval: an empty message.
                     Ok(Wait::TimedOut) if due == keepalive_due => return Ok(sealer.keepalive(out)),
@@ -888,125 +831,6 @@ mod tests {
             b.counters.frames_in.load(Ordering::Relaxed),
             sizes.len() as u64 + 1
         );
-    }
-
-    /// The scheduling policy of the calling thread (/proc's field 41:
-    /// 0 normal, 3 batch).
-    fn own_policy() -> u32 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
-        // Field 3 (the state) is the first after the name.
-        after_name
-            .split_whitespace()
-            .nth(41 - 3)
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    /// A fake device that notes the scheduling policy of the threads that
-    /// read and write it.
-    struct Watched {
-        inner: FakeDevice,
-        readers: std::sync::Mutex<Vec<u32>>,
-        writers: std::sync::Mutex<Vec<u32>>,
-    }
-
-    impl PacketDevice for Watched {
-        fn raw_fd(&self) -> std::os::fd::RawFd {
-            self.inner.raw_fd()
-        }
-        fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-            self.readers.lock().unwrap().push(own_policy());
-            self.inner.recv(buf)
-        }
-        fn send(&self, packet: &[u8]) -> io::Result<usize> {
-            self.writers.lock().unwrap().push(own_policy());
-            self.inner.send(packet)
-        }
-        fn vnet_hdr(&self) -> bool {
-            false
-        }
-    }
-
-    #[test]
-    fn relay_threads_that_slept_long_run_under_the_batch_policy() {
-        let (ti, tr) = transports();
-        let (sa, sb) = UnixStream::pair().unwrap();
-        let (a, b) = (end(), end());
-        let (socket, outside) = UnixDatagram::pair().unwrap();
-        socket.set_nonblocking(true).unwrap();
-        outside
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let watched = Watched {
-            inner: FakeDevice {
-                socket,
-                vnet: false,
-            },
-            readers: Default::default(),
-            writers: Default::default(),
-        };
-        assert_eq!(own_policy(), 0, "the test itself runs as a normal thread");
-        std::thread::scope(|s| {
-            let ra = s.spawn(|| {
-                let stream = Stream::socket(sa.into(), "test".into()).unwrap();
-                let (framed, closer) = stream.split(std::slice::from_ref(&a.stop)).unwrap();
-                let channel =
-                    Channel::resume(ti.clone(), 0, 0, Framing::Plain, vnet::Kind::Ethernet);
-                relay(
-                    &watched,
-                    framed,
-                    &closer,
-                    channel,
-                    None,
-                    &a.stop,
-                    &a.counters,
-                )
-            });
-            let rb = s.spawn(|| run(&b, sb, &tr));
-            let mut got = [0u8; 16];
-            // Each frame after a pause much longer than SPARSE, as pings
-            // every 10 ms come.
-            let pause = SPARSE * 20;
-            std::thread::sleep(pause);
-            outside.send(b"out").unwrap();
-            let n = b.outside.recv(&mut got).unwrap();
-            assert_eq!(&got[..n], b"out");
-            std::thread::sleep(pause);
-            b.outside.send(b"in").unwrap();
-            let n = outside.recv(&mut got).unwrap();
-            assert_eq!(&got[..n], b"in");
-            a.stop.trigger();
-            assert!(matches!(ra.join().unwrap(), End::Stopped));
-            assert!(matches!(rb.join().unwrap(), End::PeerClosed));
-        });
-        const SCHED_BATCH: u32 = 3;
-        let readers = watched.readers.into_inner().unwrap();
-        let writers = watched.writers.into_inner().unwrap();
-        // The reader's first read comes before any sleep (normal); every
-        // one after its wake-up is batch, and so is the writer's.
-        assert!(
-            readers.last() == Some(&SCHED_BATCH) && writers == [SCHED_BATCH],
-            "policies of the device's reader {readers:?} and writer {writers:?}"
-        );
-    }
-
-    #[test]
-    fn the_policy_is_batch_after_a_sparse_sleep_and_normal_after_a_short_one() {
-        const SCHED_BATCH: u32 = 3;
-        let mut policy = Policy::new();
-        assert_eq!(own_policy(), 0);
-        policy.after_sleep(SPARSE);
-        assert_eq!(own_policy(), SCHED_BATCH);
-        policy.after_sleep(SPARSE * 10);
-        assert_eq!(own_policy(), SCHED_BATCH);
-        policy.after_sleep(SPARSE / 10);
-        assert_eq!(own_policy(), 0, "under load, back to normal");
-        policy.after_sleep(SPARSE * 2);
-        assert_eq!(own_policy(), SCHED_BATCH);
-        policy.after_sleep(Duration::ZERO);
-        assert_eq!(own_policy(), 0);
     }
 
     #[test]

@@ -1129,25 +1129,3 @@ pub fn tcp_delivery_rate(fd: RawFd) -> io::Result<u64> {
     // An older kernel fills less: the fields past `len` stay zero.
     Ok(info.tcpi_delivery_rate)
 }
-
-/// Puts the calling thread under SCHED_BATCH (`on`) or back under the
-/// normal policy, with the same share of the CPU and nice value either way.
-/// A batch thread that is woken does not preempt the thread running on its
-/// CPU: it waits until that one sleeps or its time slice ends.
-///
-/// # Errors
-/// sched_setscheduler(2)'s (none is expected: any thread may switch
-/// between these two).
-pub fn set_batch_scheduling(on: bool) -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    let policy = if on {
-        libc::SCHED_BATCH
-    } else {
-        libc::SCHED_OTHER
-    };
-    // SAFETY: pid 0 is the calling thread; `param` is a live struct.
-    if unsafe { libc::sched_setscheduler(0, policy, &param) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
