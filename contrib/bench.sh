@@ -37,9 +37,13 @@
 #                      40 ms RTT, 0.1 % loss, 150 ms queue; wan: 100 Mbit/s,
 #                      10 ms, no loss, 50 ms; mobile: 5 Mbit/s, 120 ms, 1 %,
 #                      500 ms) and any further wanem.py options, as one word:
-#                      --wan 'dsl --loss 0'. Every iperf3 flow then uses cubic
-#                      (-C cubic), as most hosts do; throughput is in Mbit/s.
+#                      --wan 'dsl --loss 0'. Throughput is then in Mbit/s.
 #                      Use --time 20 or more: slow start takes seconds there.
+#     --inner ALG      the congestion control of every iperf3 flow, through
+#                      the tunnels and over the bare link (iperf3 -C ALG):
+#                      default cubic, the default of most hosts (this
+#                      machine's may differ; root may ask per socket);
+#                      "system" for the system's default
 #     --nice N         run everything the benchmark starts (tunnels, iperf3,
 #                      ping) at niceness N, e.g. -10 on a machine busy with
 #                      other work: the figures are then the tunnels', not
@@ -146,6 +150,7 @@ brief=0
 install=0
 niceness=""
 wan=""
+inner=cubic
 hub=""
 while (($#)); do
     case $1 in
@@ -161,6 +166,7 @@ while (($#)); do
         --brief) brief=1 ;;
         --install) install=1 ;;
         --nice) niceness=${2:?--nice needs a niceness}; shift ;;
+        --inner) inner=${2:?--inner needs an algorithm, or system}; shift ;;
         --memory) memory_only=1 ;;
         --perf) perf_dir=${2:?--perf needs a folder}; shift ;;
         --wan) wan=${2:?--wan needs a link: dsl, wan or mobile}; shift ;;
@@ -172,6 +178,7 @@ while (($#)); do
 done
 [[ $duration =~ ^[1-9][0-9]*$ ]] || missing "--time wants whole seconds, not '$duration'"
 [[ $pings =~ ^[1-9][0-9]*$ ]] || missing "--pings wants a count, not '$pings'"
+[[ $inner =~ ^[a-z0-9_]+$ ]] || missing "--inner wants an algorithm's name (cubic, bbr, reno) or system, not '$inner'"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || missing "--rounds wants a count, not '$rounds'"
 [[ -z $niceness || $niceness =~ ^-?[0-9]+$ ]] || missing "--nice wants a niceness (-20 to 19), not '$niceness'"
 # Output files are given relative to where the script was started.
@@ -394,10 +401,11 @@ in_a() { ip netns exec "$ns_a" "$@"; }
 in_b() { ip netns exec "$ns_b" "$@"; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/taptun-bench.XXXXXX")
-# Over an emulated WAN, the flows use cubic, the default of most hosts (this
-# machine's own default may differ); root may ask for it per socket.
+# The flows use cubic, the default of most hosts, unless --inner says
+# otherwise (this machine's own default may differ); root may ask for it
+# per socket.
 congestion=()
-[[ -n $wan ]] && congestion=(-C cubic)
+[[ $inner == system ]] || congestion=(-C "$inner")
 results="$tmp/results"
 mkdir "$results"
 
@@ -869,7 +877,7 @@ command -v openvpn >/dev/null && openvpn_version=$(openvpn --version 2>/dev/null
 
 BENCH_ORDER="${order[*]}" BENCH_CPU=$cpu_model BENCH_LOAD_BEFORE=$machine_load_before \
     BENCH_LOAD_AFTER=$machine_load_after BENCH_SECONDS=$duration BENCH_PINGS=$pings BENCH_ROUNDS=$rounds \
-    BENCH_TAPTUN=$taptun_version BENCH_OPENVPN=$openvpn_version BENCH_WAN=$wan BENCH_NICE=$niceness \
+    BENCH_TAPTUN=$taptun_version BENCH_OPENVPN=$openvpn_version BENCH_WAN=$wan BENCH_NICE=$niceness BENCH_INNER=$inner \
     python3 - "$results" "$json_out" "$markdown_out" <<'PYTHON' 3>&- 4>&-
 import json, os, re, statistics, sys
 
@@ -895,7 +903,8 @@ meta = {
 wan = env.get("BENCH_WAN", "")
 if wan:
     meta["settings"]["wan"] = wan
-    meta["settings"]["congestion"] = "cubic"
+meta["settings"]["congestion"] = env["BENCH_INNER"]
+
 rate_unit, rate_scale, rate_digits = ("Mbit/s", 1e6, 1) if wan else ("Gbit/s", 1e9, 2)
 labels = {
     "veth": "raw TCP over the link" if wan else "raw veth",
@@ -1095,7 +1104,8 @@ if rows:
     text = render(["", *[h for _, h, _, _ in columns]], ["", *[u for _, _, u, _ in columns]], lines)
     legend = [
         machine_line,
-        *([f"link: wanem.py --link {wan} between the namespaces; every iperf3 flow with -C cubic"] if wan else []),
+        *([f"link: wanem.py --link {wan} between the namespaces"] if wan else []),
+        f"every iperf3 flow with congestion control {meta['settings']['congestion']}",
         f"iperf3 {meta['settings']['iperf3_seconds']} s per run; up = client to server, down = -R; 1 or 4 streams; "
         f"ping: {meta['settings']['pings']} pings 10 ms apart, idle and under one up stream; "
         "link: pings beside those under load to the far end's address outside the tunnel",

@@ -49,6 +49,7 @@ mod hub;
 mod keys;
 mod local;
 mod log;
+mod pacing;
 mod peers;
 mod proxy;
 mod relay;

@@ -1102,13 +1102,23 @@ pub fn bind_unix_private(path: &std::path::Path) -> io::Result<std::os::unix::ne
     bound
 }
 
-/// The rate at which a TCP socket's peer has lately been acknowledging data
-/// (tcp_info's delivery rate), in bytes a second: `Ok(0)` when the kernel
-/// has no sample yet or predates the field.
+/// What a TCP socket's tcp_info says about its path.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpInfo {
+    /// Smoothed round-trip time, µs.
+    pub rtt_us: u32,
+    /// The least round-trip time seen, µs (0 on kernels before 4.10).
+    pub min_rtt_us: u32,
+    /// The rate at which the peer has lately been acknowledging data, in
+    /// bytes a second (0 without a sample, or before Linux 4.9).
+    pub delivery_rate: u64,
+}
+
+/// A TCP socket's tcp_info.
 ///
 /// # Errors
 /// getsockopt(2)'s errors (EOPNOTSUPP or ENOPROTOOPT when `fd` is not TCP).
-pub fn tcp_delivery_rate(fd: RawFd) -> io::Result<u64> {
+pub fn tcp_info(fd: RawFd) -> io::Result<TcpInfo> {
     // SAFETY: tcp_info is plain integers, for which all zeros is valid.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -1127,5 +1137,52 @@ pub fn tcp_delivery_rate(fd: RawFd) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     // An older kernel fills less: the fields past `len` stay zero.
-    Ok(info.tcpi_delivery_rate)
+    Ok(TcpInfo {
+        rtt_us: info.tcpi_rtt,
+        min_rtt_us: info.tcpi_min_rtt,
+        delivery_rate: info.tcpi_delivery_rate,
+    })
+}
+
+/// How many bytes a TCP socket holds that it has not sent yet
+/// (SIOCOUTQNSD).
+///
+/// # Errors
+/// ioctl(2)'s.
+pub fn tcp_unsent_bytes(fd: RawFd) -> io::Result<u32> {
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: SIOCOUTQNSD writes one int through the pointer, which points
+    // at a live c_int.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCOUTQNSD, &mut unsent) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u32::try_from(unsent).unwrap_or(0))
+}
+
+/// SO_MAX_PACING_RATE (asm-generic/socket.h; libc does not export it).
+const SO_MAX_PACING_RATE: libc::c_int = 47;
+
+/// Caps the rate at which the kernel paces a socket's sending, in bytes a
+/// second (`u64::MAX`: no cap). On TCP this also turns on the kernel's own
+/// pacing, so it needs no fq qdisc.
+///
+/// # Errors
+/// setsockopt(2)'s.
+pub fn set_max_pacing_rate(fd: RawFd, rate: u64) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live u64 and its exact size (the kernel
+    // takes a 64-bit rate when given 8 bytes).
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_MAX_PACING_RATE,
+            (&rate as *const u64).cast(),
+            std::mem::size_of::<u64>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -21,6 +21,7 @@ use crate::child::{self, Child};
 use crate::error::Error;
 use crate::frame::{self, FrameReader};
 use crate::handshake::MessageIo;
+use crate::pacing::{Pacer, Sample};
 use crate::stream_error::Stopped;
 use crate::sys::{self, Stop, Wait};
 
@@ -104,9 +105,9 @@ pub struct StreamWriter {
     deadline: Option<Instant>,
     /// Writes fail with `TimedOut` when nothing can be written for this long.
     stall: Option<Duration>,
-    /// The TCP_NOTSENT_LOWAT last set, and when it was last fitted to the
-    /// delivery rate; `None` when the stream is no TCP socket.
-    unsent: Option<(u32, Instant)>,
+    /// How the writer fits a TCP carrier to its link; `None` when the
+    /// stream is no TCP socket (or its tcp_info cannot be read).
+    carrier: Option<Carrier>,
 }
 
 impl StreamWriter {
@@ -124,9 +125,25 @@ impl StreamWriter {
 
     /// One non-blocking write: `WouldBlock` when the stream is backed up.
     ///
+    /// On a carrier slower than [`UNSENT_LOW_WATER`] takes 5 ms to send,
+    /// the write leaves at most the unsent limit unsent: TCP_NOTSENT_LOWAT
+    /// only says when the socket is writable, and a write then fills the
+    /// last segment-to-be up to 64 KiB, which is 26 ms at 20 Mbit/s.
+    ///
     /// # Errors
     /// The stream's write errors, `WouldBlock` included.
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut buf = buf;
+        if let Some(carrier) = &self.carrier
+            && carrier.unsent < UNSENT_LOW_WATER
+            && let Ok(unsent) = sys::tcp_unsent_bytes(self.file.as_raw_fd())
+        {
+            let room = carrier.unsent.saturating_sub(unsent) as usize;
+            if room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            buf = &buf[..buf.len().min(room)];
+        }
         loop {
             match (&self.file).write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -135,42 +152,108 @@ impl StreamWriter {
         }
     }
 
+    /// The carrier's smoothed round-trip time when last sampled (TCP only).
+    pub fn round_trip(&self) -> Option<Duration> {
+        self.carrier.as_ref().and_then(|c| c.rtt)
+    }
+
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         self.file.as_raw_fd()
     }
 
-    /// Fits TCP_NOTSENT_LOWAT to the rate at which the carrier delivers now
-    /// (at most every [`UNSENT_REFIT`]; call it while the stream is backed
-    /// up, when that rate is the link's): a fixed 128 KiB is 0.1 ms at
-    /// 10 Gbit/s but 50 ms at 20 Mbit/s, a queue that every frame, pings
-    /// included, would wait behind.
-    pub fn fit_unsent_to_rate(&mut self) {
-        let Some((limit, fitted)) = self.unsent else {
+    /// Fits the carrier to the link, from what its socket says (tcp_info,
+    /// read at most every [`CARRIER_SAMPLE`]); call it after writes, and
+    /// while the stream is `backed_up`:
+    ///
+    /// - TCP_NOTSENT_LOWAT follows the delivery rate (while backed up, when
+    ///   that rate is the link's; at most every [`UNSENT_REFIT`]): a fixed
+    ///   128 KiB is 0.1 ms at 10 Gbit/s but 50 ms at 20 Mbit/s, a queue that
+    ///   every frame, pings included, would wait behind;
+    /// - the pacing ceiling keeps the link's bottleneck queue short
+    ///   ([`Pacer`]).
+    pub fn fit_to_carrier(&mut self, backed_up: bool) {
+        let Some(carrier) = &mut self.carrier else {
             return;
         };
         let now = Instant::now();
-        if now < fitted + UNSENT_REFIT {
+        carrier.waited |= backed_up;
+        if now < carrier.sampled + CARRIER_SAMPLE {
             return;
         }
+        carrier.sampled = now;
+        // Backed up at any time since the last sample: a backed-up writer
+        // alternates waits with writes, and either may come to sample.
+        let backed_up = std::mem::take(&mut carrier.waited);
         let fd = self.file.as_raw_fd();
-        let fit = match sys::tcp_delivery_rate(fd) {
-            Ok(0) => limit,
-            Ok(rate) => unsent_for_rate(rate),
+        let info = match sys::tcp_info(fd) {
+            Ok(info) => info,
             Err(e) => {
-                log::debug!("TCP_INFO not available, the unsent limit stays: {e}");
-                self.unsent = None;
+                log::debug!("TCP_INFO not available, the carrier is left as it is: {e}");
+                self.carrier = None;
                 return;
             }
         };
-        if fit != limit
-            && let Err(e) = sys::set_tcp_notsent_lowat(fd, fit)
-        {
-            log::debug!("TCP_NOTSENT_LOWAT not changed: {e}");
-            self.unsent = None;
-            return;
+        if backed_up && info.delivery_rate > 0 && now >= carrier.fitted + UNSENT_REFIT {
+            carrier.fitted = now;
+            let fit = unsent_for_rate(info.delivery_rate);
+            if fit != carrier.unsent {
+                match sys::set_tcp_notsent_lowat(fd, fit) {
+                    Ok(()) => carrier.unsent = fit,
+                    Err(e) => log::debug!("TCP_NOTSENT_LOWAT not changed: {e}"),
+                }
+            }
         }
-        self.unsent = Some((fit, now));
+        carrier.rtt = (info.rtt_us > 0).then(|| Duration::from_micros(info.rtt_us.into()));
+        let sample = Sample {
+            rtt: Duration::from_micros(info.rtt_us.into()),
+            min_rtt: Duration::from_micros(info.min_rtt_us.into()),
+            delivery_rate: info.delivery_rate,
+        };
+        if let Some(cap) = carrier.pacer.update(sample, backed_up, now) {
+            log::trace!("carrier pacing ceiling {cap:?} bytes/s ({sample:?})");
+            if let Err(e) = sys::set_max_pacing_rate(fd, cap.unwrap_or(u64::MAX)) {
+                log::debug!("SO_MAX_PACING_RATE not set, the carrier goes unpaced: {e}");
+                carrier.pacer = Pacer::disabled();
+            }
+        }
+        if carrier.bbr && carrier.pacer.refresh_bbr(sample, now) {
+            carrier.bbr = restart_bbr(&self.file);
+        }
     }
+}
+
+/// What the writer keeps to fit a TCP carrier to its link.
+struct Carrier {
+    /// The TCP_NOTSENT_LOWAT last set, and when it was last fitted.
+    unsent: u32,
+    fitted: Instant,
+    /// When tcp_info was last read.
+    sampled: Instant,
+    /// Whether the writer waited for the carrier since then.
+    waited: bool,
+    /// Its smoothed RTT then.
+    rtt: Option<Duration>,
+    pacer: Pacer,
+    /// Whether the carrier runs bbr, which the pacer may start afresh.
+    bbr: bool,
+}
+
+/// Starts a bbr socket's congestion control afresh, by way of reno (setting
+/// the algorithm it already has does nothing): bbr then takes the kernel's
+/// least RTT as just measured, and skips the ProbeRTT it would otherwise
+/// enter ([`crate::pacing`]). Returns whether to do so again (not after a
+/// failure: the socket keeps whatever it has).
+fn restart_bbr(file: &File) -> bool {
+    let socket = socket2::SockRef::from(file);
+    let restarted = socket
+        .set_tcp_congestion(b"reno")
+        .and_then(|()| socket.set_tcp_congestion(b"bbr"));
+    if let Err(e) = restarted {
+        log::debug!("the carrier's bbr was not restarted: {e}");
+        return false;
+    }
+    log::trace!("the carrier's bbr restarted");
+    true
 }
 
 /// TCP_NOTSENT_LOWAT for a carrier that delivers `rate` bytes a second:
@@ -380,13 +463,23 @@ impl Stream {
             idle: None,
             heard: Instant::now(),
         };
-        let unsent = is_tcp(&self.write).then(|| (UNSENT_LOW_WATER, Instant::now()));
+        let carrier = is_tcp(&self.write).then(|| Carrier {
+            unsent: UNSENT_LOW_WATER,
+            fitted: Instant::now(),
+            sampled: Instant::now(),
+            waited: false,
+            rtt: None,
+            pacer: Pacer::default(),
+            bbr: socket2::SockRef::from(&self.write)
+                .tcp_congestion()
+                .is_ok_and(|alg| alg.starts_with(b"bbr\0") || alg == b"bbr"),
+        });
         let writer = StreamWriter {
             file: File::from(self.write),
             stops: stops.to_vec(),
             deadline: None,
             stall: None,
-            unsent,
+            carrier,
         };
         let framed = Framed {
             // Small while the handshake runs (a server may have 64 of them);
@@ -404,7 +497,7 @@ impl Stream {
 /// then drops new frames at the tunnel's ingress instead of queueing them,
 /// so a saturated tunnel does not build seconds of delay. This is the most,
 /// set at the start and kept on fast links; a slower carrier gets
-/// [`UNSENT_TIME`] of its delivery rate ([`StreamWriter::fit_unsent_to_rate`]).
+/// [`UNSENT_TIME`] of its delivery rate ([`StreamWriter::fit_to_carrier`]).
 pub const UNSENT_LOW_WATER: u32 = 128 * 1024;
 /// The least unsent limit: a dozen full-size segments, so that the writer,
 /// woken late on a busy machine, still finds the carrier with data to send.
@@ -413,6 +506,8 @@ const UNSENT_LOW_WATER_MIN: u32 = 16 * 1024;
 const UNSENT_TIME: Duration = Duration::from_millis(5);
 /// How often the unsent limit follows the delivery rate, at most.
 const UNSENT_REFIT: Duration = Duration::from_millis(100);
+/// How often a backed-up writer reads the carrier's tcp_info, at most.
+const CARRIER_SAMPLE: Duration = Duration::from_millis(5);
 
 /// Sets TCP_NOTSENT_LOWAT (not TCP, or an old kernel: nothing happens).
 fn limit_unsent(socket: &impl AsRawFd) {
@@ -1190,6 +1285,47 @@ mod tests {
         // 10 Gbit/s: the ceiling, as before the limit followed the rate.
         assert_eq!(unsent_for_rate(1_250_000_000), UNSENT_LOW_WATER);
         assert_eq!(unsent_for_rate(u64::MAX), UNSENT_LOW_WATER);
+    }
+
+    #[test]
+    fn a_slow_carriers_writer_leaves_no_more_than_the_unsent_limit_unsent() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (receiver, _) = listener.accept().unwrap();
+        // A peer that does not read: once its window is full, whatever is
+        // written stays unsent.
+        socket2::SockRef::from(&receiver)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let stream = Stream::tcp(sender, "test".into()).unwrap();
+        let (mut framed, _closer) = stream.split(&[]).unwrap();
+        let writer = &mut framed.writer;
+        let limit = UNSENT_LOW_WATER_MIN;
+        writer.carrier.as_mut().unwrap().unsent = limit;
+        sys::set_tcp_notsent_lowat(writer.raw_fd(), limit).unwrap();
+        let chunk = vec![0u8; 256 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut most = 0;
+        while Instant::now() < deadline {
+            match writer.try_write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+            let unsent = sys::tcp_unsent_bytes(writer.raw_fd()).unwrap();
+            most = most.max(unsent);
+            if most > 0 && writer.try_write(&chunk).is_err() {
+                break;
+            }
+        }
+        assert!(most > 0, "nothing stayed unsent");
+        assert!(
+            most <= limit,
+            "{most} bytes unsent, over the limit of {limit}"
+        );
+        drop(receiver);
     }
 
     #[test]

@@ -1,0 +1,372 @@
+//! The carrier's pace: a ceiling on the rate at which taptun's TCP
+//! connection sends, kept just under the link's, so that the link's
+//! bottleneck queue stays short whatever the congestion control.
+//!
+//! A congestion control that reacts to loss (cubic) fills the bottleneck's
+//! queue until it overflows; bbr v1 keeps up to twice the bandwidth-delay
+//! product in flight. Every frame in the tunnel, pings included, waits
+//! behind that queue, and the inner TCP flows cannot see it (the carrier
+//! hides the link's drops). The [`Pacer`] watches the carrier's own round
+//! trip: when its smoothed RTT exceeds its least RTT by more than a target
+//! (the link's queue), it caps the carrier's pacing rate (SO_MAX_PACING_RATE)
+//! a little under the rate the peer acknowledges; while the queue stays
+//! short it raises the cap by a few per cent a round trip, probing for more,
+//! and drops it once it no longer binds. The inner flows then queue in
+//! taptun, where the sojourn-time drop (relay.rs) tells them to slow down.
+//!
+//! No I/O here: the writer (transport.rs) reads tcp_info and applies the
+//! cap.
+
+use std::time::{Duration, Instant};
+
+/// The queue the link may keep, beyond a quarter of the least RTT: a
+/// carrier that never queues at the bottleneck cannot keep it busy, and a
+/// host's own scheduling adds a few ms to a fast link's RTT under load.
+const QUEUE_TARGET: Duration = Duration::from_millis(5);
+/// The receiver delays its acknowledgement of a lone segment (for up to
+/// 40 ms, until a second one arrives): at a low rate the RTT then grows by
+/// the time this many bytes take, which is no queue.
+const DELAYED_ACK_BYTES: u64 = 2 * 1448;
+/// A cut sets the cap to this share of the delivery rate (per mille): the
+/// queue then drains at a tenth of the link's rate.
+const CUT_PER_MILLE: u64 = 900;
+/// While the queue stays short the cap rises by this share (per mille)
+/// once a round trip. (Rises that doubled with each one in a row, to come
+/// back faster from a cap far below the link's rate, overshot the mobile
+/// link's queue to a ping p99 of 721 ms against 382.)
+const RISE_PER_MILLE: u64 = 1050;
+/// Once the cap is this many times the delivery rate it no longer binds,
+/// and it is lifted.
+const LIFT_FACTOR: u64 = 4;
+/// The least cap (bytes a second): below it the link is too slow for a
+/// ceiling to matter (no carrier is paced below 256 kbit/s).
+const MIN_CAP: u64 = 32_000;
+/// The shortest interval between two decisions, whatever the RTT.
+const TICK: Duration = Duration::from_millis(20);
+/// The shortest interval between two cuts: long enough for a queue that
+/// drains at a tenth of the rate to show it (10 ms shorter).
+const CUT_GAP: Duration = Duration::from_millis(100);
+/// Cuts in a row that may leave the queue as long as it was before the
+/// pacer takes it for no queue of its making: the first may not bind when
+/// the delivery rate it starts from was a burst above the link's, but
+/// three (0.73 of it) do, and a queue that still stays is not the
+/// carrier's.
+const FUTILE_CUTS: u8 = 3;
+/// How much shorter the RTT must be after a cut for the cut to count.
+const DRAINED: Duration = Duration::from_millis(1);
+/// bbr v1 takes its least RTT as stale after 10 s and then shrinks its
+/// window to 4 segments for 200 ms and a round trip (ProbeRTT), to see the
+/// path with an empty queue: a stall that every frame in the tunnel waits
+/// out, the worst of its ping times. While the ceiling keeps the queue
+/// short, the pacer sees the empty path itself, and tells bbr so (by
+/// starting it afresh, which takes the kernel's least RTT as new) this often.
+const BBR_REFRESH: Duration = Duration::from_secs(8);
+/// The path's RTT without a queue is the least smoothed RTT of the last one
+/// to two of these: a route that lengthens the path is learnt within two,
+/// where the kernel's own least RTT (tcpi_min_rtt) keeps the old one for
+/// five minutes and would look like a standing queue all that time.
+const BASE_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the carrier's socket says about its path (tcp_info).
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// The smoothed round-trip time.
+    pub rtt: Duration,
+    /// The least round-trip time seen: the path without a queue.
+    pub min_rtt: Duration,
+    /// Bytes a second the peer lately acknowledged.
+    pub delivery_rate: u64,
+}
+
+/// The cap on the carrier's pacing rate: `None` for no cap.
+pub type Cap = Option<u64>;
+
+/// The pacing ceiling of one carrier; feed it [`Sample`]s while the carrier
+/// is backed up (its rate is then the link's, or the cap's).
+#[derive(Debug, Default)]
+pub struct Pacer {
+    /// The socket refused a cap: never try again.
+    off: bool,
+    cap: Cap,
+    /// No new cut before this: the last one's effect is not visible yet.
+    next_cut: Option<Instant>,
+    /// The RTT when the cap was last cut, while the queue stays long, and
+    /// how many cuts in a row did not shorten it.
+    cut_rtt: Option<Duration>,
+    futile: u8,
+    /// No rise before this.
+    next_rise: Option<Instant>,
+    /// The least RTT of this window and of the one before, and when this
+    /// one began.
+    base: [Option<Duration>; 2],
+    window: Option<Instant>,
+    /// When bbr was last started afresh.
+    refreshed: Option<Instant>,
+}
+
+impl Pacer {
+    /// A pacer that never sets a cap (for a socket that refused one).
+    pub fn disabled() -> Pacer {
+        Pacer {
+            off: true,
+            ..Pacer::default()
+        }
+    }
+
+    /// The cap to set now, if it changes. Feed it samples whenever the
+    /// carrier sends: a queue also builds while the writer keeps up (bbr's
+    /// start-up, an inner flow's slow start), but the cap may only bind,
+    /// and so only rises, while the writer is `backed_up`.
+    ///
+    /// A queue on the way back (the acknowledgements' path, loaded by the
+    /// peer's sending) lengthens the RTT too, and no cap on this side can
+    /// shorten it: such a queue is the peer's to keep short, and when it
+    /// is long, the cuts here are futile and the cap is lifted.
+    pub fn update(&mut self, s: Sample, backed_up: bool, now: Instant) -> Option<Cap> {
+        if self.off || s.rtt.is_zero() {
+            return None;
+        }
+        let base = self.base(s, now);
+        if s.delivery_rate == 0 {
+            return None;
+        }
+        let queue = s.rtt.saturating_sub(base);
+        // The smoothed RTT shows a change about one RTT after it happened.
+        let settle = now + s.rtt.max(TICK);
+        let ack_delay = Duration::from_micros(DELAYED_ACK_BYTES * 1_000_000 / s.delivery_rate);
+        if queue > QUEUE_TARGET + base / 4 + ack_delay {
+            if self.next_cut.is_some_and(|t| now < t) {
+                return None;
+            }
+            // By a millisecond at least: not by the smoothed RTT's noise.
+            let shortened = self.cut_rtt.is_none_or(|rtt| s.rtt + DRAINED < rtt);
+            if shortened {
+                self.futile = 0;
+            } else {
+                self.futile += 1;
+                if self.futile >= FUTILE_CUTS {
+                    // The queue is not ours but a longer path, other flows'
+                    // queue at the bottleneck, or one on the way back. Take
+                    // the RTT as it is, and lift the cap, rather than starve
+                    // the carrier.
+                    self.base = [Some(s.rtt), None];
+                    self.window = Some(now);
+                    self.cut_rtt = None;
+                    self.futile = 0;
+                    return self.cap.take().map(|_| None);
+                }
+            }
+            let cut = (s.delivery_rate / 1000 * CUT_PER_MILLE).max(MIN_CAP);
+            let cap = self.cap.map_or(cut, |cap| cap.min(cut));
+            self.cap = Some(cap);
+            self.cut_rtt = Some(s.rtt);
+            // Let the queue drain (at a tenth of the rate) before judging
+            // again.
+            let drained = now + (s.rtt * 2).max(CUT_GAP);
+            self.next_cut = Some(drained);
+            self.next_rise = Some(drained);
+            return Some(self.cap);
+        }
+        self.cut_rtt = None;
+        self.futile = 0;
+        let cap = self.cap?;
+        if !backed_up || self.next_rise.is_some_and(|t| now < t) {
+            return None;
+        }
+        self.next_rise = Some(settle);
+        let risen = cap / 1000 * RISE_PER_MILLE + 1;
+        self.cap = (risen < s.delivery_rate.saturating_mul(LIFT_FACTOR)).then_some(risen);
+        Some(self.cap)
+    }
+
+    /// Whether to start the carrier's bbr afresh now, sparing it a ProbeRTT
+    /// ([`BBR_REFRESH`]): only while the ceiling binds (bbr's start-up then
+    /// cannot overshoot it), the queue is short, and the kernel's least RTT,
+    /// which bbr takes on starting, is still the path's.
+    pub fn refresh_bbr(&mut self, s: Sample, now: Instant) -> bool {
+        let Some(base) = self.base[0] else {
+            return false;
+        };
+        let fresh = s.min_rtt + (s.min_rtt / 10).max(Duration::from_millis(1));
+        let due = self
+            .refreshed
+            .is_none_or(|t| now.saturating_duration_since(t) >= BBR_REFRESH);
+        if self.off || self.cap.is_none() || self.cut_rtt.is_some() || !due || base > fresh {
+            return false;
+        }
+        self.refreshed = Some(now);
+        true
+    }
+
+    /// The path's RTT without a queue: the least of the windows' least RTTs,
+    /// and never less than the kernel's least RTT.
+    fn base(&mut self, s: Sample, now: Instant) -> Duration {
+        if self
+            .window
+            .is_none_or(|began| now.saturating_duration_since(began) >= BASE_WINDOW)
+        {
+            self.window = Some(now);
+            self.base = [None, self.base[0]];
+        }
+        let least = self.base[0].map_or(s.rtt, |b| b.min(s.rtt));
+        self.base[0] = Some(least);
+        let base = self.base[1].map_or(least, |b| b.min(least));
+        base.max(s.min_rtt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rtt_ms: u64, min_ms: u64, rate: u64) -> Sample {
+        Sample {
+            rtt: Duration::from_millis(rtt_ms),
+            min_rtt: Duration::from_millis(min_ms),
+            delivery_rate: rate,
+        }
+    }
+
+    const MBIT20: u64 = 2_500_000;
+
+    impl Pacer {
+        /// A backed-up carrier whose base RTT is its least RTT.
+        fn update_(&mut self, s: Sample, now: Instant) -> Option<Cap> {
+            self.base = [Some(s.min_rtt), None];
+            self.window = Some(now);
+            self.update(s, true, now)
+        }
+    }
+
+    #[test]
+    fn a_short_queue_sets_no_cap() {
+        let mut p = Pacer::default();
+        let now = Instant::now();
+        // 40 ms path, 14 ms of queue: within 5 + 40/4.
+        assert_eq!(p.update_(sample(54, 40, MBIT20), now), None);
+        assert_eq!(p.cap, None);
+    }
+
+    #[test]
+    fn a_standing_queue_caps_under_the_delivery_rate_once_a_round_trip() {
+        let mut p = Pacer::default();
+        let now = Instant::now();
+        assert_eq!(
+            p.update_(sample(100, 40, MBIT20), now),
+            Some(Some(2_250_000))
+        );
+        // The queue cannot have drained yet: no second cut.
+        let soon = now + Duration::from_millis(150);
+        assert_eq!(p.update_(sample(90, 40, MBIT20), soon), None);
+        // Two round trips on, shorter but still long: cut again, under the
+        // last cap.
+        let later = now + Duration::from_millis(250);
+        assert_eq!(
+            p.update_(sample(90, 40, 2_200_000), later),
+            Some(Some(1_980_000))
+        );
+    }
+
+    #[test]
+    fn the_cap_rises_while_the_queue_stays_short_and_lifts_once_it_no_longer_binds() {
+        let mut p = Pacer::default();
+        let mut now = Instant::now();
+        p.update_(sample(100, 40, MBIT20), now);
+        let mut caps = Vec::new();
+        for _ in 0..100 {
+            now += Duration::from_millis(200);
+            if let Some(cap) = p.update_(sample(41, 40, MBIT20), now) {
+                caps.push(cap);
+            }
+        }
+        let rising: Vec<u64> = caps.iter().map_while(|c| *c).collect();
+        assert!(rising.windows(2).all(|w| w[1] > w[0]), "{caps:?}");
+        assert!(rising[0] > 2_250_000 && rising[0] < 2_400_000, "{caps:?}");
+        assert_eq!(caps.last(), Some(&None), "{caps:?}");
+        assert_eq!(p.update_(sample(41, 40, MBIT20), now), None);
+    }
+
+    #[test]
+    fn no_cap_below_the_floor_nor_without_a_measurement() {
+        let mut p = Pacer::default();
+        let now = Instant::now();
+        assert_eq!(p.update_(sample(500, 100, 0), now), None);
+        assert_eq!(p.update_(sample(0, 0, MBIT20), now), None);
+        assert_eq!(
+            p.update_(sample(500, 100, 34_000), now),
+            Some(Some(MIN_CAP))
+        );
+        let mut off = Pacer::disabled();
+        assert_eq!(off.update_(sample(500, 100, MBIT20), now), None);
+    }
+
+    #[test]
+    fn a_queue_caps_while_the_writer_keeps_up_but_the_cap_rises_only_while_it_may_bind() {
+        let mut p = Pacer::default();
+        let now = Instant::now();
+        let short = sample(40, 40, MBIT20);
+        assert!(p.update(short, false, now).is_none());
+        let long = sample(100, 40, MBIT20);
+        let cut = p.update(long, false, now + Duration::from_millis(5));
+        assert_eq!(cut, Some(Some(2_250_000)));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(p.update(short, false, later), None);
+        assert!(p.update(short, true, later).is_some());
+    }
+
+    #[test]
+    fn bbr_is_refreshed_only_while_capped_with_a_short_queue_on_the_same_path() {
+        let mut p = Pacer::default();
+        let now = Instant::now();
+        let short = sample(41, 40, MBIT20);
+        p.update(short, true, now);
+        assert!(
+            !p.refresh_bbr(short, now),
+            "no cap: bbr's start-up would overshoot"
+        );
+        p.update(sample(100, 40, MBIT20), true, now);
+        assert!(!p.refresh_bbr(short, now), "just cut: the queue is long");
+        let later = now + Duration::from_secs(1);
+        p.update(short, true, later);
+        assert!(p.refresh_bbr(short, later));
+        assert!(!p.refresh_bbr(short, later + Duration::from_secs(7)));
+        let due = later + BBR_REFRESH;
+        p.update(short, true, due);
+        assert!(p.refresh_bbr(short, due));
+        // The kernel's least RTT (10 ms) is no longer the path's (40 ms):
+        // bbr must measure the path itself.
+        let moved = sample(41, 10, MBIT20);
+        assert!(!p.refresh_bbr(moved, due + BBR_REFRESH));
+    }
+
+    #[test]
+    fn a_carrier_too_slow_for_two_segments_a_round_trip_is_not_capped_for_delayed_acks() {
+        let mut p = Pacer::default();
+        let now = Instant::now();
+        // Pings and keepalives: 20 kB/s, the peer acknowledges after 40 ms.
+        assert_eq!(p.update_(sample(50, 10, 20_000), now), None);
+        // At 20 Mbit/s the same RTT is a queue.
+        assert!(p.update_(sample(50, 10, MBIT20), now).is_some());
+    }
+
+    #[test]
+    fn a_queue_that_a_cut_does_not_shorten_is_taken_as_the_path() {
+        let mut p = Pacer::default();
+        let mut now = Instant::now();
+        // The kernel's least RTT stays 10 ms; the path is now 60 ms long
+        // (or other flows keep 50 ms queued): three cuts, then the cap is
+        // lifted and no more.
+        p.update(sample(10, 10, MBIT20), true, now);
+        let mut caps = Vec::new();
+        for _ in 0..300 {
+            now += Duration::from_millis(10);
+            if let Some(cap) = p.update(sample(60, 10, MBIT20), true, now) {
+                caps.push(cap);
+            }
+        }
+        assert_eq!(
+            caps,
+            [Some(2_250_000), Some(2_250_000), Some(2_250_000), None]
+        );
+    }
+}
