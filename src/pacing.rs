@@ -156,7 +156,13 @@ impl Pacer {
                     return self.cap.take().map(|_| None);
                 }
             }
-            let cut = (s.delivery_rate / 1000 * CUT_PER_MILLE).max(MIN_CAP);
+            // After a futile cut, from the cap rather than the delivery
+            // rate: a rate measured in a burst may be above the link's.
+            let from = match self.cap {
+                Some(cap) if self.futile > 0 => cap.min(s.delivery_rate),
+                _ => s.delivery_rate,
+            };
+            let cut = (from / 1000 * CUT_PER_MILLE).max(MIN_CAP);
             let cap = self.cap.map_or(cut, |cap| cap.min(cut));
             self.cap = Some(cap);
             self.cut_rtt = Some(s.rtt);
@@ -366,7 +372,7 @@ mod tests {
         }
         assert_eq!(
             caps,
-            [Some(2_250_000), Some(2_250_000), Some(2_250_000), None]
+            [Some(2_250_000), Some(2_025_000), Some(1_822_500), None]
         );
     }
 }

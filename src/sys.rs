@@ -1112,6 +1112,8 @@ pub struct TcpInfo {
     /// The rate at which the peer has lately been acknowledging data, in
     /// bytes a second (0 without a sample, or before Linux 4.9).
     pub delivery_rate: u64,
+    /// Bytes the peer has acknowledged in all (0 before Linux 4.1).
+    pub bytes_acked: u64,
 }
 
 /// A TCP socket's tcp_info.
@@ -1141,6 +1143,7 @@ pub fn tcp_info(fd: RawFd) -> io::Result<TcpInfo> {
         rtt_us: info.tcpi_rtt,
         min_rtt_us: info.tcpi_min_rtt,
         delivery_rate: info.tcpi_delivery_rate,
+        bytes_acked: info.tcpi_bytes_acked,
     })
 }
 

@@ -204,10 +204,13 @@ impl StreamWriter {
             }
         }
         carrier.rtt = (info.rtt_us > 0).then(|| Duration::from_micros(info.rtt_us.into()));
+        let rtt = Duration::from_micros(info.rtt_us.into());
         let sample = Sample {
-            rtt: Duration::from_micros(info.rtt_us.into()),
+            rtt,
             min_rtt: Duration::from_micros(info.min_rtt_us.into()),
-            delivery_rate: info.delivery_rate,
+            delivery_rate: carrier
+                .acked
+                .rate(info.bytes_acked, rtt, now, info.delivery_rate),
         };
         if let Some(cap) = carrier.pacer.update(sample, backed_up, now) {
             log::trace!("carrier pacing ceiling {cap:?} bytes/s ({sample:?})");
@@ -233,9 +236,43 @@ struct Carrier {
     waited: bool,
     /// Its smoothed RTT then.
     rtt: Option<Duration>,
+    acked: AckedRate,
     pacer: Pacer,
     /// Whether the carrier runs bbr, which the pacer may start afresh.
     bbr: bool,
+}
+
+/// The rate at which the peer acknowledges, over a round trip at least: the
+/// kernel's own delivery rate is one acknowledgement's, which a burst of
+/// them (a link that forwards in batches) puts far above the link's rate,
+/// and a ceiling cut from it would not bind.
+#[derive(Debug, Default)]
+struct AckedRate {
+    /// Bytes acknowledged in all, and when, at the start of this window.
+    since: Option<(u64, Instant)>,
+    /// Over the last whole window, bytes a second.
+    rate: Option<u64>,
+}
+
+impl AckedRate {
+    /// The rate over the last whole window of at least `rtt` (and 20 ms),
+    /// given the acknowledged bytes now; `kernel`'s rate until a window
+    /// has passed, or when the kernel does not count acknowledged bytes.
+    fn rate(&mut self, acked: u64, rtt: Duration, now: Instant, kernel: u64) -> u64 {
+        if acked == 0 {
+            return kernel;
+        }
+        match self.since {
+            Some((start, at)) if now - at >= rtt.max(Duration::from_millis(20)) => {
+                let secs = (now - at).as_secs_f64();
+                self.rate = Some((acked.saturating_sub(start) as f64 / secs) as u64);
+                self.since = Some((acked, now));
+            }
+            Some(_) => {}
+            None => self.since = Some((acked, now)),
+        }
+        self.rate.unwrap_or(kernel)
+    }
 }
 
 /// Starts a bbr socket's congestion control afresh, by way of reno (setting
@@ -469,6 +506,7 @@ impl Stream {
             sampled: Instant::now(),
             waited: false,
             rtt: None,
+            acked: AckedRate::default(),
             pacer: Pacer::default(),
             bbr: socket2::SockRef::from(&self.write)
                 .tcp_congestion()
