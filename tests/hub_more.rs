@@ -631,11 +631,13 @@ fn frames_without_a_session_are_counted_and_a_reconnect_replaces_only_its_own_se
     let b_peer = format!("10.241.{}.2:", net.n);
 
     // a comes back while its first session is still up (frozen, it keeps
-    // its connection): the new session replaces only a's.
+    // its connection): the new session replaces only a's. A count, not a
+    // deadline (-w): ping stops at its deadline without waiting for the
+    // last reply, which a busy machine then counts as lost.
     let train = net.sites[b]
         .ns
         .command("ping")
-        .args(["-q", "-i", "0.01", "-w", "4", &hub_addr])
+        .args(["-q", "-i", "0.01", "-c", "400", "-W", "2", &hub_addr])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
