@@ -21,7 +21,7 @@ use crate::child::{self, Child};
 use crate::error::Error;
 use crate::frame::{self, FrameReader};
 use crate::handshake::MessageIo;
-use crate::pacing::{Pacer, Sample};
+use crate::pacing::{Load, Pacer, RECENT, Sample};
 use crate::stream_error::Stopped;
 use crate::sys::{self, Stop, Wait};
 
@@ -177,6 +177,9 @@ impl StreamWriter {
         };
         let now = Instant::now();
         carrier.waited |= backed_up;
+        if backed_up {
+            carrier.last_wait = Some(now);
+        }
         if now < carrier.sampled + CARRIER_SAMPLE {
             return;
         }
@@ -212,7 +215,12 @@ impl StreamWriter {
                 .acked
                 .rate(info.bytes_acked, rtt, now, info.delivery_rate),
         };
-        if let Some(cap) = carrier.pacer.update(sample, backed_up, now) {
+        let load = match carrier.last_wait {
+            _ if backed_up => Load::BackedUp,
+            Some(t) if now - t < RECENT => Load::Recently,
+            _ => Load::Light,
+        };
+        if let Some(cap) = carrier.pacer.update(sample, load, now) {
             log::trace!("carrier pacing ceiling {cap:?} bytes/s ({sample:?})");
             if let Err(e) = sys::set_max_pacing_rate(fd, cap.unwrap_or(u64::MAX)) {
                 log::debug!("SO_MAX_PACING_RATE not set, the carrier goes unpaced: {e}");
@@ -232,8 +240,10 @@ struct Carrier {
     fitted: Instant,
     /// When tcp_info was last read.
     sampled: Instant,
-    /// Whether the writer waited for the carrier since then.
+    /// Whether the writer waited for the carrier since then, and when it
+    /// last did.
     waited: bool,
+    last_wait: Option<Instant>,
     /// Its smoothed RTT then.
     rtt: Option<Duration>,
     acked: AckedRate,
@@ -505,6 +515,7 @@ impl Stream {
             fitted: Instant::now(),
             sampled: Instant::now(),
             waited: false,
+            last_wait: None,
             rtt: None,
             acked: AckedRate::default(),
             pacer: Pacer::default(),
