@@ -966,7 +966,17 @@ def ping_stats(path):
 def iperf_stats(path):
     data = json.loads(read(path))
     if "error" in data:
-        raise SystemExit(f"bench: {path}: iperf3 error: {data['error']}")
+        # iperf3's server may close the control connection at the very end
+        # of a test before the client has read it all, which the client
+        # reports as an error (esnet/iperf#499; seen about once in 20 runs
+        # on the slow --wan links): the run itself is whole when its
+        # results cover the time asked for, and they then stand.
+        asked = data.get("start", {}).get("test_start", {}).get("duration")
+        got = data.get("end", {}).get("sum_received", {}).get("seconds")
+        if not (asked and got and got >= 0.95 * asked):
+            raise SystemExit(f"bench: {path}: iperf3 error: {data['error']}")
+        print(f"bench: {path}: iperf3 said '{data['error']}' after its "
+              f"{got:.1f} s run: its figures stand", file=sys.stderr)
     end = data["end"]
     received = end["sum_received"]
     sent = end.get("sum_sent", {})

@@ -511,7 +511,7 @@ impl Stream {
             heard: Instant::now(),
         };
         let carrier = is_tcp(&self.write).then(|| Carrier {
-            unsent: UNSENT_LOW_WATER,
+            unsent: UNSENT_LOW_WATER_MIN,
             fitted: Instant::now(),
             sampled: Instant::now(),
             waited: false,
@@ -545,11 +545,15 @@ impl Stream {
 /// Unsent bytes above which a TCP socket no longer polls writable: the relay
 /// then drops new frames at the tunnel's ingress instead of queueing them,
 /// so a saturated tunnel does not build seconds of delay. This is the most,
-/// set at the start and kept on fast links; a slower carrier gets
-/// [`UNSENT_TIME`] of its delivery rate ([`StreamWriter::fit_to_carrier`]).
+/// which a fast carrier reaches; the limit is [`UNSENT_TIME`] of the
+/// carrier's delivery rate ([`StreamWriter::fit_to_carrier`]).
 pub const UNSENT_LOW_WATER: u32 = 128 * 1024;
-/// The least unsent limit: a dozen full-size segments, so that the writer,
-/// woken late on a busy machine, still finds the carrier with data to send.
+/// The least unsent limit, and the first: a dozen full-size segments, so
+/// that the writer, woken late on a busy machine, still finds the carrier
+/// with data to send. The limit starts low and rises when the writer waits
+/// for a fast carrier: started at the most, a slow carrier (20 Mbit/s)
+/// took a whole inner window unsent, 50 ms, and its writer never waited,
+/// so neither the limit nor the pacing ceiling ever followed the link.
 const UNSENT_LOW_WATER_MIN: u32 = 16 * 1024;
 /// How long the carrier's unsent bytes take to leave at its delivery rate.
 const UNSENT_TIME: Duration = Duration::from_millis(5);
@@ -558,9 +562,10 @@ const UNSENT_REFIT: Duration = Duration::from_millis(100);
 /// How often a backed-up writer reads the carrier's tcp_info, at most.
 const CARRIER_SAMPLE: Duration = Duration::from_millis(5);
 
-/// Sets TCP_NOTSENT_LOWAT (not TCP, or an old kernel: nothing happens).
+/// Sets the first TCP_NOTSENT_LOWAT (not TCP, or an old kernel: nothing
+/// happens).
 fn limit_unsent(socket: &impl AsRawFd) {
-    if let Err(e) = sys::set_tcp_notsent_lowat(socket.as_raw_fd(), UNSENT_LOW_WATER) {
+    if let Err(e) = sys::set_tcp_notsent_lowat(socket.as_raw_fd(), UNSENT_LOW_WATER_MIN) {
         log::debug!("TCP_NOTSENT_LOWAT not set: {e}");
     }
 }
@@ -1337,7 +1342,7 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_carriers_writer_leaves_no_more_than_the_unsent_limit_unsent() {
+    fn a_new_carriers_writer_leaves_no_more_than_the_least_unsent_limit_unsent() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (receiver, _) = listener.accept().unwrap();
@@ -1349,9 +1354,9 @@ mod tests {
         let stream = Stream::tcp(sender, "test".into()).unwrap();
         let (mut framed, _closer) = stream.split(&[]).unwrap();
         let writer = &mut framed.writer;
+        // The limit a carrier starts with, until its writer has waited for
+        // it and measured its rate.
         let limit = UNSENT_LOW_WATER_MIN;
-        writer.carrier.as_mut().unwrap().unsent = limit;
-        sys::set_tcp_notsent_lowat(writer.raw_fd(), limit).unwrap();
         let chunk = vec![0u8; 256 * 1024];
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut most = 0;
