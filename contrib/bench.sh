@@ -974,7 +974,8 @@ def iperf_stats(path):
         asked = data.get("start", {}).get("test_start", {}).get("duration")
         got = data.get("end", {}).get("sum_received", {}).get("seconds")
         if not (asked and got and got >= 0.95 * asked):
-            raise SystemExit(f"bench: {path}: iperf3 error: {data['error']}")
+            raise SystemExit(f"bench: {path}: iperf3 error: {data['error']} "
+                             f"(results for {got} s of {asked})")
         print(f"bench: {path}: iperf3 said '{data['error']}' after its "
               f"{got:.1f} s run: its figures stand", file=sys.stderr)
     end = data["end"]
@@ -993,7 +994,14 @@ def measure_round(d):
         if not os.path.exists(os.path.join(d, f"iperf-{run}.json")):  # --brief
             m[run] = None
             continue
-        r = iperf_stats(os.path.join(d, f"iperf-{run}.json"))
+        try:
+            r = iperf_stats(os.path.join(d, f"iperf-{run}.json"))
+        except SystemExit as e:
+            # One failed run loses its own figure (shown as "-"), not the
+            # round's, nor the other rows'.
+            print(e, file=sys.stderr)
+            m[run] = None
+            continue
         before, after = map(int, read(os.path.join(d, f"cpu-{run}")).split())
         r["cpu_seconds"] = (after - before) / clk_tck
         runs[run] = r
@@ -1019,7 +1027,7 @@ def measure_round(d):
         m["link_p50"], m["link_p99"] = link["p50_ms"], link["p99_ms"]
     has_process = os.path.exists(os.path.join(d, "rss-idle"))
     if has_process:
-        m["cpu_s_per_gb"] = (cpu_ticks / clk_tck) / (moved / 1e9)
+        m["cpu_s_per_gb"] = (cpu_ticks / clk_tck) / (moved / 1e9) if moved else None
         idle_kib = [int(x) for x in read(os.path.join(d, "rss-idle")).split()]
         peak_kib = [int(x) for x in read(os.path.join(d, "rss-peak")).split()]
         m["rss_idle"] = max(idle_kib) / 1024

@@ -61,6 +61,11 @@ const DRAINED: Duration = Duration::from_millis(1);
 /// short, the pacer sees the empty path itself, and tells bbr so (by
 /// starting it afresh, which takes the kernel's least RTT as new) this often.
 const BBR_REFRESH: Duration = Duration::from_secs(8);
+/// How long the writer must have kept the carrier busy before its delivery
+/// rate is taken for the link's, to set a ceiling at for bbr's restart: a
+/// ceiling set during a start-up, below the link's rate, would hold the
+/// carrier back for as many round trips as a 5 % rise each takes.
+const BUSY_FOR: Duration = Duration::from_secs(2);
 /// The path's RTT without a queue is the least smoothed RTT of the last one
 /// to two of these: a route that lengthens the path is learnt within two,
 /// where the kernel's own least RTT (tcpi_min_rtt) keeps the old one for
@@ -115,11 +120,15 @@ pub struct Pacer {
     /// No rise before this.
     next_rise: Option<Instant>,
     /// The least RTT of this window and of the one before, and when this
-    /// one began.
+    /// one began; the highest delivery rate of each.
     base: [Option<Duration>; 2],
+    peak: [u64; 2],
     window: Option<Instant>,
     /// When bbr was last started afresh.
     refreshed: Option<Instant>,
+    /// Since when the writer has kept the carrier busy (backed up now, or
+    /// within [`RECENT`]).
+    busy_since: Option<Instant>,
 }
 
 impl Pacer {
@@ -142,6 +151,11 @@ impl Pacer {
     /// shorten it: such a queue is the peer's to keep short, and when it
     /// is long, the cuts here are futile and the cap is lifted.
     pub fn update(&mut self, s: Sample, load: Load, now: Instant) -> Option<Cap> {
+        self.busy_since = match load {
+            Load::BackedUp => Some(self.busy_since.unwrap_or(now)),
+            Load::Recently => self.busy_since,
+            Load::Light => None,
+        };
         if self.off || s.rtt.is_zero() {
             return None;
         }
@@ -205,10 +219,16 @@ impl Pacer {
     }
 
     /// Whether to start the carrier's bbr afresh now, sparing it a ProbeRTT
-    /// ([`BBR_REFRESH`]): only while the ceiling binds (bbr's start-up then
-    /// cannot overshoot it), the queue is short, and the kernel's least RTT,
-    /// which bbr takes on starting, is still the path's.
-    pub fn refresh_bbr(&mut self, s: Sample, now: Instant) -> bool {
+    /// ([`BBR_REFRESH`]): only while the queue is short and the kernel's
+    /// least RTT, which bbr takes on starting, is still the path's; and
+    /// only under a ceiling, which bbr's start-up (twice the rate and more)
+    /// cannot overshoot. A backed-up carrier without one (bbr alone kept
+    /// the queue short, and the ceiling rose until it was lifted) gets one
+    /// at the rate that gets through, [`Pacer::cap`], to set before the
+    /// restart: on the wan link, bbr without a ceiling was never started
+    /// afresh, and its ProbeRTT stalled the tunnel for 230 ms every 10 s
+    /// (ping p99 84-92 ms against 25-27).
+    pub fn refresh_bbr(&mut self, s: Sample, load: Load, now: Instant) -> bool {
         let Some(base) = self.base[0] else {
             return false;
         };
@@ -216,11 +236,32 @@ impl Pacer {
         let due = self
             .refreshed
             .is_none_or(|t| now.saturating_duration_since(t) >= BBR_REFRESH);
-        if self.off || self.cap.is_none() || self.cut_rtt.is_some() || !due || base > fresh {
+        if self.off || self.cut_rtt.is_some() || !due || base > fresh {
             return false;
+        }
+        if self.cap.is_none() {
+            // Only the delivery rate of a carrier backed up for a while is
+            // the link's: not in its start-up, nor in an inner flow's.
+            let busy = self
+                .busy_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= BUSY_FOR);
+            if load != Load::BackedUp || !busy || s.delivery_rate == 0 {
+                return false;
+            }
+            // The most that got through lately: the rate of one sample
+            // may be a lull's (2 MB/s on the 12 MB/s wan link, a cap that
+            // then took 4 s to rise).
+            let peak = self.peak[0].max(self.peak[1]).max(s.delivery_rate);
+            self.cap = Some(peak.max(MIN_CAP));
+            self.next_rise = Some(now + s.rtt.max(TICK));
         }
         self.refreshed = Some(now);
         true
+    }
+
+    /// The cap now.
+    pub fn cap(&self) -> Cap {
+        self.cap
     }
 
     /// The path's RTT without a queue: the least of the windows' least RTTs,
@@ -232,7 +273,9 @@ impl Pacer {
         {
             self.window = Some(now);
             self.base = [None, self.base[0]];
+            self.peak = [0, self.peak[0]];
         }
+        self.peak[0] = self.peak[0].max(s.delivery_rate);
         let least = self.base[0].map_or(s.rtt, |b| b.min(s.rtt));
         self.base[0] = Some(least);
         let base = self.base[1].map_or(least, |b| b.min(least));
@@ -340,28 +383,50 @@ mod tests {
     }
 
     #[test]
-    fn bbr_is_refreshed_only_while_capped_with_a_short_queue_on_the_same_path() {
+    fn bbr_is_refreshed_under_a_ceiling_with_a_short_queue_on_the_same_path() {
         let mut p = Pacer::default();
         let now = Instant::now();
         let short = sample(41, 40, MBIT20);
         p.update(short, Load::BackedUp, now);
+        assert_eq!(p.cap(), None);
         assert!(
-            !p.refresh_bbr(short, now),
-            "no cap: bbr's start-up would overshoot"
+            !p.refresh_bbr(short, Load::Recently, now),
+            "no ceiling, and the delivery rate may not be the link's"
         );
-        p.update(sample(100, 40, MBIT20), Load::BackedUp, now);
-        assert!(!p.refresh_bbr(short, now), "just cut: the queue is long");
-        let later = now + Duration::from_secs(1);
+        assert!(!p.refresh_bbr(short, Load::Light, now));
+        assert!(
+            !p.refresh_bbr(short, Load::BackedUp, now),
+            "just backed up: the rate may be a start-up's"
+        );
+        // Backed up for a while: a ceiling at the rate that gets through,
+        // then bbr.
+        let now = now + BUSY_FOR;
+        p.update(short, Load::Recently, now);
+        // A lull's rate: the ceiling is the most that got through lately.
+        let lull = sample(41, 40, MBIT20 / 5);
+        p.update(lull, Load::BackedUp, now);
+        assert!(p.refresh_bbr(lull, Load::BackedUp, now));
+        assert_eq!(p.cap(), Some(MBIT20));
+        let soon = now + Duration::from_secs(1);
+        p.update(sample(100, 40, MBIT20), Load::BackedUp, soon);
+        let later = soon + BBR_REFRESH;
+        assert!(
+            !p.refresh_bbr(short, Load::BackedUp, later),
+            "just cut: the queue is long"
+        );
+        let later = later + Duration::from_secs(1);
         p.update(short, Load::BackedUp, later);
-        assert!(p.refresh_bbr(short, later));
-        assert!(!p.refresh_bbr(short, later + Duration::from_secs(7)));
+        let capped = p.cap();
+        assert!(p.refresh_bbr(short, Load::Recently, later));
+        assert_eq!(p.cap(), capped, "a ceiling that is there stays as it is");
+        assert!(!p.refresh_bbr(short, Load::BackedUp, later + Duration::from_secs(7)));
         let due = later + BBR_REFRESH;
         p.update(short, Load::BackedUp, due);
-        assert!(p.refresh_bbr(short, due));
+        assert!(p.refresh_bbr(short, Load::BackedUp, due));
         // The kernel's least RTT (10 ms) is no longer the path's (40 ms):
         // bbr must measure the path itself.
         let moved = sample(41, 10, MBIT20);
-        assert!(!p.refresh_bbr(moved, due + BBR_REFRESH));
+        assert!(!p.refresh_bbr(moved, Load::BackedUp, due + BBR_REFRESH));
     }
 
     #[test]

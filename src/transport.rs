@@ -227,8 +227,16 @@ impl StreamWriter {
                 carrier.pacer = Pacer::disabled();
             }
         }
-        if carrier.bbr && carrier.pacer.refresh_bbr(sample, now) {
-            carrier.bbr = restart_bbr(&self.file);
+        if carrier.bbr && carrier.pacer.refresh_bbr(sample, load, now) {
+            // The ceiling first: bbr starts up at twice the rate and more.
+            let cap = carrier.pacer.cap().unwrap_or(u64::MAX);
+            match sys::set_max_pacing_rate(fd, cap) {
+                Ok(()) => carrier.bbr = restart_bbr(&self.file),
+                Err(e) => {
+                    log::debug!("SO_MAX_PACING_RATE not set, the carrier goes unpaced: {e}");
+                    carrier.pacer = Pacer::disabled();
+                }
+            }
         }
     }
 }
