@@ -27,6 +27,10 @@
 #                      four-stream runs, no memory table): for --wan runs
 #     --memory         only the memory table (below): no iperf3 and no ping
 #                      figures, taptun rows only (needs no iperf3)
+#     --keep DIR       keep every run's raw files in DIR (pings, iperf3's
+#                      JSON, each tunnel end's log; not the throwaway keys):
+#                      with RUST_LOG=taptun::transport=trace in the
+#                      environment, the ends' logs show each pacing decision
 #     --perf DIR       after measuring each tunnel, profile one more "up 1" run
 #                      system-wide with `perf record -a -g` into DIR/NAME.perf.data
 #                      (package linux-perf; first round only); the figures are
@@ -143,6 +147,7 @@ only=""
 json_out=""
 markdown_out=""
 perf_dir=""
+keep_dir=""
 rounds=1
 build=1
 memory_only=0
@@ -169,6 +174,7 @@ while (($#)); do
         --inner) inner=${2:?--inner needs an algorithm, or system}; shift ;;
         --memory) memory_only=1 ;;
         --perf) perf_dir=${2:?--perf needs a folder}; shift ;;
+        --keep) keep_dir=${2:?--keep needs a folder}; shift ;;
         --wan) wan=${2:?--wan needs a link: dsl, wan or mobile}; shift ;;
         --hub) hub=${2:?--hub needs a number of peers}; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -185,6 +191,7 @@ done
 [[ -z $json_out || $json_out == /* ]] || json_out="$PWD/$json_out"
 [[ -z $markdown_out || $markdown_out == /* ]] || markdown_out="$PWD/$markdown_out"
 [[ -z $perf_dir || $perf_dir == /* ]] || perf_dir="$PWD/$perf_dir"
+[[ -z $keep_dir || $keep_dir == /* ]] || keep_dir="$PWD/$keep_dir"
 
 all_taptun="tap-chachapoly tap-aesgcm tun-chachapoly tun-aesgcm"
 openvpn_asked=0
@@ -390,6 +397,10 @@ cleanup() {
     [[ -n $made_w ]] && ip netns delete "$ns_w"
     [[ -n $made_b ]] && ip netns delete "$ns_b"
     [[ -n $made_a ]] && ip netns delete "$ns_a"
+    if [[ -n $keep_dir && -n $tmp ]] && mkdir -p -- "$keep_dir" && cp -a -- "$tmp/." "$keep_dir/"; then
+        find "$keep_dir" -type f \( -name '*.key' -o -name '*.pass' -o -name '*.pem' -o -name '*.crt' -o -name '*.csr' \) -delete
+        say "kept the runs' raw files in $keep_dir"
+    fi
     [[ -n $tmp ]] && rm -rf -- "$tmp"
     say "cleaned up (processes, namespaces $ns_a and $ns_b${made_w:+ and $ns_w}, temporary files)"
     exit "$status"

@@ -224,10 +224,10 @@ impl Pacer {
     /// only under a ceiling, which bbr's start-up (twice the rate and more)
     /// cannot overshoot. A backed-up carrier without one (bbr alone kept
     /// the queue short, and the ceiling rose until it was lifted) gets one
-    /// at the rate that gets through, [`Pacer::cap`], to set before the
-    /// restart: on the wan link, bbr without a ceiling was never started
-    /// afresh, and its ProbeRTT stalled the tunnel for 230 ms every 10 s
-    /// (ping p99 84-92 ms against 25-27).
+    /// at the most that got through lately, [`Pacer::cap`], to set before
+    /// the restart: on the wan link, bbr without a ceiling was never
+    /// started afresh, and its ProbeRTT stalled the tunnel for 230 ms
+    /// every 10 s (ping p99 77-102 ms in 5 runs of 6, against 26-27).
     pub fn refresh_bbr(&mut self, s: Sample, load: Load, now: Instant) -> bool {
         let Some(base) = self.base[0] else {
             return false;
