@@ -222,21 +222,27 @@ impl StreamWriter {
         };
         if let Some(cap) = carrier.pacer.update(sample, load, now) {
             log::trace!("carrier pacing ceiling {cap:?} bytes/s ({sample:?})");
-            if let Err(e) = sys::set_max_pacing_rate(fd, cap.unwrap_or(u64::MAX)) {
-                log::debug!("SO_MAX_PACING_RATE not set, the carrier goes unpaced: {e}");
-                carrier.pacer = Pacer::disabled();
-            }
+            set_pacing_cap(fd, &mut carrier.pacer);
         }
-        if carrier.bbr && carrier.pacer.refresh_bbr(sample, load, now) {
-            // The ceiling first: bbr starts up at twice the rate and more.
-            let cap = carrier.pacer.cap().unwrap_or(u64::MAX);
-            match sys::set_max_pacing_rate(fd, cap) {
-                Ok(()) => carrier.bbr = restart_bbr(&self.file),
-                Err(e) => {
-                    log::debug!("SO_MAX_PACING_RATE not set, the carrier goes unpaced: {e}");
-                    carrier.pacer = Pacer::disabled();
-                }
-            }
+        // The ceiling first: bbr starts up at twice the rate and more.
+        if carrier.bbr
+            && carrier.pacer.refresh_bbr(sample, load, now)
+            && set_pacing_cap(fd, &mut carrier.pacer)
+        {
+            carrier.bbr = restart_bbr(&self.file);
+        }
+    }
+}
+
+/// Sets the pacer's cap on the socket; on failure turns the pacer off (the
+/// carrier goes unpaced) and returns false.
+fn set_pacing_cap(fd: std::os::fd::RawFd, pacer: &mut Pacer) -> bool {
+    match sys::set_max_pacing_rate(fd, pacer.cap().unwrap_or(u64::MAX)) {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("SO_MAX_PACING_RATE not set, the carrier goes unpaced: {e}");
+            *pacer = Pacer::disabled();
+            false
         }
     }
 }
