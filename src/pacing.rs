@@ -61,6 +61,13 @@ const DRAINED: Duration = Duration::from_millis(1);
 /// short, the pacer sees the empty path itself, and tells bbr so (by
 /// starting it afresh, which takes the kernel's least RTT as new) this often.
 const BBR_REFRESH: Duration = Duration::from_secs(8);
+/// bbr enters ProbeRTT when its least RTT is 10 s old, and after a restart
+/// it is as old as the restart (the kernel's least RTT, which it takes, is
+/// the path's, and no later sample is less): a refresh this late waits for
+/// nothing. On the dsl link a refresh that waited for a queue to drain
+/// after a cut, or for the writer to wait for its carrier, came after the
+/// ProbeRTT: a stall of 290 ms, that run's ping p99.
+const BBR_OVERDUE: Duration = Duration::from_secs(9);
 /// How long the writer must have kept the carrier busy before its delivery
 /// rate is taken for the link's, to set a ceiling at for bbr's restart: a
 /// ceiling set during a start-up, below the link's rate, would hold the
@@ -77,13 +84,9 @@ const BASE_WINDOW: Duration = Duration::from_secs(10);
 pub enum Load {
     /// It waits for the carrier now: the cap may bind, and may rise.
     BackedUp,
-    /// It did within the last [`RECENT`]: a queue may be of its making.
+    /// It did within the last [`RECENT`]: it still keeps the carrier busy.
     Recently,
-    /// Not lately: its RTT still grows with the queue on the way back (the
-    /// acknowledgements' path, which the peer's sending fills), and a cut
-    /// here would only slow the inner flows' acknowledgements. Measured with
-    /// `-n` (an acknowledgement a frame): cutting for it took the dsl link's
-    /// goodput the other way from 15.9 to 8.6 Mbit/s.
+    /// Not lately.
     Light,
 }
 
@@ -99,6 +102,8 @@ pub struct Sample {
     pub min_rtt: Duration,
     /// Bytes a second the peer lately acknowledged.
     pub delivery_rate: u64,
+    /// Bytes a second the peer lately sent (0: not known).
+    pub received_rate: u64,
 }
 
 /// The cap on the carrier's pacing rate: `None` for no cap.
@@ -167,7 +172,21 @@ impl Pacer {
         // The smoothed RTT shows a change about one RTT after it happened.
         let settle = now + s.rtt.max(TICK);
         let ack_delay = Duration::from_micros(DELAYED_ACK_BYTES * 1_000_000 / s.delivery_rate);
-        if queue > QUEUE_TARGET + base / 4 + ack_delay && load != Load::Light {
+        // Whose queue it is. The RTT grows as much with a queue on the way
+        // back (the acknowledgements' path, which the peer's sending fills)
+        // as with one ahead, and a cut for the peer's queue would only slow
+        // the acknowledgements of its flows (with `-n`, an acknowledgement a
+        // frame: the dsl link's goodput the other way fell from 15.9 to 8.6
+        // Mbit/s). A writer that waits for the carrier is sending all it
+        // can: a queue may be of its making. One that does not wait may
+        // still fill the link (bbr's start-up, or a rate estimate above the
+        // link's: 130 ms of queue for 4 s on the dsl link, before the
+        // writer first waited), but only while it sends more than the peer
+        // does; a side that only acknowledges the peer's transfer is not
+        // cut for it (a cut to 57 kB/s, the rate of the acknowledgements,
+        // held back this side's next transfer for 4 s).
+        let own = load == Load::BackedUp || s.delivery_rate > s.received_rate;
+        if queue > QUEUE_TARGET + base / 4 + ack_delay && own {
             if self.next_cut.is_some_and(|t| now < t) {
                 return None;
             }
@@ -219,33 +238,40 @@ impl Pacer {
     }
 
     /// Whether to start the carrier's bbr afresh now, sparing it a ProbeRTT
-    /// ([`BBR_REFRESH`]): only while the queue is short and the kernel's
-    /// least RTT, which bbr takes on starting, is still the path's; and
-    /// only under a ceiling, which bbr's start-up (twice the rate and more)
-    /// cannot overshoot. A backed-up carrier without one (bbr alone kept
+    /// ([`BBR_REFRESH`]): only while the queue is short (or the ProbeRTT is
+    /// near, [`BBR_OVERDUE`]) and the kernel's least RTT, which bbr takes
+    /// on starting, is still the path's; and only under a ceiling, which
+    /// bbr's start-up (twice the rate and more) cannot overshoot. A busy
+    /// carrier without one (bbr alone kept
     /// the queue short, and the ceiling rose until it was lifted) gets one
     /// at the most that got through lately, [`Pacer::cap`], to set before
     /// the restart: on the wan link, bbr without a ceiling was never
     /// started afresh, and its ProbeRTT stalled the tunnel for 230 ms
     /// every 10 s (ping p99 77-102 ms in 5 runs of 6, against 26-27).
     pub fn refresh_bbr(&mut self, s: Sample, load: Load, now: Instant) -> bool {
-        let Some(base) = self.base[0] else {
+        // Both windows: the one just begun may hold only a queue's RTTs.
+        let Some(base) = self.base.iter().flatten().min().copied() else {
             return false;
         };
         let fresh = s.min_rtt + (s.min_rtt / 10).max(Duration::from_millis(1));
-        let due = self
-            .refreshed
-            .is_none_or(|t| now.saturating_duration_since(t) >= BBR_REFRESH);
-        if self.off || self.cut_rtt.is_some() || !due || base > fresh {
+        let since = self.refreshed.map(|t| now.saturating_duration_since(t));
+        let due = since.is_none_or(|d| d >= BBR_REFRESH);
+        // Past this, a queue that a cut has not drained yet no longer
+        // waits: a restart under the ceiling costs less than the ProbeRTT.
+        let overdue = since.is_some_and(|d| d >= BBR_OVERDUE);
+        let draining = self.cut_rtt.is_some() && !overdue;
+        if self.off || draining || !due || base > fresh {
             return false;
         }
         if self.cap.is_none() {
-            // Only the delivery rate of a carrier backed up for a while is
-            // the link's: not in its start-up, nor in an inner flow's.
+            // Only the delivery rate of a carrier busy for a while is the
+            // link's: not in its start-up, nor in an inner flow's. Busy,
+            // not backed up now: a writer that keeps up with a carrier
+            // without a ceiling waits only now and then.
             let busy = self
                 .busy_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= BUSY_FOR);
-            if load != Load::BackedUp || !busy || s.delivery_rate == 0 {
+            if load == Load::Light || !busy || s.delivery_rate == 0 {
                 return false;
             }
             // The most that got through lately: the rate of one sample
@@ -292,6 +318,15 @@ mod tests {
             rtt: Duration::from_millis(rtt_ms),
             min_rtt: Duration::from_millis(min_ms),
             delivery_rate: rate,
+            received_rate: 0,
+        }
+    }
+
+    /// The same, while the peer sends `received` bytes a second.
+    fn sample_back(rtt_ms: u64, min_ms: u64, rate: u64, received: u64) -> Sample {
+        Sample {
+            received_rate: received,
+            ..sample(rtt_ms, min_ms, rate)
         }
     }
 
@@ -409,7 +444,7 @@ mod tests {
         assert_eq!(p.cap(), Some(MBIT20));
         let soon = now + Duration::from_secs(1);
         p.update(sample(100, 40, MBIT20), Load::BackedUp, soon);
-        let later = soon + BBR_REFRESH;
+        let later = now + BBR_REFRESH;
         assert!(
             !p.refresh_bbr(short, Load::BackedUp, later),
             "just cut: the queue is long"
@@ -430,14 +465,69 @@ mod tests {
     }
 
     #[test]
-    fn a_lightly_loaded_carrier_is_not_capped_for_the_queue_on_the_way_back() {
+    fn an_overdue_refresh_waits_neither_for_a_queue_to_drain_nor_for_the_writer_to_wait() {
+        let mut p = Pacer::default();
+        let now = Instant::now();
+        let short = sample(41, 40, MBIT20);
+        p.update(short, Load::BackedUp, now);
+        let busy = now + BUSY_FOR;
+        p.update(short, Load::BackedUp, busy);
+        assert!(p.refresh_bbr(short, Load::BackedUp, busy));
+        // A cut, and the queue has not drained when the refresh is due...
+        let long = sample(100, 40, MBIT20);
+        p.update(long, Load::BackedUp, busy + Duration::from_secs(7));
+        let due = busy + BBR_REFRESH;
+        p.update(long, Load::Recently, due);
+        assert!(!p.refresh_bbr(long, Load::Recently, due));
+        // ...nor a second before bbr's ProbeRTT.
+        let overdue = busy + BBR_OVERDUE;
+        p.update(long, Load::Recently, overdue);
+        assert!(p.refresh_bbr(long, Load::Recently, overdue));
+
+        // Without a ceiling, a writer that keeps the carrier busy without
+        // waiting for it just now.
+        let mut p = Pacer::default();
+        p.update(short, Load::BackedUp, now);
+        p.update(short, Load::Recently, busy);
+        assert!(p.refresh_bbr(short, Load::Recently, busy));
+        assert_eq!(p.cap(), Some(MBIT20));
+    }
+
+    #[test]
+    fn a_carrier_that_only_acknowledges_the_peers_transfer_is_not_capped_for_its_queue() {
         let mut p = Pacer::default();
         let mut now = Instant::now();
-        p.update(sample(40, 40, MBIT20), Load::Light, now);
-        for _ in 0..100 {
-            now += Duration::from_millis(10);
-            assert_eq!(p.update(sample(90, 40, MBIT20), Load::Light, now), None);
+        // The end of an upload over the dsl link (the cap is lifted), then
+        // the peer's download fills the way back: the RTT more than doubles
+        // while this side sends only the download's acknowledgements (71
+        // kB/s), within a second of its last wait, and later.
+        p.update(sample(41, 40, MBIT20), Load::BackedUp, now);
+        let back = sample_back(97, 40, 71_000, MBIT20);
+        for load in [Load::Recently, Load::Light] {
+            for _ in 0..50 {
+                now += Duration::from_millis(20);
+                assert_eq!(p.update(back, load, now), None);
+            }
         }
+        assert_eq!(p.cap(), None);
+        // Both ways at once, and this side waits for its carrier: its own
+        // queue, maybe.
+        now += Duration::from_millis(20);
+        let both = sample_back(97, 40, MBIT20, MBIT20);
+        assert_eq!(p.update(both, Load::BackedUp, now), Some(Some(2_250_000)));
+    }
+
+    #[test]
+    fn a_carrier_that_fills_the_link_is_capped_before_its_writer_ever_waits() {
+        // bbr's estimate above the link's rate, at the start of a transfer:
+        // the carrier takes all the writer gives it, and the link's queue
+        // grows.
+        let mut p = Pacer::default();
+        let now = Instant::now();
+        p.update(sample(41, 40, MBIT20), Load::Light, now);
+        let soon = now + Duration::from_millis(100);
+        let long = sample_back(120, 40, MBIT20, 70_000);
+        assert_eq!(p.update(long, Load::Light, soon), Some(Some(2_250_000)));
     }
 
     #[test]

@@ -1114,6 +1114,8 @@ pub struct TcpInfo {
     pub delivery_rate: u64,
     /// Bytes the peer has acknowledged in all (0 before Linux 4.1).
     pub bytes_acked: u64,
+    /// Bytes received from the peer in all (0 before Linux 4.1).
+    pub bytes_received: u64,
 }
 
 /// A TCP socket's tcp_info.
@@ -1144,6 +1146,7 @@ pub fn tcp_info(fd: RawFd) -> io::Result<TcpInfo> {
         min_rtt_us: info.tcpi_min_rtt,
         delivery_rate: info.tcpi_delivery_rate,
         bytes_acked: info.tcpi_bytes_acked,
+        bytes_received: info.tcpi_bytes_received,
     })
 }
 

@@ -214,6 +214,7 @@ impl StreamWriter {
             delivery_rate: carrier
                 .acked
                 .rate(info.bytes_acked, rtt, now, info.delivery_rate),
+            received_rate: carrier.received.rate(info.bytes_received, rtt, now, 0),
         };
         let load = match carrier.last_wait {
             _ if backed_up => Load::BackedUp,
@@ -260,42 +261,52 @@ struct Carrier {
     last_wait: Option<Instant>,
     /// Its smoothed RTT then.
     rtt: Option<Duration>,
-    acked: AckedRate,
+    acked: ByteRate,
+    received: ByteRate,
     pacer: Pacer,
     /// Whether the carrier runs bbr, which the pacer may start afresh.
     bbr: bool,
 }
 
-/// The rate at which the peer acknowledges, over a round trip at least: the
-/// kernel's own delivery rate is one acknowledgement's, which a burst of
-/// them (a link that forwards in batches) puts far above the link's rate,
-/// and a ceiling cut from it would not bind.
+/// A byte count's rate (what the peer acknowledges, or sends), over a
+/// round trip at least: the kernel's own delivery rate is one
+/// acknowledgement's, which a burst of them (a link that forwards in
+/// batches) puts far above the link's rate, and a ceiling cut from it would
+/// not bind. The higher of the last two windows: a lost segment stalls the
+/// acknowledged count for a round trip, and a window that holds the stall
+/// but not the burst that ends it shows half the link's rate or less (a cut
+/// to 1.1 MB/s on the 2.5 MB/s dsl link).
 #[derive(Debug, Default)]
-struct AckedRate {
-    /// Bytes acknowledged in all, and when, at the start of this window.
+struct ByteRate {
+    /// The count, and when, at the start of this window.
     since: Option<(u64, Instant)>,
-    /// Over the last whole window, bytes a second.
+    /// Over the last whole window and the one before, bytes a second.
     rate: Option<u64>,
+    before: Option<u64>,
 }
 
-impl AckedRate {
-    /// The rate over the last whole window of at least `rtt` (and 20 ms),
-    /// given the acknowledged bytes now; `kernel`'s rate until a window
-    /// has passed, or when the kernel does not count acknowledged bytes.
-    fn rate(&mut self, acked: u64, rtt: Duration, now: Instant, kernel: u64) -> u64 {
-        if acked == 0 {
+impl ByteRate {
+    /// The rate over the last two whole windows of at least `rtt` (and 20
+    /// ms) each, given the count now; `kernel`'s rate until a window has
+    /// passed, or when the kernel does not count the bytes.
+    fn rate(&mut self, count: u64, rtt: Duration, now: Instant, kernel: u64) -> u64 {
+        if count == 0 {
             return kernel;
         }
         match self.since {
             Some((start, at)) if now - at >= rtt.max(Duration::from_millis(20)) => {
                 let secs = (now - at).as_secs_f64();
-                self.rate = Some((acked.saturating_sub(start) as f64 / secs) as u64);
-                self.since = Some((acked, now));
+                self.before = self.rate;
+                self.rate = Some((count.saturating_sub(start) as f64 / secs) as u64);
+                self.since = Some((count, now));
             }
             Some(_) => {}
-            None => self.since = Some((acked, now)),
+            None => self.since = Some((count, now)),
         }
-        self.rate.unwrap_or(kernel)
+        match (self.rate, self.before) {
+            (Some(rate), before) => rate.max(before.unwrap_or(0)),
+            (None, _) => kernel,
+        }
     }
 }
 
@@ -531,7 +542,8 @@ impl Stream {
             waited: false,
             last_wait: None,
             rtt: None,
-            acked: AckedRate::default(),
+            acked: ByteRate::default(),
+            received: ByteRate::default(),
             pacer: Pacer::default(),
             bbr: socket2::SockRef::from(&self.write)
                 .tcp_congestion()
