@@ -8,8 +8,10 @@
 //! behind that queue, and the inner TCP flows cannot see it (the carrier
 //! hides the link's drops). The [`Pacer`] watches the carrier's own round
 //! trip: when its smoothed RTT exceeds its least RTT by more than a target
-//! (the link's queue), it caps the carrier's pacing rate (SO_MAX_PACING_RATE)
-//! a little under the rate the peer acknowledges; while the queue stays
+//! (the link's queue) and the queue is the carrier's own (not the one on the
+//! way back, which the peer's sending fills), it caps the carrier's pacing
+//! rate (SO_MAX_PACING_RATE) a little under the rate the peer acknowledges;
+//! while the queue stays
 //! short it raises the cap by a few per cent a round trip, probing for more,
 //! and drops it once it no longer binds. The inner flows then queue in
 //! taptun, where the sojourn-time drop (relay.rs) tells them to slow down.
