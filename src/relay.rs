@@ -9,8 +9,9 @@
 //!   device join the same buffer, and the whole batch goes out in one write.
 //!   While the stream is backed up, frames join a backlog in that buffer
 //!   until its oldest byte has waited [`SOJOURN_TARGET`]; then bulk frames
-//!   are dropped at the ingress on CoDel's schedule (counted), so that the
-//!   inner flows see the bottleneck and no standing queue builds here.
+//!   are dropped at the ingress on CoDel's schedule (counted), and all of
+//!   them once it has waited [`BACKLOG_LIMIT`], so that the inner flows see
+//!   the bottleneck and no standing queue builds here.
 //! - stream to device: take the next message from the framed reader (one
 //!   read fills a large buffer with many messages), open it, and write the
 //!   frame to the device.
@@ -45,11 +46,11 @@ const OUT_BUFFER_MESSAGES: usize = 4;
 
 /// While the stream is backed up, frames up to this size (pings, TCP
 /// acknowledgements, DNS, ARP) still join the backlog while it has room for
-/// them; larger ones only while the oldest byte waiting in the backlog has
-/// waited less than [`SOJOURN_TARGET`] and [`SMALL_FRAME_RESERVE`] stays
-/// free. Bulk flows then see drops (and slow down) while interactive
-/// traffic and the acknowledgements of flows the other way still get
-/// through.
+/// them; larger ones only while the drop schedule spares them, the oldest
+/// byte waiting in the backlog has waited less than [`BACKLOG_LIMIT`], and
+/// [`SMALL_FRAME_RESERVE`] stays free. Bulk flows then see drops (and slow
+/// down) while interactive traffic and the acknowledgements of flows the
+/// other way still get through.
 const SMALL_FRAME: usize = 256;
 /// Room in the output buffer kept for small frames.
 const SMALL_FRAME_RESERVE: usize = 16 * 1024;
@@ -66,6 +67,17 @@ const SOJOURN_TARGET: Duration = Duration::from_millis(5);
 /// whose round trip is longer, one and a half of its round trips (the
 /// stall of a lost segment, which must not count as a standing queue).
 const DROP_INTERVAL: Duration = Duration::from_millis(100);
+/// Once the backlog's oldest byte has waited this long, every bulk frame is
+/// dropped at the ingress until it has waited less: CoDel's schedule, one
+/// drop after a whole interval then more often, cannot stop an inner flow's
+/// slow start on a long path, which doubles its window every round trip
+/// and fills the 256 KiB buffer (400 ms at 5 Mbit/s) before the first drop
+/// reaches it. Measured on the emulated 5 Mbit/s, 120 ms link without its
+/// loss: ping p99 under a new flow 406-428 ms without the limit, 225-256
+/// with it, at the same goodput; on the 20 Mbit/s, 40 ms link with loss the
+/// goodput and the p99 stayed as they were (docs/PERFORMANCE.md). Above 35
+/// Mbit/s the buffer is shorter than this and its size binds first.
+const BACKLOG_LIMIT: Duration = Duration::from_millis(60);
 /// How many batches of the output buffer keep their own sealing time; the
 /// newest absorbs any beyond (its time then errs on the old side).
 const AGE_STAMPS: usize = 64;
@@ -474,10 +486,10 @@ fn device_to_stream<D: PacketDevice>(
                 out.copy_within(start..end, 0);
                 (start, end) = (0, end - start);
                 let now = Instant::now();
-                let late = ages.oldest().is_some_and(|t| now - t > SOJOURN_TARGET);
+                let waited = ages.oldest().map_or(Duration::ZERO, |t| now - t);
                 dropper.set_round_trip(writer.round_trip());
                 let ingress = Ingress {
-                    late,
+                    waited,
                     now,
                     dropper: &mut dropper,
                 };
@@ -648,10 +660,9 @@ fn gather<D: PacketDevice>(
     Ok(used)
 }
 
-/// Whether the backlog is late (its oldest byte has waited longer than
-/// [`SOJOURN_TARGET`]), and the drop schedule.
+/// How long the backlog's oldest byte has waited, and the drop schedule.
 struct Ingress<'a> {
-    late: bool,
+    waited: Duration,
     now: Instant,
     dropper: &'a mut Dropper,
 }
@@ -664,7 +675,9 @@ struct Ingress<'a> {
 /// a burst, not a standing queue: a carrier that stalls for a round trip
 /// while a lost segment is resent (head-of-line blocking, 1-2 times a
 /// second at 0.1 % loss on a 20 Mbit/s link) then costs the inner flows
-/// nothing, where a drop would halve their windows.
+/// nothing, where a drop would halve their windows. (A burst that keeps the
+/// oldest byte waiting [`BACKLOG_LIMIT`] is cut short at the ingress all
+/// the same: see there.)
 #[derive(Debug)]
 struct Dropper {
     /// Drops in this late spell (or the last, if it ended recently).
@@ -723,9 +736,10 @@ impl Dropper {
 
 /// While the stream is backed up: takes what the device has queued into the
 /// backlog behind `used` bytes, and drops (counted) what may not join it:
-/// a bulk frame when the ingress's drop schedule says so or when it would
-/// leave less than [`SMALL_FRAME_RESERVE`] free, small frames only once the
-/// output buffer is full. Returns the bytes used.
+/// a bulk frame when the ingress's drop schedule says so, when the backlog
+/// has waited [`BACKLOG_LIMIT`] or when it would leave less than
+/// [`SMALL_FRAME_RESERVE`] free, small frames only once the output buffer
+/// is full. Returns the bytes used.
 fn backlog<D: PacketDevice>(
     device: &D,
     sealer: &mut Sealer<'_>,
@@ -739,8 +753,10 @@ fn backlog<D: PacketDevice>(
         let need = frame::HEADER_LEN + n + TAG_LEN;
         let small = n <= SMALL_FRAME + vnet::HDR_LEN;
         let reserve = if small { 0 } else { SMALL_FRAME_RESERVE };
-        let scheduled = !small && ingress.dropper.drop_now(ingress.late, ingress.now);
-        if !scheduled && out.len() - used >= need + reserve {
+        let late = ingress.waited > SOJOURN_TARGET;
+        let dropped = !small
+            && (ingress.waited > BACKLOG_LIMIT || ingress.dropper.drop_now(late, ingress.now));
+        if !dropped && out.len() - used >= need + reserve {
             used += sealer.seal_frame(&mut packet[..n], &mut out[used..]);
         } else {
             Counters::add(&sealer.counters.dropped_backlog, 1);
@@ -1151,6 +1167,45 @@ mod tests {
         );
         assert!(d.drop_now(true, ms(601)));
         assert!(!d.drop_now(true, ms(650)), "the interval is whole again");
+    }
+
+    #[test]
+    fn a_backlog_that_waited_its_limit_drops_every_bulk_frame_but_takes_small_ones() {
+        let (ti, _) = transports();
+        let side = end();
+        let channel = Channel::resume(ti, 0, 0, Framing::Plain, vnet::Kind::Ethernet);
+        let mut sealer = Sealer {
+            sender: channel.sender,
+            counters: &side.counters,
+        };
+        let mut packet = vec![0u8; frame::MAX_MESSAGE + 1];
+        let mut out = vec![0u8; OUT_BUFFER_MESSAGES * frame::MAX_WIRE];
+        let mut dropper = Dropper::default();
+        let now = Instant::now();
+        let mut three_bulk_and_a_ping = |waited: Duration| {
+            for _ in 0..3 {
+                side.outside.send(&[0x5a; 1400]).unwrap();
+            }
+            side.outside.send(b"small").unwrap();
+            let ingress = Ingress {
+                waited,
+                now,
+                dropper: &mut dropper,
+            };
+            let (device, out) = (&side.device, &mut out);
+            backlog(device, &mut sealer, &mut packet, out, 0, ingress).unwrap();
+            let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            (
+                count(&side.counters.frames_out),
+                count(&side.counters.dropped_backlog),
+            )
+        };
+        // Late, but for less than an interval and under the limit: a burst.
+        let under = BACKLOG_LIMIT - Duration::from_millis(1);
+        assert_eq!(three_bulk_and_a_ping(under), (4, 0));
+        // At once over the limit, however short the late spell.
+        let over = BACKLOG_LIMIT + Duration::from_millis(1);
+        assert_eq!(three_bulk_and_a_ping(over), (5, 3), "only the ping joins");
     }
 
     #[test]
