@@ -7,7 +7,7 @@
 # Options:
 #     --quick          2 s per iperf3 run and 100 pings per RTT figure (default 5 s, 200)
 #     --time S         seconds per iperf3 run
-#     --pings N        pings per RTT figure (sent every 10 ms)
+#     --pings N        pings per RTT figure (ping -i 0.01: 13-16 ms apart)
 #     --rounds N       measure everything N times, in turn, and report each
 #                      figure's median (default 1; 3 on a shared, busy machine)
 #     --only LIST      comma-separated subset of: veth, taptun (all four below),
@@ -545,7 +545,7 @@ measure() {
     if ((${#end_pids[@]})); then
         memory VmRSS >"$dir/rss-idle"
     fi
-    say "  $name: load average $(<"$dir/load"); idle ping ($pings pings, 10 ms apart)"
+    say "  $name: load average $(<"$dir/load"); idle ping ($pings pings, ping -i 0.01)"
     in_b ping -n -c "$pings" -i 0.01 -W 2 "$target" >"$dir/ping-idle.txt" 2>&1 || true
 
     local run streams reverse before after runs=(up1 down1 up4 down4)
@@ -564,7 +564,9 @@ measure() {
 
     # Latency under load: one stream saturating the client-to-server direction,
     # pings in the same direction, started once the stream is up to speed.
-    local ping_s=$(((pings + 99) / 100))
+    # `ping -i 0.01` sends every 13-16 ms here, not 10: the stream lasts
+    # twice the nominal time, so that no ping is sent after it has ended.
+    local ping_s=$(((pings + 99) / 100 * 2))
     say "  $name: ping under load (one iperf3 stream, $pings pings)"
     timeout $((ping_s + 30)) ip netns exec "$ns_b" iperf3 --connect-timeout 5000 -J "${congestion[@]}" \
         -c "$target" -P 1 -t $((ping_s + 3)) </dev/null >"$dir/iperf-load.json" 2>&1 3>&- 4>&- &
@@ -996,6 +998,21 @@ def iperf_stats(path):
             "seconds": received["seconds"], "retransmits": sent.get("retransmits")}
 
 
+def load_seconds(path):
+    """How long an iperf3 run moved data, from its intervals (0 if none)."""
+    try:
+        data = json.loads(read(path))
+    except ValueError:
+        return 0.0
+    return sum(i.get("sum", {}).get("seconds", 0) for i in data.get("intervals", []))
+
+
+def ping_seconds(path):
+    """How long ping ran, from its summary line (0 if it has none)."""
+    found = re.search(r"packets transmitted.*time (\d+)ms", read(path))
+    return int(found.group(1)) / 1000 if found else 0.0
+
+
 def measure_round(d):
     runs = {}
     m = {}
@@ -1020,17 +1037,27 @@ def measure_round(d):
         cpu_ticks += after - before
         moved += r["bytes"]
     # The flow under the pings is there for its load: a failure at its very
-    # end (iperf3's control connection) leaves the ping figures standing.
+    # end (iperf3's control connection) leaves the ping figures standing, one
+    # before the pings were done (at its start, seen on the mobile link)
+    # leaves no figure under load, since the pings were then not under load.
+    loaded = True
     try:
         runs["load"] = iperf_stats(os.path.join(d, "iperf-load.json"))
     except SystemExit as e:
         print(e, file=sys.stderr)
         runs["load"] = None
+        loaded = load_seconds(os.path.join(d, "iperf-load.json")) >= ping_seconds(
+            os.path.join(d, "ping-load.txt")) + 1.5
+        if not loaded:
+            print(f"bench: {d}: the load stream ended before the pings did: "
+                  "no figures under load", file=sys.stderr)
     idle = ping_stats(os.path.join(d, "ping-idle.txt"))
     load = ping_stats(os.path.join(d, "ping-load.txt"))
     runs["ping_idle"], runs["ping_load"] = idle, load
     m["idle_p50"], m["idle_p99"] = idle["p50_ms"], idle["p99_ms"]
     m["load_p50"], m["load_p99"], m["load_loss"] = load["p50_ms"], load["p99_ms"], load["loss_pct"]
+    if not loaded:
+        m["load_p50"] = m["load_p99"] = m["load_loss"] = None
     m["link_p50"] = m["link_p99"] = None
     if os.path.exists(os.path.join(d, "ping-link.txt")):
         link = ping_stats(os.path.join(d, "ping-link.txt"))
@@ -1136,7 +1163,7 @@ if rows:
         *([f"link: wanem.py --link {wan} between the namespaces"] if wan else []),
         f"every iperf3 flow with congestion control {meta['settings']['congestion']}",
         f"iperf3 {meta['settings']['iperf3_seconds']} s per run; up = client to server, down = -R; 1 or 4 streams; "
-        f"ping: {meta['settings']['pings']} pings 10 ms apart, idle and under one up stream; "
+        f"ping: {meta['settings']['pings']} pings (ping -i 0.01, 13-16 ms apart), idle and under one up stream; "
         "link: pings beside those under load to the far end's address outside the tunnel",
         "CPU s/GB: both ends' utime+stime over the four throughput runs, per 10^9 payload bytes; "
         "RSS: the larger end with genkey keys, idle (VmRSS) and peak (VmHWM)",
