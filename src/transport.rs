@@ -125,10 +125,11 @@ impl StreamWriter {
 
     /// One non-blocking write: `WouldBlock` when the stream is backed up.
     ///
-    /// On a carrier slower than [`UNSENT_LOW_WATER`] takes 5 ms to send,
-    /// the write leaves at most the unsent limit unsent: TCP_NOTSENT_LOWAT
-    /// only says when the socket is writable, and a write then fills the
-    /// last segment-to-be up to 64 KiB, which is 26 ms at 20 Mbit/s.
+    /// On a carrier slower than [`UNSENT_LOW_WATER`] takes [`UNSENT_TIME`]
+    /// to send, the write leaves at most the unsent limit unsent:
+    /// TCP_NOTSENT_LOWAT only says when the socket is writable, and a write
+    /// then fills the last segment-to-be up to 64 KiB, which is 26 ms at 20
+    /// Mbit/s.
     ///
     /// # Errors
     /// The stream's write errors, `WouldBlock` included.
@@ -581,8 +582,14 @@ pub const UNSENT_LOW_WATER: u32 = 128 * 1024;
 /// took a whole inner window unsent, 50 ms, and its writer never waited,
 /// so neither the limit nor the pacing ceiling ever followed the link.
 const UNSENT_LOW_WATER_MIN: u32 = 16 * 1024;
-/// How long the carrier's unsent bytes take to leave at its delivery rate.
-const UNSENT_TIME: Duration = Duration::from_millis(5);
+/// How long the carrier's unsent bytes take to leave at its delivery rate:
+/// every frame waits that long behind them. Between 52 and 420 Mbit/s
+/// neither bound binds and this is the limit: on the emulated 100 Mbit/s,
+/// 10 ms link, 2.5 ms rather than 5 took about 3 ms off the ping's p50
+/// under load (18.1-18.8 ms against 21.4-21.9 with GSO) and 2-4 ms off its
+/// p99 with GSO, at the same goodput (docs/PERFORMANCE.md). Slower
+/// carriers keep the floor, faster ones the ceiling.
+const UNSENT_TIME: Duration = Duration::from_micros(2500);
 /// How often the unsent limit follows the delivery rate, at most.
 const UNSENT_REFIT: Duration = Duration::from_millis(100);
 /// How often a backed-up writer reads the carrier's tcp_info, at most.
@@ -1379,11 +1386,11 @@ mod tests {
     }
 
     #[test]
-    fn unsent_limit_is_5_ms_of_the_delivery_rate_within_16_and_128_kib() {
-        // 20 Mbit/s: 12.5 kB in 5 ms, below the floor.
+    fn unsent_limit_is_2_5_ms_of_the_delivery_rate_within_16_and_128_kib() {
+        // 20 Mbit/s: 6.25 kB in 2.5 ms, below the floor.
         assert_eq!(unsent_for_rate(2_500_000), 16 * 1024);
-        // 100 Mbit/s: 62.5 kB.
-        assert_eq!(unsent_for_rate(12_500_000), 62_500);
+        // 100 Mbit/s: 31.25 kB.
+        assert_eq!(unsent_for_rate(12_500_000), 31_250);
         // 10 Gbit/s: the ceiling, as before the limit followed the rate.
         assert_eq!(unsent_for_rate(1_250_000_000), UNSENT_LOW_WATER);
         assert_eq!(unsent_for_rate(u64::MAX), UNSENT_LOW_WATER);
