@@ -273,7 +273,7 @@ impl Pacer {
         // before the busy carrier's rate is known ([`BUSY_FOR`]); start it
         // afresh at once, without a ceiling (bbr's start-up is what a new
         // transfer on a new connection gets). On the wan link a ProbeRTT 2 s
-        // into a load that followed 24 s of light traffic held every frame
+        // into a load that followed 20 s of light traffic held every frame
         // for 230 ms, 2 runs of 22.
         let starting = self
             .busy_since
