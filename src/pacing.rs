@@ -250,9 +250,6 @@ impl Pacer {
     /// the restart: on the wan link, bbr without a ceiling was never
     /// started afresh, and its ProbeRTT stalled the tunnel for 230 ms
     /// every 10 s (ping p99 77-102 ms in 5 runs of 6, against 26-27).
-    /// The one restart without a ceiling is at the start of a load that
-    /// follows a light spell, when the restart under one would come too
-    /// late (see the body).
     pub fn refresh_bbr(&mut self, s: Sample, load: Load, now: Instant) -> bool {
         // Both windows: the one just begun may hold only a queue's RTTs.
         let Some(base) = self.base.iter().flatten().min().copied() else {
@@ -265,28 +262,7 @@ impl Pacer {
         // waits: a restart under the ceiling costs less than the ProbeRTT.
         let overdue = since.is_some_and(|d| d >= BBR_OVERDUE);
         let draining = self.cut_rtt.is_some() && !overdue;
-        if self.off || draining || base > fresh {
-            return false;
-        }
-        // A carrier that has just turned busy after a light spell: nothing
-        // refreshed bbr while it was light, and its ProbeRTT may fall due
-        // before the busy carrier's rate is known ([`BUSY_FOR`]); start it
-        // afresh at once, without a ceiling (bbr's start-up is what a new
-        // transfer on a new connection gets). On the wan link a ProbeRTT 2 s
-        // into a load that followed 20 s of light traffic held every frame
-        // for 230 ms, 2 runs of 22.
-        let starting = self
-            .busy_since
-            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_FOR);
-        if self.cap.is_none()
-            && starting
-            && load != Load::Light
-            && since.is_none_or(|d| d >= BBR_OVERDUE - BUSY_FOR)
-        {
-            self.refreshed = Some(now);
-            return true;
-        }
-        if !due {
+        if self.off || draining || !due || base > fresh {
             return false;
         }
         if self.cap.is_none() {
@@ -450,15 +426,18 @@ mod tests {
         let short = sample(41, 40, MBIT20);
         p.update(short, Load::BackedUp, now);
         assert_eq!(p.cap(), None);
-        // The first load: bbr afresh at once, without a ceiling (see the
-        // next test), then not again until the refresh is due.
-        assert!(p.refresh_bbr(short, Load::BackedUp, now));
-        assert_eq!(p.cap(), None);
-        assert!(!p.refresh_bbr(short, Load::Recently, now));
+        assert!(
+            !p.refresh_bbr(short, Load::Recently, now),
+            "no ceiling, and the delivery rate may not be the link's"
+        );
         assert!(!p.refresh_bbr(short, Load::Light, now));
+        assert!(
+            !p.refresh_bbr(short, Load::BackedUp, now),
+            "just backed up: the rate may be a start-up's"
+        );
         // Backed up for a while: a ceiling at the rate that gets through,
         // then bbr.
-        let now = now + BBR_REFRESH;
+        let now = now + BUSY_FOR;
         p.update(short, Load::Recently, now);
         // A lull's rate: the ceiling is the most that got through lately.
         let lull = sample(41, 40, MBIT20 / 5);
@@ -485,54 +464,6 @@ mod tests {
         // bbr must measure the path itself.
         let moved = sample(41, 10, MBIT20);
         assert!(!p.refresh_bbr(moved, Load::BackedUp, due + BBR_REFRESH));
-    }
-
-    #[test]
-    fn a_load_after_a_light_spell_refreshes_bbr_at_once_unless_the_busy_refresh_comes_in_time() {
-        let mut p = Pacer::default();
-        let start = Instant::now();
-        let short = sample(41, 40, MBIT20);
-        p.update(short, Load::BackedUp, start);
-        assert!(p.refresh_bbr(short, Load::BackedUp, start));
-        // Light for a while (acknowledgements of the peer's transfer), then
-        // a load 6.5 s after the refresh: the refresh under a ceiling, once
-        // the carrier has been busy for BUSY_FOR, comes before bbr's
-        // ProbeRTT (10 s after the last refresh).
-        p.update(short, Load::Light, start + Duration::from_secs(2));
-        assert!(!p.refresh_bbr(short, Load::Light, start + Duration::from_secs(2)));
-        let load = start + Duration::from_millis(6500);
-        p.update(short, Load::BackedUp, load);
-        assert!(
-            !p.refresh_bbr(short, Load::BackedUp, load),
-            "just backed up: the rate may be a start-up's"
-        );
-        let busy = load + BUSY_FOR;
-        p.update(short, Load::BackedUp, busy);
-        assert!(p.refresh_bbr(short, Load::BackedUp, busy));
-        assert_eq!(p.cap(), Some(MBIT20));
-
-        // Without a ceiling, a load 7 s or more after the last refresh:
-        // the busy refresh would come too late, so bbr starts afresh at
-        // once, and stays without a ceiling; but not while light.
-        let mut p = Pacer::default();
-        p.update(short, Load::BackedUp, start);
-        assert!(p.refresh_bbr(short, Load::BackedUp, start));
-        let light = start + Duration::from_secs(3);
-        p.update(short, Load::Light, light);
-        let load = start + BBR_OVERDUE - BUSY_FOR;
-        p.update(short, Load::Light, load);
-        assert!(!p.refresh_bbr(short, Load::Light, load));
-        p.update(short, Load::BackedUp, load);
-        assert!(p.refresh_bbr(short, Load::BackedUp, load));
-        assert_eq!(p.cap(), None);
-        assert!(!p.refresh_bbr(short, Load::BackedUp, load + Duration::from_secs(1)));
-        // Nor when the kernel's least RTT is no longer the path's.
-        let mut p = Pacer::default();
-        let moved = sample(41, 10, MBIT20);
-        p.update(moved, Load::Light, start);
-        p.update(moved, Load::BackedUp, start + Duration::from_millis(100));
-        p.base = [Some(Duration::from_millis(40)), None];
-        assert!(!p.refresh_bbr(moved, Load::BackedUp, start + Duration::from_millis(100)));
     }
 
     #[test]
