@@ -284,11 +284,9 @@ impl Pacer {
         // window over the RTT, a burst that on a veth pair overran a
         // `qemu-connect:` endpoint's socket. A carrier never busy for
         // [`BUSY_FOR`] has no such rate, and waits.
-        let starting = self
-            .busy_since
-            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_FOR);
+        let busy_for = self.busy_since.map(|t| now.saturating_duration_since(t));
         let after_a_light_spell = self.cap.is_none()
-            && starting
+            && busy_for.is_some_and(|d| d < BUSY_FOR)
             && load != Load::Light
             && since.is_none_or(|d| d >= BBR_OVERDUE - BUSY_FOR);
         if let Some(rate) = self.link_rate.filter(|_| after_a_light_spell) {
@@ -304,9 +302,7 @@ impl Pacer {
         // link's: not in its start-up, nor in an inner flow's. Busy, not
         // backed up now: a writer that keeps up with a carrier without a
         // ceiling waits only now and then.
-        let busy = self
-            .busy_since
-            .is_some_and(|t| now.saturating_duration_since(t) >= BUSY_FOR);
+        let busy = busy_for.is_some_and(|d| d >= BUSY_FOR);
         let link_rate = (load != Load::Light && busy && s.delivery_rate > 0).then(|| {
             // The most that got through lately: the rate of one sample
             // may be a lull's (2 MB/s on the 12 MB/s wan link, a cap that
